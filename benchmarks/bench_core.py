@@ -1,0 +1,106 @@
+"""write_at into a 1 GiB result file, beside plain os.pwrite and a Python mmap slice assignment.
+
+Every contender writes a fresh preallocated file on the same file system, in the
+same piece size, from the same source buffer; the figure is GB/s over the median
+round.  Run: ``pytest benchmarks --benchmark-only`` (CI runs it once, disabled).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+from sidebyside import record
+
+from engine._core import RangeFile, remove_partial
+
+SIZE = 1 << 30
+BLOCK = 1 << 20
+SOURCE = os.urandom(512 * 1024)
+
+
+def _fresh(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.posix_fallocate(fd, 0, SIZE)
+    return fd
+
+
+def _core(tmp: Path, piece: int, use_pwrite: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+    state: dict[str, RangeFile] = {}
+    result = tmp / "core.bin"
+    src = memoryview(SOURCE)[:piece]
+
+    def setup() -> None:
+        if "rf" in state:
+            state["rf"].close()
+        remove_partial(result)
+        state["rf"] = RangeFile(result, SIZE, BLOCK, use_pwrite=use_pwrite)
+
+    def run() -> None:
+        write = state["rf"].write
+        for off in range(0, SIZE, piece):
+            write(off, src)
+        assert state["rf"].is_complete
+
+    return setup, run
+
+
+def _pwrite(tmp: Path, piece: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    state: dict[str, int] = {}
+    src = memoryview(SOURCE)[:piece]
+
+    def setup() -> None:
+        if "fd" in state:
+            os.close(state["fd"])
+        state["fd"] = _fresh(tmp / "pwrite.bin")
+
+    def run() -> None:
+        fd, pw = state["fd"], os.pwrite
+        for off in range(0, SIZE, piece):
+            pw(fd, src, off)
+
+    return setup, run
+
+
+def _mmap_slice(tmp: Path, piece: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    state: dict[str, mmap.mmap] = {}
+    src = memoryview(SOURCE)[:piece]
+
+    def setup() -> None:
+        if "map" in state:
+            state["map"].close()
+        fd = _fresh(tmp / "mmap.bin")
+        state["map"] = mmap.mmap(fd, SIZE)
+        os.close(fd)
+
+    def run() -> None:
+        m = state["map"]
+        for off in range(0, SIZE, piece):
+            m[off : off + piece] = src
+
+    return setup, run
+
+
+CONTENDERS = {
+    "core write_at (copy into map)": lambda tmp, piece: _core(tmp, piece, False),
+    "core write_at (pwrite)": lambda tmp, piece: _core(tmp, piece, True),
+    "os.pwrite loop": _pwrite,
+    "python mmap slice assignment": _mmap_slice,
+}
+
+
+@pytest.mark.parametrize("piece", [16 * 1024, 512 * 1024], ids=["16KiB", "512KiB"])
+@pytest.mark.parametrize("name", list(CONTENDERS))
+def test_write_1gib(benchmark: BenchmarkFixture, tmp_path: Path, name: str, piece: int) -> None:
+    """Throughput of writing 1 GiB in pieces: the core must not trail the mmap slice."""
+    benchmark.group = f"write 1 GiB in {piece // 1024} KiB pieces"
+    setup, run = CONTENDERS[name](tmp_path, piece)
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)  # type: ignore[no-untyped-call]
+    if benchmark.stats is not None:
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["GB/s"] = round(SIZE / median / 1e9, 2)
+        record(benchmark.group + " (GB/s, median of 5)", name, SIZE / median / 1e9)

@@ -1,0 +1,584 @@
+/* rangefile.c: see rangefile.h for the theory of operation. */
+#define _GNU_SOURCE
+#include "rangefile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include "third_party/xxhash/xxhash.h"
+#if defined(__x86_64__) || defined(__i386__)
+/* xxh3 picks SSE2, AVX2 or AVX-512 at run time: the block hash stays off the critical path. */
+#include "third_party/xxhash/xxh_x86dispatch.h"
+#endif
+
+#define RF_MAGIC "BGTCTL\r\n"
+#define RF_VERSION 1u
+#define RF_HEADER_SIZE 4096u
+#define RF_SLOT_INTERVALS 16
+#define RF_SLOTS 512
+#define RF_PWRITE_MIN (64u * 1024u)
+
+struct rf_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t size;
+    uint64_t nblocks;
+    uint32_t block_shift;
+    uint16_t etag_len;
+    uint16_t lm_len;
+    char etag[RF_ETAG_MAX];
+    char last_modified[RF_LM_MAX];
+    uint64_t checksum; /* xxh3-64 of every byte above */
+};
+
+/* The written parts of one partial block: sorted, disjoint, non-adjacent.
+ * While the block arrives in order, its hash is computed as the bytes come,
+ * from the caller's (cache-hot) buffer instead of re-reading the mapping. */
+struct rf_slot {
+    XXH3_state_t hash; /* first: 64-byte aligned */
+    int64_t block;     /* -1 when free */
+    uint32_t hashed;   /* bytes [0, hashed) are in `hash` */
+    uint32_t n;
+    uint32_t iv[RF_SLOT_INTERVALS][2];
+};
+
+static uint64_t nblocks_of(uint64_t size, uint32_t shift)
+{
+    return (size + (1ull << shift) - 1) >> shift;
+}
+
+static size_t bitmap_len(uint64_t nblocks) { return (size_t)((nblocks + 63) / 64 * 8); }
+
+static size_t ctl_len_of(uint64_t nblocks)
+{
+    return RF_HEADER_SIZE + bitmap_len(nblocks) + (size_t)nblocks * 8;
+}
+
+static uint64_t block_len(const rf_file *f, uint64_t b)
+{
+    uint64_t start = b << f->block_shift;
+    uint64_t left = f->size - start;
+    return left < f->block_size ? left : f->block_size;
+}
+
+static int bit_get(const rf_file *f, uint64_t b)
+{
+    return (__atomic_load_n(&f->bitmap[b >> 3], __ATOMIC_ACQUIRE) >> (b & 7)) & 1;
+}
+
+size_t rf_workspace_size(uint64_t size, uint32_t block_shift)
+{
+    if (block_shift < RF_MIN_BLOCK_SHIFT || block_shift > RF_MAX_BLOCK_SHIFT)
+        return 0;
+    return (size_t)nblocks_of(size, block_shift) * sizeof(int32_t) +
+           RF_SLOTS * sizeof(rf_slot) + 64;
+}
+
+static int full_pwrite(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Preallocate; 1 when the file system refused and the file is sparse. */
+static int preallocate(int fd, uint64_t len, int zero_fill)
+{
+    if (len == 0)
+        return 0;
+    int rc = posix_fallocate(fd, 0, (off_t)len);
+    if (rc == 0)
+        return 0;
+    if (rc != EOPNOTSUPP && rc != EINVAL)
+        return -rc;
+    if (ftruncate(fd, (off_t)len) != 0)
+        return -errno;
+    if (!zero_fill)
+        return 1;
+    static const uint8_t zeros[4096];
+    for (uint64_t off = 0; off < len; off += sizeof zeros) {
+        uint64_t n = len - off < sizeof zeros ? len - off : sizeof zeros;
+        if ((rc = full_pwrite(fd, zeros, (size_t)n, off)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void header_fill(rf_header *h, uint64_t size, uint32_t shift, const char *etag,
+                        const char *lm)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, RF_MAGIC, 8);
+    h->version = RF_VERSION;
+    h->header_size = RF_HEADER_SIZE;
+    h->size = size;
+    h->nblocks = nblocks_of(size, shift);
+    h->block_shift = shift;
+    h->etag_len = (uint16_t)strlen(etag);
+    h->lm_len = (uint16_t)strlen(lm);
+    memcpy(h->etag, etag, h->etag_len);
+    memcpy(h->last_modified, lm, h->lm_len);
+    h->checksum = XXH3_64bits(h, offsetof(rf_header, checksum));
+}
+
+static int header_check(const rf_header *h, size_t file_len)
+{
+    if (memcmp(h->magic, RF_MAGIC, 8) != 0)
+        return RF_E_FORMAT;
+    if (h->version != RF_VERSION || h->header_size != RF_HEADER_SIZE)
+        return RF_E_VERSION;
+    if (h->checksum != XXH3_64bits(h, offsetof(rf_header, checksum)))
+        return RF_E_CORRUPT;
+    if (h->block_shift < RF_MIN_BLOCK_SHIFT || h->block_shift > RF_MAX_BLOCK_SHIFT ||
+        h->nblocks != nblocks_of(h->size, h->block_shift) || h->etag_len > RF_ETAG_MAX ||
+        h->lm_len > RF_LM_MAX)
+        return RF_E_CORRUPT;
+    if (file_len != ctl_len_of(h->nblocks))
+        return RF_E_TRUNCATED;
+    return 0;
+}
+
+/* Writes a new control file under a temporary name and renames it into place,
+ * so that a crash never leaves a half-written header under ctl_path. */
+static int ctl_create(rf_file *f, const char *etag, const char *lm)
+{
+    char tmp[RF_PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.new", f->ctl_path);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    rf_header h;
+    header_fill(&h, f->size, f->block_shift, etag, lm);
+    int rc = preallocate(fd, ctl_len_of(f->nblocks), 1);
+    if (rc == 0)
+        rc = full_pwrite(fd, (const uint8_t *)&h, sizeof h, 0);
+    if (rc == 0 && rename(tmp, f->ctl_path) != 0)
+        rc = -errno;
+    if (rc != 0) {
+        close(fd);
+        unlink(tmp);
+        return rc;
+    }
+    f->ctl_fd = fd;
+    return 0;
+}
+
+static int data_create(rf_file *f)
+{
+    int fd = open(f->data_path, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return -errno;
+    int rc = preallocate(fd, f->size, 0);
+    if (rc < 0) {
+        close(fd);
+        unlink(f->data_path);
+        return rc;
+    }
+    f->use_pwrite |= rc; /* a sparse file must not be written through the map */
+    f->data_fd = fd;
+    return 0;
+}
+
+/* Opens an existing pair; 1 when there is no control file at all. */
+static int open_existing(rf_file *f)
+{
+    int fd = open(f->ctl_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 1 : -errno;
+    f->ctl_fd = fd;
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    if ((size_t)st.st_size < sizeof(rf_header))
+        return st.st_size >= 8 ? RF_E_TRUNCATED : RF_E_FORMAT;
+    rf_header h;
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        return -EIO;
+    int rc = header_check(&h, (size_t)st.st_size);
+    if (rc != 0)
+        return rc;
+    if (h.size != f->size || h.block_shift != f->block_shift)
+        return RF_E_MISMATCH;
+    f->data_fd = open(f->data_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (f->data_fd < 0)
+        return errno == ENOENT ? RF_E_MISMATCH : -errno;
+    if (fstat(f->data_fd, &st) != 0)
+        return -errno;
+    if ((uint64_t)st.st_size != f->size)
+        return RF_E_MISMATCH;
+    /* Fewer allocated blocks than bytes: a sparse file, keep it off the map's write path. */
+    if ((uint64_t)st.st_blocks * 512 < f->size)
+        f->use_pwrite = 1;
+    return 0;
+}
+
+static int map_all(rf_file *f)
+{
+    f->ctl_len = ctl_len_of(f->nblocks);
+    f->ctl = mmap(NULL, f->ctl_len, PROT_READ | PROT_WRITE, MAP_SHARED, f->ctl_fd, 0);
+    if (f->ctl == MAP_FAILED) {
+        f->ctl = NULL;
+        return -errno;
+    }
+    f->hdr = (rf_header *)f->ctl;
+    f->bitmap = f->ctl + RF_HEADER_SIZE;
+    f->hashes = (uint64_t *)(f->bitmap + bitmap_len(f->nblocks));
+    if (f->size == 0)
+        return 0;
+    f->data = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, f->data_fd, 0);
+    if (f->data == MAP_FAILED) {
+        f->data = NULL;
+        return -errno;
+    }
+    return 0;
+}
+
+static void load_state(rf_file *f)
+{
+    memcpy(f->etag, f->hdr->etag, f->hdr->etag_len);
+    f->etag[f->hdr->etag_len] = 0;
+    memcpy(f->last_modified, f->hdr->last_modified, f->hdr->lm_len);
+    f->last_modified[f->hdr->lm_len] = 0;
+    f->bytes_complete = 0;
+    for (uint64_t b = 0; b < f->nblocks; b++)
+        if (bit_get(f, b))
+            f->bytes_complete += block_len(f, b);
+    for (uint64_t b = 0; b < f->nblocks; b++)
+        f->slot_of[b] = -1;
+    for (uint32_t i = 0; i < f->nslots; i++)
+        f->slots[i].block = -1;
+}
+
+static void release(rf_file *f)
+{
+    if (f->data)
+        munmap(f->data, f->size);
+    if (f->ctl)
+        munmap(f->ctl, f->ctl_len);
+    if (f->data_fd >= 0)
+        close(f->data_fd);
+    if (f->ctl_fd >= 0)
+        close(f->ctl_fd);
+    f->data = NULL;
+    f->ctl = NULL;
+    f->data_fd = f->ctl_fd = -1;
+    f->open = 0;
+}
+
+int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_path,
+            const char *ctl_path, uint64_t size, uint32_t block_shift, const char *etag,
+            const char *last_modified, int flags)
+{
+    memset(f, 0, sizeof *f);
+    f->data_fd = f->ctl_fd = -1;
+    size_t need = rf_workspace_size(size, block_shift);
+    if (need == 0 || workspace_len < need || strlen(data_path) >= RF_PATH_MAX ||
+        strlen(ctl_path) + 8 >= RF_PATH_MAX || strlen(etag) > RF_ETAG_MAX ||
+        strlen(last_modified) > RF_LM_MAX || size > (uint64_t)INT64_MAX)
+        return RF_E_ARG;
+    strcpy(f->data_path, data_path);
+    strcpy(f->ctl_path, ctl_path);
+    f->size = size;
+    f->block_shift = block_shift;
+    f->block_size = 1ull << block_shift;
+    f->nblocks = nblocks_of(size, block_shift);
+    f->use_pwrite = (flags & RF_OPEN_PWRITE) != 0;
+    f->slot_of = workspace;
+    uintptr_t slots = ((uintptr_t)(f->slot_of + f->nblocks) + 63) & ~(uintptr_t)63;
+    f->slots = (rf_slot *)slots;
+    f->nslots = RF_SLOTS;
+
+    int rc = open_existing(f);
+    if (rc == 1 && (flags & RF_OPEN_CREATE)) {
+        rc = data_create(f);
+        if (rc == 0 && (rc = ctl_create(f, etag, last_modified)) != 0)
+            unlink(data_path);
+        f->created = rc == 0;
+    } else if (rc == 1) {
+        rc = -ENOENT;
+    }
+    if (rc == 0)
+        rc = map_all(f);
+    if (rc != 0) {
+        release(f);
+        return rc;
+    }
+    load_state(f);
+    f->open = 1;
+    return 0;
+}
+
+/* h: the block's hash when the caller already has it, else 0 to hash the mapping. */
+static void mark_complete(rf_file *f, uint64_t b, uint64_t h, int have_hash)
+{
+    uint64_t len = block_len(f, b);
+    if (!have_hash)
+        h = XXH3_64bits(f->data + (b << f->block_shift), (size_t)len);
+    __atomic_store_n(&f->hashes[b], h, __ATOMIC_RELAXED);
+    /* The bit is published after the data and the hash: release order. */
+    __atomic_fetch_or(&f->bitmap[b >> 3], (uint8_t)(1u << (b & 7)), __ATOMIC_RELEASE);
+    f->bytes_complete += len;
+}
+
+static rf_slot *slot_for(rf_file *f, uint64_t b)
+{
+    int32_t i = f->slot_of[b];
+    if (i >= 0)
+        return &f->slots[i];
+    for (uint32_t k = 0; k < f->nslots; k++) {
+        uint32_t j = (f->slot_cursor + k) % f->nslots;
+        if (f->slots[j].block < 0) {
+            f->slot_cursor = j + 1;
+            f->slots[j].block = (int64_t)b;
+            f->slots[j].n = 0;
+            f->slots[j].hashed = 0;
+            XXH3_64bits_reset(&f->slots[j].hash);
+            f->slot_of[b] = (int32_t)j;
+            return &f->slots[j];
+        }
+    }
+    return NULL; /* pool full: this piece goes untracked (under-report) */
+}
+
+/* Adds [s, e) to the block's interval set; 1 when the block is now whole. */
+static int slot_add(rf_file *f, rf_slot *sl, uint32_t s, uint32_t e, uint32_t blen)
+{
+    uint32_t out[RF_SLOT_INTERVALS + 1][2];
+    uint32_t n = 0, i = 0;
+    while (i < sl->n && sl->iv[i][1] < s)
+        memcpy(out[n++], sl->iv[i++], sizeof out[0]);
+    while (i < sl->n && sl->iv[i][0] <= e) {
+        if (sl->iv[i][0] < s)
+            s = sl->iv[i][0];
+        if (sl->iv[i][1] > e)
+            e = sl->iv[i][1];
+        i++;
+    }
+    out[n][0] = s;
+    out[n++][1] = e;
+    while (i < sl->n && n <= RF_SLOT_INTERVALS)
+        memcpy(out[n++], sl->iv[i++], sizeof out[0]);
+    if (n > RF_SLOT_INTERVALS || i < sl->n)
+        return 0; /* too scattered to track: leave the slot as it was */
+    if (n == 1 && out[0][0] == 0 && out[0][1] == blen)
+        return 1;
+    memcpy(sl->iv, out, n * sizeof out[0]);
+    sl->n = n;
+    return 0;
+}
+
+int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    if (offset > f->size || len > f->size - offset)
+        return RF_E_RANGE;
+    if (len == 0)
+        return 0;
+    /* Large pieces go through pwrite even on a mapped file: it skips a page fault
+     * per 4 KiB (measured in benchmarks/bench_core.py); the page cache keeps the
+     * map coherent with it. */
+    if (f->use_pwrite || len >= RF_PWRITE_MIN) {
+        int rc = full_pwrite(f->data_fd, buf, len, offset);
+        if (rc != 0)
+            return rc;
+    } else {
+        memcpy(f->data + offset, buf, len);
+    }
+    f->bytes_written += len;
+    int64_t done = 0;
+    uint64_t end = offset + len;
+    for (uint64_t b = offset >> f->block_shift; b <= (end - 1) >> f->block_shift; b++) {
+        if (bit_get(f, b))
+            continue;
+        uint64_t bstart = b << f->block_shift, blen = block_len(f, b);
+        uint32_t s = (uint32_t)(offset > bstart ? offset - bstart : 0);
+        uint32_t e = (uint32_t)(end < bstart + blen ? end - bstart : blen);
+        const uint8_t *src = buf + (bstart + s - offset);
+        if (s == 0 && e == blen && f->slot_of[b] < 0) {
+            mark_complete(f, b, XXH3_64bits(src, e), 1);
+            done++;
+            continue;
+        }
+        rf_slot *sl = slot_for(f, b);
+        if (sl == NULL)
+            continue;
+        if (s <= sl->hashed && e > sl->hashed) { /* extends the in-order prefix */
+            XXH3_64bits_update(&sl->hash, src + (sl->hashed - s), e - sl->hashed);
+            sl->hashed = e;
+        }
+        if (slot_add(f, sl, s, e, (uint32_t)blen)) {
+            int streamed = sl->hashed == blen;
+            mark_complete(f, b, streamed ? XXH3_64bits_digest(&sl->hash) : 0, streamed);
+            f->slot_of[b] = -1;
+            sl->block = -1;
+            done++;
+        }
+    }
+    return done;
+}
+
+int64_t rf_ranges(rf_file *f, uint64_t *pairs, size_t cap_pairs)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    int64_t n = 0;
+    uint64_t b = 0;
+    while (b < f->nblocks) {
+        if ((b & 63) == 0 && b + 64 <= f->nblocks &&
+            ((const uint64_t *)f->bitmap)[b >> 6] == 0) {
+            b += 64;
+            continue;
+        }
+        if (!bit_get(f, b)) {
+            b++;
+            continue;
+        }
+        uint64_t first = b;
+        while (b < f->nblocks && bit_get(f, b))
+            b++;
+        if ((size_t)n < cap_pairs) {
+            pairs[2 * n] = first << f->block_shift;
+            pairs[2 * n + 1] = (b << f->block_shift > f->size ? f->size : b << f->block_shift) -
+                               pairs[2 * n];
+        }
+        n++;
+    }
+    return n;
+}
+
+int rf_next_missing(rf_file *f, uint64_t from, uint64_t *start, uint64_t *len)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    *start = f->size;
+    *len = 0;
+    if (from >= f->size)
+        return 0;
+    uint64_t b = from >> f->block_shift;
+    while (b < f->nblocks && bit_get(f, b))
+        b++;
+    if (b >= f->nblocks)
+        return 0;
+    uint64_t first = b;
+    while (b < f->nblocks && !bit_get(f, b))
+        b++;
+    *start = first << f->block_shift;
+    uint64_t stop = b << f->block_shift;
+    *len = (stop > f->size ? f->size : stop) - *start;
+    return 0;
+}
+
+int rf_is_complete(rf_file *f, uint64_t offset, uint64_t len)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    if (offset > f->size || len > f->size - offset)
+        return RF_E_RANGE;
+    if (len == 0)
+        return 1;
+    for (uint64_t b = offset >> f->block_shift; b <= (offset + len - 1) >> f->block_shift; b++)
+        if (!bit_get(f, b))
+            return 0;
+    return 1;
+}
+
+int64_t rf_verify(rf_file *f)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    int64_t bad = 0;
+    for (uint64_t b = 0; b < f->nblocks; b++) {
+        if (!bit_get(f, b))
+            continue;
+        uint64_t len = block_len(f, b);
+        if (XXH3_64bits(f->data + (b << f->block_shift), (size_t)len) == f->hashes[b])
+            continue;
+        __atomic_fetch_and(&f->bitmap[b >> 3], (uint8_t)~(1u << (b & 7)), __ATOMIC_RELEASE);
+        f->bytes_complete -= len;
+        bad++;
+    }
+    return bad;
+}
+
+int rf_flush(rf_file *f, int durable)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    int mode = durable ? MS_SYNC : MS_ASYNC;
+    /* Data before bitmap: the order in which a power loss finds them consistent. */
+    if (f->data && msync(f->data, f->size, mode) != 0)
+        return -errno;
+    if (durable && f->use_pwrite && fdatasync(f->data_fd) != 0)
+        return -errno;
+    if (msync(f->ctl, f->ctl_len, mode) != 0)
+        return -errno;
+    return 0;
+}
+
+static int fsync_parent(const char *path)
+{
+    char buf[RF_PATH_MAX];
+    strcpy(buf, path);
+    int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+int rf_finish(rf_file *f, const char *final_path)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    if (f->bytes_complete != f->size)
+        return RF_E_INCOMPLETE;
+    if (f->data && msync(f->data, f->size, MS_SYNC) != 0)
+        return -errno;
+    if (fsync(f->data_fd) != 0)
+        return -errno;
+    if (rename(f->data_path, final_path) != 0)
+        return -errno;
+    int rc = fsync_parent(final_path);
+    release(f);
+    unlink(f->ctl_path);
+    return rc;
+}
+
+int rf_discard(rf_file *f)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    release(f);
+    int rc = 0;
+    if (unlink(f->ctl_path) != 0 && errno != ENOENT)
+        rc = -errno;
+    if (unlink(f->data_path) != 0 && errno != ENOENT)
+        rc = -errno;
+    return rc;
+}
+
+int rf_close(rf_file *f)
+{
+    if (f->open)
+        release(f);
+    return 0;
+}

@@ -1,0 +1,215 @@
+"""The C range-file core: writes in any order give exactly the right ranges and bytes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine._core import RangeFile, control_path, part_path
+from engine.errors import InvalidRequestError, InvalidStateError, StorageError
+
+BLOCK = 4096
+
+
+def pieces_of(size: int, cuts: list[int]) -> list[tuple[int, int]]:
+    """Split [0, size) at the given cut points into (offset, length) pieces."""
+    points = sorted({0, size, *(c for c in cuts if 0 < c < size)})
+    return [(a, b - a) for a, b in itertools.pairwise(points)]
+
+
+def expected_ranges(size: int, written: list[tuple[int, int]], block: int) -> list[tuple[int, int]]:
+    """Block-granular ranges fully covered by ``written``, merged: the model the core must match."""
+    covered = bytearray(size)
+    for off, n in written:
+        covered[off : off + n] = b"\1" * n
+    out: list[tuple[int, int]] = []
+    for start in range(0, size, block):
+        end = min(start + block, size)
+        if all(covered[start:end]):
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1] = (out[-1][0], end - out[-1][0])
+            else:
+                out.append((start, end - start))
+    return out
+
+
+@st.composite
+def write_plans(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], int]:
+    """A file size, its pieces (>= 300 bytes: at most 15 a block), and how many to write."""
+    size = draw(st.integers(0, 40 * BLOCK))
+    cuts: list[int] = []
+    pos = 0
+    while True:
+        pos += draw(st.integers(300, 3 * BLOCK))
+        if pos >= size:
+            break
+        cuts.append(pos)
+    pieces = pieces_of(size, cuts)
+    order = draw(st.permutations(pieces)) if pieces else []
+    return size, list(order), draw(st.integers(0, len(order)))
+
+
+@pytest.mark.parametrize("use_pwrite", [False, True], ids=["mmap", "pwrite"])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=write_plans(), seed=st.integers(0, 2**32 - 1))
+def test_random_orders_give_right_ranges_and_bytes(
+    tmp_path: Path, use_pwrite: bool, plan: tuple[int, list[tuple[int, int]], int], seed: int
+) -> None:
+    """Any write order and piece size yields the model's ranges, then a byte-exact file."""
+    size, order, n_first = plan
+    data = random.Random(seed).randbytes(size)
+    result = tmp_path / f"r{seed}.bin"
+    rf = RangeFile(result, size, BLOCK, use_pwrite=use_pwrite)
+    for off, n in order[:n_first]:
+        rf.write(off, memoryview(data)[off : off + n])
+    want = expected_ranges(size, order[:n_first], BLOCK)
+    assert rf.ranges() == want
+    assert rf.bytes_complete == sum(n for _, n in want)
+    for off, n in want:
+        assert rf.view()[off : off + n] == data[off : off + n]
+    for off, n in order[n_first:]:
+        rf.write(off, data[off : off + n])
+    assert rf.ranges() == ([(0, size)] if size else [])
+    assert rf.next_missing(0) is None
+    assert rf.finish() == result
+    assert result.read_bytes() == data
+    assert not part_path(result).exists()
+    assert not control_path(result).exists()
+
+
+def test_reopen_keeps_ranges_validators_and_hashes(tmp_path: Path) -> None:
+    """Closing and reopening a download restores its bitmap and validators."""
+    result = tmp_path / "f.bin"
+    data = os.urandom(10 * BLOCK + 123)
+    with RangeFile(result, len(data), BLOCK, etag='"abc"', last_modified="Tue, 1 Jan 2030") as rf:
+        assert rf.created
+        rf.write(BLOCK, data[BLOCK : 4 * BLOCK])
+        rf.write(9 * BLOCK, data[9 * BLOCK :])
+    with RangeFile(result, len(data), BLOCK, create=False) as rf:
+        assert not rf.created
+        assert rf.etag == '"abc"'
+        assert rf.last_modified == "Tue, 1 Jan 2030"
+        assert rf.ranges() == [(BLOCK, 3 * BLOCK), (9 * BLOCK, BLOCK + 123)]
+        assert rf.bytes_complete == 4 * BLOCK + 123
+        assert rf.verify() == 0
+        assert rf.next_missing(0) == (0, BLOCK)
+        assert rf.next_missing(BLOCK) == (4 * BLOCK, 5 * BLOCK)
+        assert rf.range_complete(BLOCK + 10, 2 * BLOCK)
+        assert not rf.range_complete(0, 2 * BLOCK)
+
+
+def test_stored_hash_is_xxh3_of_each_block(tmp_path: Path) -> None:
+    """verify() finds and clears a complete block whose bytes changed on disk."""
+    result = tmp_path / "f.bin"
+    data = os.urandom(8 * BLOCK)
+    with RangeFile(result, len(data), BLOCK) as rf:
+        rf.write(0, data)
+    with part_path(result).open("r+b") as fh:
+        fh.seek(3 * BLOCK + 17)
+        fh.write(b"\xff" if data[3 * BLOCK + 17] != 0xFF else b"\0")
+    with RangeFile(result, len(data), BLOCK, create=False) as rf:
+        assert rf.verify() == 1
+        assert rf.ranges() == [(0, 3 * BLOCK), (4 * BLOCK, 4 * BLOCK)]
+        rf.write(3 * BLOCK, data[3 * BLOCK : 4 * BLOCK])
+        assert rf.is_complete
+    raw = control_path(result).read_bytes()
+    hashes = raw[4096 + 8 :]
+    assert int.from_bytes(hashes[:8], "little") == xxhash.xxh3_64_intdigest(data[:BLOCK])
+
+
+def test_scattered_pieces_never_over_report(tmp_path: Path) -> None:
+    """Pieces too scattered to track leave blocks unmarked, never wrong; rewrites complete them."""
+    result = tmp_path / "f.bin"
+    block = 1 << 16
+    data = os.urandom(4 * block)
+    rnd = random.Random(7)
+    pieces = pieces_of(len(data), [rnd.randrange(len(data)) for _ in range(2000)])
+    rnd.shuffle(pieces)
+    with RangeFile(result, len(data), block) as rf:
+        for off, n in pieces[: len(pieces) // 2]:
+            rf.write(off, data[off : off + n])
+        for off, n in rf.ranges():
+            assert rf.view()[off : off + n] == data[off : off + n]
+        assert rf.verify() == 0
+        rf.write(0, data)
+        assert rf.ranges() == [(0, len(data))]
+        assert rf.bytes_written == len(data) + sum(n for _, n in pieces[: len(pieces) // 2])
+
+
+def test_finish_refuses_incomplete_and_discard_removes_both(tmp_path: Path) -> None:
+    """An incomplete download never takes the final name; discard leaves nothing behind."""
+    result = tmp_path / "f.bin"
+    rf = RangeFile(result, 3 * BLOCK, BLOCK)
+    rf.write(0, b"x" * BLOCK)
+    with pytest.raises(InvalidStateError):
+        rf.finish()
+    assert not result.exists()
+    rf.discard()
+    assert not part_path(result).exists()
+    assert not control_path(result).exists()
+    with pytest.raises(InvalidStateError):
+        rf.write(0, b"x")
+
+
+def test_empty_file_finishes(tmp_path: Path) -> None:
+    """A zero-byte download is complete at once and finishes to an empty file."""
+    result = tmp_path / "empty"
+    rf = RangeFile(result, 0, BLOCK)
+    assert rf.is_complete
+    assert rf.ranges() == []
+    rf.finish()
+    assert result.read_bytes() == b""
+
+
+def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
+    """Block sizes, offsets and validators out of range raise InvalidRequestError (a ValueError)."""
+    for bad in (0, 1000, 256, 1 << 31):
+        with pytest.raises(InvalidRequestError):
+            RangeFile(tmp_path / "a", 10, bad)
+    with pytest.raises(ValueError, match="size"):
+        RangeFile(tmp_path / "a", -1, BLOCK)
+    with pytest.raises(InvalidRequestError):
+        RangeFile(tmp_path / "a", 10, BLOCK, etag="x" * 300)
+    rf = RangeFile(tmp_path / "b", 10, BLOCK)
+    with pytest.raises(InvalidRequestError):
+        rf.write(5, b"123456")
+    with pytest.raises(InvalidRequestError):
+        rf.range_complete(0, 11)
+    rf.discard()
+
+
+def test_reopen_without_control_file_is_storage_error(tmp_path: Path) -> None:
+    """create=False on a download that does not exist raises StorageError with ENOENT."""
+    with pytest.raises(StorageError) as info:
+        RangeFile(tmp_path / "none", 10, BLOCK, create=False)
+    assert info.value.errno == 2
+    assert isinstance(info.value, OSError)
+
+
+def test_control_file_is_owner_only(tmp_path: Path) -> None:
+    """The control file (validators, hashes) is created with mode 0600."""
+    result = tmp_path / "f"
+    with RangeFile(result, 10, BLOCK):
+        mode = stat.S_IMODE(control_path(result).stat().st_mode)
+    assert mode == 0o600
+
+
+def test_symlinked_partial_file_is_not_followed(tmp_path: Path) -> None:
+    """A symlink planted at the partial name is refused rather than written through."""
+    result = tmp_path / "f"
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep")
+    part_path(result).symlink_to(target)
+    with pytest.raises(StorageError):
+        RangeFile(result, 10, BLOCK)
+    assert target.read_bytes() == b"keep"
