@@ -155,6 +155,31 @@ static int header_check(const rf_header *h, size_t file_len)
     return 0;
 }
 
+/* Reads and checks an existing control file's header: what rf_open will need. */
+int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift)
+{
+    int fd = open(ctl_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    rf_header h;
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = -errno;
+    else if ((size_t)st.st_size < sizeof h)
+        rc = st.st_size >= 8 ? RF_E_TRUNCATED : RF_E_FORMAT;
+    else if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        rc = -EIO;
+    else
+        rc = header_check(&h, (size_t)st.st_size);
+    close(fd);
+    if (rc == 0) {
+        *size = h.size;
+        *block_shift = h.block_shift;
+    }
+    return rc;
+}
+
 /* Writes a new control file under a temporary name and renames it into place,
  * so that a crash never leaves a half-written header under ctl_path. */
 static int ctl_create(rf_file *f, const char *etag, const char *lm)

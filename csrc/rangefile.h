@@ -83,6 +83,7 @@ typedef struct {
 } rf_file;
 
 size_t rf_workspace_size(uint64_t size, uint32_t block_shift);
+int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift);
 int rf_open(rf_file *f, void *workspace, size_t workspace_len,
             const char *data_path, const char *ctl_path, uint64_t size,
             uint32_t block_shift, const char *etag, const char *last_modified,

@@ -59,6 +59,20 @@ def check(rc: int, path: Path) -> int:
     raise StorageError(err, os.strerror(err), str(path))
 
 
+def peek(result: Path) -> tuple[int, int] | None:
+    """``(size, block_size)`` of the download under way for ``result``, None when there is none.
+
+    A damaged control file raises ControlFileError: the caller decides to start over.
+    """
+    size = ffi.new("uint64_t *")
+    shift = ffi.new("uint32_t *")
+    rc = lib.rf_peek(os.fsencode(control_path(result)), size, shift)
+    if rc == -_errno.ENOENT:
+        return None
+    check(rc, result)
+    return int(size[0]), 1 << int(shift[0])
+
+
 def _encode_validator(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("latin-1", "strict")
     if b"\0" in raw or len(raw) > limit:

@@ -13,7 +13,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine._core import RangeFile, control_path, part_path
+from engine._core import RangeFile, control_path, part_path, peek
 from engine.errors import InvalidRequestError, InvalidStateError, StorageError
 
 BLOCK = 4096
@@ -213,3 +213,11 @@ def test_symlinked_partial_file_is_not_followed(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         RangeFile(result, 10, BLOCK)
     assert target.read_bytes() == b"keep"
+
+
+def test_peek_tells_size_and_block_size_of_a_download_under_way(tmp_path: Path) -> None:
+    """peek() reads an existing control file's size and block size, None when there is none."""
+    result = tmp_path / "f.bin"
+    assert peek(result) is None
+    RangeFile(result, 5 * BLOCK + 1, 2 * BLOCK).close()
+    assert peek(result) == (5 * BLOCK + 1, 2 * BLOCK)

@@ -1,0 +1,37 @@
+"""Tunables of a transfer, with the seed's defaults: connect 5 min, no response 2 min, 3 retries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    """How one download uses the network; every field has the documented default."""
+
+    connections: int = 8
+    """Ranged connections per file."""
+    block_size: int = 1 << 20
+    """Granularity of the bitmap and of the per-block hash."""
+    first_request: int = 4 << 20
+    """Bytes asked for by the first request: a small file costs one request."""
+    chunk_size: int = 64 << 20
+    """Largest range one request asks for; requests end cleanly, keeping connections alive."""
+    min_split: int = 2 << 20
+    """A connection that runs out of work steals half of a segment at least twice this long."""
+    connect_timeout: float = 300.0
+    response_timeout: float = 120.0
+    """No byte for this long, once connected, aborts the request (libcurl's low-speed check)."""
+    low_speed_limit: int = 1
+    """Bytes per second below which a connection counts as stalled for response_timeout."""
+    retries: int = 3
+    """Transient failures in a row before the download fails; progress resets the count."""
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    buffer_size: int = 512 << 10
+    """libcurl's receive buffer: the size of the pieces handed to the C core."""
+    max_redirects: int = 10
+    ca_file: str | None = None
+    """A CA bundle to trust instead of the system's (TLS is always verified)."""
+    durable_every: float = 5.0
+    """Seconds between flushes of data and bitmap while a download runs."""

@@ -1,0 +1,488 @@
+"""One file over many ranged connections: probe, split, steal, and check every 206.
+
+Theory of operation
+-------------------
+The first request asks for ``bytes=0-(first_request-1)`` (a small file costs that one
+request).  Its response tells the size, the validators and whether ranges work; the
+C core's result file is created then, and the other connections start.  Each request
+asks for a bounded range, so it ends cleanly and its connection stays alive; a
+connection out of work takes half of the largest remaining range of another
+(``min_split`` at least), whose write callback stops at the new end.  Every 206 must
+start where asked and agree with the known size and validators, else its bytes are
+thrown away.  A 200 to a ranged request means no range support: one connection from
+zero.  A changed ETag/Last-Modified (If-Range) restarts the whole file: a result never
+mixes two versions.  Blocks already complete in the bitmap are never fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pycurl
+
+from engine._config import TransferConfig
+from engine._core import RangeFile, part_path, peek, remove_partial
+from engine._transport import HandlePool, ResponseHead, configure, curl_error, http_error, new_multi
+from engine._web_error import WebErrorStatus
+from engine.errors import ControlFileError, StorageError, TransferError, TransportError
+
+_MAX_RESTARTS = 3
+
+
+class _Stop(enum.Enum):
+    """Why a write callback stopped its own request."""
+
+    RANGE_END = "range end reached"
+    BAD_RANGE = "Content-Range is not the range asked for"
+    NO_RANGES = "server ignores ranges"
+    CHANGED = "content changed on the server"
+    HTTP = "error status"
+    STORAGE = "storage failed"
+
+
+class _Restart(Exception):
+    def __init__(self, changed: bool) -> None:
+        super().__init__("restart")
+        self.changed = changed
+
+
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """One request in flight: asked ``[start, end)``, written up to ``pos``."""
+
+    start: int
+    end: int | None
+    pos: int
+    head: ResponseHead = dataclasses.field(default_factory=ResponseHead)
+    checked: bool = False
+    stop: _Stop | None = None
+    error: TransferError | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Progress as the API reports it: body bytes, 0 total while unknown."""
+
+    bytes_received: int
+    total_bytes_to_receive: int
+    has_restarted: bool
+    has_response_changed: bool
+    connections: int
+
+
+_shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool]] = {}
+
+
+def _multi_for_loop() -> tuple[Any, HandlePool]:
+    loop = asyncio.get_running_loop()
+    if loop not in _shared:
+        _shared[loop] = (new_multi(), HandlePool())
+    return _shared[loop]
+
+
+class SegmentedDownload:
+    """Downloads ``url`` into ``result``; resumes what an earlier run left on disk."""
+
+    def __init__(
+        self,
+        url: str,
+        result: os.PathLike[str] | str,
+        *,
+        config: TransferConfig | None = None,
+        headers: Sequence[str] = (),
+        on_progress: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.result = Path(result)
+        self.config = config or TransferConfig()
+        self.headers = list(headers)
+        self.on_progress = on_progress
+        self.size: int | None = None
+        self.etag = ""
+        self.last_modified = ""
+        self.ranges_ok = True
+        self.has_restarted = False
+        self.has_response_changed = False
+        self.last_head: ResponseHead | None = None
+        self.finished = False
+        self.rf: RangeFile | None = None
+        self._grow_fd = -1  # unknown length: a plain growing partial file
+        self._grow_pos = 0
+        self._inflight: list[_Stream] = []
+        self._failures = 0
+        self._head_ready: asyncio.Event | None = None
+
+    # -- public ---------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        if self.rf is not None and not self.rf.closed:
+            done = self.rf.bytes_complete
+        elif self.finished:
+            done = self.size or 0
+        else:
+            done = self._grow_pos
+        return Snapshot(
+            done,
+            self.size or 0,
+            self.has_restarted,
+            self.has_response_changed,
+            len(self._inflight),
+        )
+
+    async def run(self) -> Path:
+        """Download until the result file is complete and renamed into place."""
+        self._reopen()
+        restarts = 0
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            while True:
+                try:
+                    await self._round()
+                except _Restart as again:
+                    restarts += 1
+                    if restarts > _MAX_RESTARTS:
+                        raise TransportError(
+                            f"{self.url}: content kept changing during the download",
+                            web_error_status=WebErrorStatus.UNKNOWN,
+                        ) from None
+                    self._start_over(changed=again.changed)
+                    continue
+                if self._complete():
+                    done = self._finish()
+                    self.finished = True
+                    return done
+        except BaseException:
+            self._close()
+            raise
+        finally:
+            ticker.cancel()
+            self._report()
+
+    # -- rounds and workers ---------------------------------------------------
+    async def _round(self) -> None:
+        self._head_ready = asyncio.Event()
+        first = self._next_segment() if self.size is not None else (0, self.config.first_request)
+        if first is None:
+            return
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._worker(first))]
+        try:
+            if self.size is None:
+                ready = asyncio.ensure_future(self._head_ready.wait())
+                tasks.append(ready)
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                tasks.remove(ready)
+                ready.cancel()
+            if self.ranges_ok and self.rf is not None:
+                more = min(self.config.connections, self._useful_connections()) - 1
+                tasks += [asyncio.ensure_future(self._worker(None)) for _ in range(more)]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _useful_connections(self) -> int:
+        left = (self.size or 0) - (self.rf.bytes_complete if self.rf else 0)
+        return max(1, -(-left // self.config.min_split))
+
+    async def _worker(self, segment: tuple[int, int | None] | None) -> None:
+        if segment is None:
+            segment = self._next_segment()
+        while segment is not None:
+            await self._fetch(*segment)
+            if self.rf is None and self._grow_fd < 0:
+                return
+            segment = self._next_segment()
+
+    def _next_segment(self) -> tuple[int, int | None] | None:
+        """The next range to ask for: free missing bytes first, else half of a busy range."""
+        if self.rf is None:
+            return None
+        if not self.ranges_ok:
+            return None if self._inflight or self.rf.is_complete else (0, self.size)
+        pos = 0
+        while (gap := self.rf.next_missing(pos)) is not None:
+            start, length = gap
+            free = self._subtract_inflight(start, start + length)
+            if free is not None:
+                return free[0], min(free[1], free[0] + self.config.chunk_size)
+            pos = start + length
+        return self._steal()
+
+    def _subtract_inflight(self, start: int, end: int) -> tuple[int, int] | None:
+        cuts = sorted((s.start, s.end or end) for s in self._inflight)
+        for a, b in cuts:
+            if b <= start or a >= end:
+                continue
+            if a > start:
+                return start, a
+            start = max(start, b)
+            if start >= end:
+                return None
+        return (start, end) if start < end else None
+
+    def _steal(self) -> tuple[int, int] | None:
+        victims = [s for s in self._inflight if s.end is not None]
+        if not victims:
+            return None
+        victim = max(victims, key=lambda s: (s.end or 0) - s.pos)
+        assert victim.end is not None
+        left = victim.end - victim.pos
+        if left < 2 * self.config.min_split:
+            return None
+        block = self.config.block_size
+        mid = (victim.pos + left // 2 + block - 1) // block * block
+        if mid >= victim.end:
+            return None
+        stolen = (mid, victim.end)
+        victim.end = mid  # its write callback stops there
+        return stolen
+
+    # -- one request ------------------------------------------------------------
+    async def _fetch(self, start: int, end: int | None) -> None:
+        multi, pool = _multi_for_loop()
+        curl = pool.take()
+        stream = _Stream(start, end, start)
+        configure(curl, self.url, self.config, self._request_headers(start, end))
+        curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
+        curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
+        self._inflight.append(stream)
+        code, message = 0, ""
+        try:
+            await multi.perform(curl)
+        except pycurl.error as exc:
+            code, message = exc.args[0], exc.args[1]
+        finally:
+            self._inflight.remove(stream)
+        pool.give(curl)
+        self.last_head = stream.head
+        if not stream.checked and code == 0 and stream.stop is None:
+            self._check_head(stream)  # an empty body: the head is all there is
+        await self._settle(stream, code, message)
+
+    def _request_headers(self, start: int, end: int | None) -> list[str]:
+        headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
+        validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
+        validator = validator or self.last_modified
+        if validator and self.size is not None:
+            headers.append(f"If-Range: {validator}")
+        return headers
+
+    async def _settle(self, stream: _Stream, code: int, message: str) -> None:
+        """Decide what a finished request means: done, retry later, restart or fail."""
+        progressed = stream.pos > stream.start
+        if progressed:
+            self._failures = 0
+        if stream.stop is _Stop.RANGE_END or (code == 0 and stream.stop is None):
+            if stream.end is None or stream.pos >= stream.end or progressed:
+                return
+            err: TransferError = TransportError(
+                f"{self.url}: response ended before the range was complete",
+                web_error_status=WebErrorStatus.CONNECTION_ABORTED,
+            )
+            await self._transient(err, None)
+            return
+        if stream.stop in (_Stop.CHANGED, _Stop.NO_RANGES):
+            raise _Restart(changed=stream.stop is _Stop.CHANGED)
+        if stream.stop is _Stop.STORAGE:
+            assert stream.error is not None
+            raise stream.error
+        if stream.stop is _Stop.BAD_RANGE:
+            err = TransportError(
+                f"{self.url}: {stream.stop.value} ({stream.head.get('Content-Range')})",
+                web_error_status=WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE,
+            )
+            await self._transient(err, None)
+            return
+        if stream.stop is _Stop.HTTP:
+            herr, transient = http_error(stream.head.status, self.url)
+            if not transient:
+                raise herr
+            await self._transient(herr, stream.head.retry_after)
+            return
+        cerr, transient = curl_error(code, message, self.url)
+        if not transient:
+            raise cerr
+        await self._transient(cerr, None)
+
+    async def _transient(self, err: TransferError, retry_after: float | None) -> None:
+        """Back off (exponential, jittered, Retry-After honoured) or give up after N in a row."""
+        self._failures += 1
+        if self._failures > self.config.retries:
+            raise err
+        delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.backoff_max * 10))
+        await asyncio.sleep(delay)
+
+    # -- the data path --------------------------------------------------------
+    def _writer(self, st: _Stream) -> Callable[[memoryview], int | None]:
+        def on_write(mv: memoryview) -> int | None:
+            if not st.checked and not self._check_head(st):
+                return 0
+            n = len(mv)
+            pos, end = st.pos, st.end
+            try:
+                if end is not None and pos + n > end:
+                    if end > pos:
+                        self._write(pos, mv[: end - pos])
+                    st.pos = end
+                    st.stop = _Stop.RANGE_END
+                    return 0
+                self._write(pos, mv)
+            except StorageError as exc:
+                st.stop, st.error = _Stop.STORAGE, exc
+                return 0
+            st.pos = pos + n
+            return None
+
+        return on_write
+
+    def _write(self, offset: int, data: memoryview) -> None:
+        if self.rf is not None:
+            self.rf.write(offset, data)
+            return
+        try:
+            os.pwrite(self._grow_fd, data, offset)
+        except OSError as exc:
+            raise StorageError(exc.errno, exc.strerror, str(self.result)) from exc
+        self._grow_pos = offset + len(data)
+
+    def _check_head(self, st: _Stream) -> bool:
+        """Validate a response before its first byte is written; False stops the request."""
+        st.checked = True
+        head = st.head
+        status = head.status
+        if status == 206:
+            return self._check_partial(st)
+        if status == 416 and head.unsatisfied_total == 0 and self.size is None:
+            self._adopt(head, 0, ranges=True)
+            return True
+        if status == 200 or (200 < status < 300 and st.start == 0):
+            if self.size is None and st.start == 0:
+                self._adopt(head, head.content_length, ranges=False)
+                st.end = self.size
+                return True
+            st.stop = _Stop.CHANGED if self._changed(head, None) else _Stop.NO_RANGES
+            return False
+        st.stop = _Stop.HTTP if status >= 300 else _Stop.BAD_RANGE
+        return False
+
+    def _check_partial(self, st: _Stream) -> bool:
+        rng = st.head.content_range
+        if rng is None or rng[0] != st.start or rng[1] < rng[0]:
+            st.stop = _Stop.BAD_RANGE
+            return False
+        if self.size is None:
+            if rng[2] is None:
+                st.stop = _Stop.BAD_RANGE
+                return False
+            self._adopt(st.head, rng[2], ranges=True)
+        elif self._changed(st.head, rng[2]):
+            st.stop = _Stop.CHANGED
+            return False
+        last = rng[1] + 1
+        st.end = last if st.end is None else min(st.end, last)
+        return True
+
+    def _changed(self, head: ResponseHead, total: int | None) -> bool:
+        if total is not None and self.size is not None and total != self.size:
+            return True
+        etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
+        if self.etag and etag and etag != self.etag:
+            return True
+        return bool(self.last_modified and modified and modified != self.last_modified)
+
+    # -- the result file ------------------------------------------------------
+    def _adopt(self, head: ResponseHead, size: int | None, *, ranges: bool) -> None:
+        """The first response decided the download: create its result file."""
+        self.size = size
+        self.etag = (head.get("ETag") or "")[:256]
+        self.last_modified = (head.get("Last-Modified") or "")[:128]
+        self.ranges_ok = ranges
+        remove_partial(self.result)
+        if size is None:
+            self._grow_fd = os.open(
+                part_path(self.result), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666
+            )
+        else:
+            self.rf = RangeFile(
+                self.result,
+                size,
+                self.config.block_size,
+                etag=self.etag,
+                last_modified=self.last_modified,
+            )
+        if self._head_ready is not None:
+            self._head_ready.set()
+
+    def _reopen(self) -> None:
+        """Continue a download an earlier run left: verify its blocks, keep its validators."""
+        try:
+            found = peek(self.result)
+        except ControlFileError:
+            remove_partial(self.result)
+            return
+        if found is None:
+            return
+        size, block = found
+        self.rf = RangeFile(self.result, size, block, create=False)
+        self.rf.verify()  # after a power loss a set bit may not match the disk
+        self.size, self.etag, self.last_modified = size, self.rf.etag, self.rf.last_modified
+
+    def _start_over(self, *, changed: bool) -> None:
+        self._close()
+        remove_partial(self.result)
+        self.rf, self.size = None, None
+        self.etag = self.last_modified = ""
+        self.ranges_ok = True
+        self.has_restarted = True
+        self.has_response_changed = self.has_response_changed or changed
+        self._failures = 0
+
+    def _complete(self) -> bool:
+        if self.rf is not None:
+            return self.rf.is_complete
+        return self._grow_fd >= 0
+
+    def _finish(self) -> Path:
+        if self.rf is not None:
+            return self.rf.finish()
+        os.fsync(self._grow_fd)
+        os.close(self._grow_fd)
+        self._grow_fd = -1
+        os.replace(part_path(self.result), self.result)
+        self.size = self._grow_pos
+        return self.result
+
+    def _close(self) -> None:
+        if self.rf is not None:
+            self.rf.close()
+        if self._grow_fd >= 0:
+            os.close(self._grow_fd)
+            self._grow_fd = -1
+
+    async def _tick(self) -> None:
+        """Throttled progress reports and periodic write-back of data and bitmap."""
+        flushed = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.2)
+            self._report()
+            due = loop.time() - flushed >= self.config.durable_every
+            if self.rf is not None and not self.rf.closed and due:
+                self.rf.flush(durable=False)
+                flushed = loop.time()
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.snapshot())

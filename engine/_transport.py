@@ -1,0 +1,189 @@
+"""libcurl through pycurl: easy-handle set-up, response heads, and curl codes mapped to errors.
+
+pycurl ships no type stubs, so it is imported here and in ``_segmented`` only.  One
+``pycurl.AsyncCurlMulti`` per engine loop drives every transfer through libcurl's
+multi-socket API; easy handles are pooled so their connections stay alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import re
+import time
+from typing import Any
+
+import pycurl
+
+from engine._config import TransferConfig
+from engine._web_error import WebErrorStatus
+from engine.errors import (
+    HttpError,
+    InvalidRequestError,
+    TransferError,
+    TransferTimeoutError,
+    TransportError,
+)
+
+_E_HTTP2_STREAM = getattr(pycurl, "E_HTTP2_STREAM", 92)
+_WEB = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+_ALLOWED = _WEB | pycurl.PROTO_FTP | pycurl.PROTO_FTPS | pycurl.PROTO_SFTP
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)", re.IGNORECASE)
+
+# libcurl code -> (status, transient).  One table: the only place codes become meaning.
+_CURL_ERRORS: dict[int, tuple[WebErrorStatus, bool]] = {
+    pycurl.E_COULDNT_RESOLVE_HOST: (WebErrorStatus.HOST_NAME_NOT_RESOLVED, False),
+    pycurl.E_COULDNT_RESOLVE_PROXY: (WebErrorStatus.HOST_NAME_NOT_RESOLVED, False),
+    pycurl.E_COULDNT_CONNECT: (WebErrorStatus.CANNOT_CONNECT, True),
+    pycurl.E_OPERATION_TIMEDOUT: (WebErrorStatus.TIMEOUT, True),
+    pycurl.E_RECV_ERROR: (WebErrorStatus.CONNECTION_RESET, True),
+    pycurl.E_SEND_ERROR: (WebErrorStatus.CONNECTION_RESET, True),
+    pycurl.E_PARTIAL_FILE: (WebErrorStatus.CONNECTION_ABORTED, True),
+    pycurl.E_GOT_NOTHING: (WebErrorStatus.DISCONNECTED, True),
+    pycurl.E_HTTP2: (WebErrorStatus.CONNECTION_RESET, True),
+    _E_HTTP2_STREAM: (WebErrorStatus.CONNECTION_RESET, True),
+    # CURLE_WEIRD_SERVER_REPLY (8), which pycurl names after its FTP origin:
+    pycurl.E_FTP_WEIRD_SERVER_REPLY: (WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE, False),
+    pycurl.E_UNSUPPORTED_PROTOCOL: (WebErrorStatus.REDIRECT_FAILED, False),
+    pycurl.E_TOO_MANY_REDIRECTS: (WebErrorStatus.REDIRECT_FAILED, False),
+    pycurl.E_PEER_FAILED_VERIFICATION: (WebErrorStatus.CERTIFICATE_IS_INVALID, False),
+    pycurl.E_SSL_CONNECT_ERROR: (WebErrorStatus.CANNOT_CONNECT, False),
+    pycurl.E_URL_MALFORMAT: (WebErrorStatus.UNKNOWN, False),
+}
+_TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def curl_error(code: int, message: str, url: str) -> tuple[TransferError, bool]:
+    """The typed error for a libcurl failure and whether a retry may cure it."""
+    status, transient = _CURL_ERRORS.get(code, (WebErrorStatus.UNKNOWN, False))
+    text = f"{url}: {message or 'libcurl error'} (curl {code})"
+    if code == pycurl.E_URL_MALFORMAT:
+        return InvalidRequestError(text, web_error_status=status), False
+    if code == pycurl.E_UNSUPPORTED_PROTOCOL and url.lower().startswith("https:"):
+        status = WebErrorStatus.HTTPS_TO_HTTP_ON_REDIRECTION
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return TransferTimeoutError(text, web_error_status=status), transient
+    return TransportError(text, web_error_status=status), transient
+
+
+def http_error(status_code: int, url: str) -> tuple[HttpError, bool]:
+    """The typed error for a final HTTP status that ends a request."""
+    return HttpError(f"{url}: HTTP {status_code}", status_code=status_code), (
+        status_code in _TRANSIENT_HTTP
+    )
+
+
+@dataclasses.dataclass
+class ResponseHead:
+    """The last response's status line and headers (names as the server sent them)."""
+
+    status: int = 0
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def get(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in reversed(self.headers):
+            if key.lower() == lname:
+                return value
+        return None
+
+    @property
+    def content_range(self) -> tuple[int, int, int | None] | None:
+        """``(first, last, total)`` of a 206's Content-Range; total None for ``*``."""
+        m = _CONTENT_RANGE.fullmatch((self.get("Content-Range") or "").strip())
+        if m is None:
+            return None
+        total = None if m.group(3) == "*" else int(m.group(3))
+        return int(m.group(1)), int(m.group(2)), total
+
+    @property
+    def unsatisfied_total(self) -> int | None:
+        """The size a 416 reports (``bytes */N``), if any."""
+        m = _UNSATISFIED_RANGE.fullmatch((self.get("Content-Range") or "").strip())
+        return int(m.group(1)) if m else None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.get("Content-Length")
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked us to wait (delta or HTTP date), if it said."""
+        value = self.get("Retry-After")
+        if not value:
+            return None
+        if value.strip().isdigit():
+            return float(value.strip())
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+    def feed(self, line: bytes) -> None:
+        """Take one header line from libcurl (a new status line starts a new head)."""
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):
+            parts = text.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.headers = []
+        elif ":" in text:
+            name, _, value = text.partition(":")
+            self.headers.append((name.strip(), value.strip()))
+
+
+def configure(curl: Any, url: str, config: TransferConfig, headers: list[str]) -> None:
+    """Every option a bgtransfer request sets: secure defaults, timeouts, big buffers."""
+    curl.reset()
+    curl.setopt(pycurl.URL, url)
+    curl.setopt(pycurl.PROTOCOLS, _ALLOWED)
+    # Redirects go to http(s) only, and https never to plain http: libcurl refuses them.
+    https = url.lower().startswith("https:")
+    curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTPS if https else _WEB)
+    curl.setopt(pycurl.FOLLOWLOCATION, 1)
+    curl.setopt(pycurl.MAXREDIRS, config.max_redirects)
+    curl.setopt(pycurl.UNRESTRICTED_AUTH, 0)  # credentials never follow to another host
+    curl.setopt(pycurl.SSL_VERIFYPEER, 1)
+    curl.setopt(pycurl.SSL_VERIFYHOST, 2)
+    if config.ca_file:
+        curl.setopt(pycurl.CAINFO, config.ca_file)
+    curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(config.connect_timeout * 1000))
+    curl.setopt(pycurl.LOW_SPEED_LIMIT, config.low_speed_limit)
+    curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(config.response_timeout)))
+    curl.setopt(pycurl.BUFFERSIZE, config.buffer_size)
+    curl.setopt(pycurl.NOSIGNAL, 1)
+    curl.setopt(pycurl.TCP_KEEPALIVE, 1)
+    curl.setopt(pycurl.PIPEWAIT, 1)  # prefer multiplexing on an HTTP/2 connection
+    curl.setopt(pycurl.USERAGENT, "bgtransfer/0.1")
+    curl.setopt(pycurl.HTTPHEADER, headers)
+
+
+class HandlePool:
+    """Reusable easy handles: set-up cost and TLS sessions are paid once."""
+
+    def __init__(self) -> None:
+        self._free: list[Any] = []
+
+    def take(self) -> Any:
+        return self._free.pop() if self._free else pycurl.Curl()
+
+    def give(self, curl: Any) -> None:
+        if len(self._free) < 256:
+            self._free.append(curl)
+        else:
+            curl.close()
+
+
+def new_multi(max_total: int = 256, max_host: int = 64) -> Any:
+    """A multi handle driven on the running loop through the multi-socket API."""
+    multi = pycurl.AsyncCurlMulti()
+    multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_total)
+    multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_host)
+    multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+    return multi
+
+
+def version() -> str:
+    return str(pycurl.version)

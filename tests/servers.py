@@ -1,0 +1,181 @@
+"""Real servers on 127.0.0.1 for the tests: nginx, and a fault-injecting server we own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from engine._loopback import LoopbackServer, RangeHandler
+
+NGINX_CONF = """
+{user}
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+        location /slow/ {{ alias {root}/www/; limit_rate 2m; }}
+    }}
+}}
+"""
+
+
+def sha256(data: bytes | Path) -> str:
+    """Hex SHA-256 of bytes or of a file's content."""
+    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Nginx:
+    """nginx serving ``root/www`` on an ephemeral loopback port."""
+
+    def __init__(self, root: Path) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.path.exists(binary):
+            raise RuntimeError("nginx is not installed: apt-get install -y nginx-light")
+        self.root = root
+        self.www = root / "www"
+        self.www.mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+        self.port = free_port()
+        conf = root / "nginx.conf"
+        # As root, workers would drop to nobody and could not read pytest's 0700 temp dirs.
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf.write_text(NGINX_CONF.format(root=root, port=self.port, user=user))
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")],
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"nginx did not start: {(root / 'error.log').read_text()}")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def requests(self) -> list[str]:
+        return (self.root / "access.log").read_text().splitlines()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+class FaultHandler(RangeHandler):
+    """Serves like RangeHandler, then misbehaves as ``server.fault`` says."""
+
+    server: FaultServer
+
+    def respond(self, send_body: bool) -> None:
+        srv = self.server
+        with srv.lock:
+            srv.requests += 1
+            n = srv.requests
+            srv.ranges_seen.append(self.headers.get("Range"))
+        fault = srv.fault
+        if fault == "503-once" and n == 1:
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if fault == "404":
+            self.send_error(404)
+            return
+        if fault == "garbage":
+            self.wfile.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+            self.close_connection = True
+            return
+        if fault == "no-ranges":
+            del self.headers["Range"]
+        if fault == "wrong-range" and self.headers.get("Range"):
+            self.send_response(206)
+            size = len(srv.body)
+            self.send_header("Content-Range", f"bytes 1-{size - 1}/{size}")
+            self.send_header("Content-Length", str(size - 1))
+            self.end_headers()
+            self.send_body(1, size - 1)
+            return
+        super().respond(send_body)
+
+    def send_body(self, first: int, last: int) -> None:
+        srv = self.server
+        view = memoryview(srv.body)
+        with srv.lock:
+            fault_here = srv.fault in ("reset", "truncate", "stall", "change") and (
+                srv.faults_left > 0
+            )
+            if fault_here:
+                srv.faults_left -= 1
+        limit = last + 1
+        if fault_here:
+            limit = min(limit, first + srv.fault_after)
+        off = first
+        try:
+            while off < limit:
+                chunk = view[off : min(off + 65536, limit)]
+                self.wfile.write(chunk)
+                with srv.lock:
+                    srv.bytes_sent += len(chunk)
+                off += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        if not fault_here:
+            return
+        if srv.fault == "stall":
+            time.sleep(srv.stall_seconds)
+        elif srv.fault == "reset":
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        elif srv.fault == "change":
+            srv.body, srv.etag = srv.new_body, '"v2"'
+        self.close_connection = True
+
+
+class FaultServer(LoopbackServer):
+    """The tests' own server: counts requests and body bytes, injects one fault kind."""
+
+    def __init__(self, body: bytes, fault: str = "", faults: int = 1, after: int = 1 << 20):
+        super().__init__(body, FaultHandler, etag='"v1"')
+        self.lock = threading.Lock()
+        self.fault = fault
+        self.faults_left = faults
+        self.fault_after = after
+        self.stall_seconds = 3.0
+        self.requests = 0
+        self.bytes_sent = 0
+        self.ranges_seen: list[str | None] = []
+        self.new_body = b""

@@ -1,0 +1,131 @@
+"""The engine against the tests' fault-injecting server: byte-exact, or a clear typed error."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import FaultServer, sha256
+
+from engine._config import TransferConfig
+from engine._core import part_path
+from engine._segmented import SegmentedDownload
+from engine._web_error import WebErrorStatus
+from engine.errors import TransportError
+
+Run = Callable[[Any], Any]
+SIZE = 12 * 1024 * 1024 + 777
+BODY = os.urandom(SIZE)
+FAST = TransferConfig(
+    connections=4,
+    first_request=1 << 20,
+    chunk_size=2 << 20,
+    min_split=1 << 20,
+    backoff_base=0.05,
+    response_timeout=1.0,
+    low_speed_limit=1024,
+)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[FaultServer]:
+    fault, faults, after = getattr(request, "param", ("", 0, 0))
+    srv = FaultServer(BODY, fault, faults=faults, after=after)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        ("reset", 3, 300_000),
+        ("truncate", 3, 500_000),
+        ("stall", 2, 400_000),
+        ("503-once", 0, 0),
+        ("no-ranges", 0, 0),
+    ],
+    indirect=True,
+    ids=["reset", "truncate", "stall", "503-retry-after", "no-ranges"],
+)
+@pytest.mark.parametrize("connections", [1, 8])
+def test_transient_faults_end_byte_exact(
+    server: FaultServer, tmp_path: Path, run: Run, connections: int
+) -> None:
+    """Resets, truncation, stalls, a 503 and a server without ranges: the file is byte-exact."""
+    server.stall_seconds = 3.0
+    out = tmp_path / "f.bin"
+    cfg = TransferConfig(**{**FAST.__dict__, "connections": connections})
+    job = SegmentedDownload(server.url, out, config=cfg)
+    run(job.run())
+    assert sha256(out) == sha256(BODY)
+    if server.fault == "no-ranges":
+        assert server.requests == 1
+
+
+@pytest.mark.parametrize("server", [("wrong-range", 0, 0)], indirect=True)
+def test_wrong_content_range_is_never_written(
+    server: FaultServer, tmp_path: Path, run: Run
+) -> None:
+    """A 206 whose Content-Range is not the range asked for is refused; no file claims success."""
+    out = tmp_path / "f.bin"
+    with pytest.raises(TransportError) as info:
+        run(SegmentedDownload(server.url, out, config=FAST).run())
+    assert info.value.web_error_status is WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("server", [("garbage", 0, 0)], indirect=True)
+def test_garbage_status_line_is_typed_error(server: FaultServer, tmp_path: Path, run: Run) -> None:
+    """A server answering with no HTTP status line fails with a transport error, no file."""
+    out = tmp_path / "f.bin"
+    with pytest.raises(TransportError):
+        run(SegmentedDownload(server.url, out, config=FAST).run())
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("server", [("change", 1, 3_000_000)], indirect=True)
+def test_content_change_mid_download_restarts_whole_file(
+    server: FaultServer, tmp_path: Path, run: Run
+) -> None:
+    """The ETag changes mid-download: the result is entirely the new version, flagged."""
+    server.new_body = os.urandom(SIZE + 5000)
+    out = tmp_path / "f.bin"
+    job = SegmentedDownload(server.url, out, config=FAST)
+    run(job.run())
+    assert sha256(out) == sha256(server.new_body)
+    snap = job.snapshot()
+    assert snap.has_restarted
+    assert snap.has_response_changed
+
+
+@pytest.mark.parametrize("server", [("stall", 10_000, 3 << 19)], indirect=True)
+def test_resume_fetches_only_what_is_missing(server: FaultServer, tmp_path: Path, run: Run) -> None:
+    """A download cancelled half-way resumes from its bitmap: complete blocks never come again."""
+    server.stall_seconds = 60.0
+    out = tmp_path / "f.bin"
+    cfg = TransferConfig(**{**FAST.__dict__, "response_timeout": 120.0})
+
+    async def cancel_when_stalled() -> int:
+        job = SegmentedDownload(server.url, out, config=cfg)
+        task = asyncio.ensure_future(job.run())
+        while job.snapshot().bytes_received < (4 << 20):  # then every connection stalls
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return job.snapshot().bytes_received
+
+    have = run(cancel_when_stalled())
+    assert not out.exists()
+    assert part_path(out).exists()
+    server.fault = ""
+    sent_before = server.bytes_sent
+    run(SegmentedDownload(server.url, out, config=cfg).run())
+    assert sha256(out) == sha256(BODY)
+    assert server.bytes_sent - sent_before <= SIZE - have + cfg.connections * cfg.block_size
