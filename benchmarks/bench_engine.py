@@ -22,7 +22,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from sidebyside import record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import Nginx  # noqa: E402
+from servers import Nginx
 
 
 @pytest.fixture(scope="module")
