@@ -155,23 +155,27 @@ static int header_check(const rf_header *h, size_t file_len)
     return 0;
 }
 
+/* Reads the header of an open control file and checks it against the file's length. */
+static int header_read(int fd, rf_header *h)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    if ((size_t)st.st_size < sizeof *h)
+        return st.st_size >= 8 ? RF_E_TRUNCATED : RF_E_FORMAT;
+    if (pread(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h)
+        return -EIO;
+    return header_check(h, (size_t)st.st_size);
+}
+
 /* Reads and checks an existing control file's header: what rf_open will need. */
 int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift)
 {
     int fd = open(ctl_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    struct stat st;
     rf_header h;
-    int rc = 0;
-    if (fstat(fd, &st) != 0)
-        rc = -errno;
-    else if ((size_t)st.st_size < sizeof h)
-        rc = st.st_size >= 8 ? RF_E_TRUNCATED : RF_E_FORMAT;
-    else if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
-        rc = -EIO;
-    else
-        rc = header_check(&h, (size_t)st.st_size);
+    int rc = header_read(fd, &h);
     close(fd);
     if (rc == 0) {
         *size = h.size;
@@ -228,15 +232,8 @@ static int open_existing(rf_file *f)
     if (fd < 0)
         return errno == ENOENT ? 1 : -errno;
     f->ctl_fd = fd;
-    struct stat st;
-    if (fstat(fd, &st) != 0)
-        return -errno;
-    if ((size_t)st.st_size < sizeof(rf_header))
-        return st.st_size >= 8 ? RF_E_TRUNCATED : RF_E_FORMAT;
     rf_header h;
-    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
-        return -EIO;
-    int rc = header_check(&h, (size_t)st.st_size);
+    int rc = header_read(fd, &h);
     if (rc != 0)
         return rc;
     if (h.size != f->size || h.block_shift != f->block_shift)
@@ -244,6 +241,7 @@ static int open_existing(rf_file *f)
     f->data_fd = open(f->data_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (f->data_fd < 0)
         return errno == ENOENT ? RF_E_MISMATCH : -errno;
+    struct stat st;
     if (fstat(f->data_fd, &st) != 0)
         return -errno;
     if ((uint64_t)st.st_size != f->size)
