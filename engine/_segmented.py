@@ -115,6 +115,7 @@ class SegmentedDownload:
         self.rf: RangeFile | None = None
         self._grow_fd = -1  # unknown length: a plain growing partial file
         self._grow_pos = 0
+        self._body_ended = False  # unknown length: a response ended cleanly
         self._inflight: list[_Stream] = []
         self._failures = 0
         self._head_ready: asyncio.Event | None = None
@@ -279,10 +280,13 @@ class SegmentedDownload:
     async def _settle(self, stream: _Stream, code: int, message: str) -> None:
         """Decide what a finished request means: done, retry later, restart or fail."""
         progressed = stream.pos > stream.start
-        if progressed:
-            self._failures = 0
+        if progressed and self.ranges_ok:
+            self._failures = 0  # without ranges a retry throws the bytes away: no progress
         if stream.stop is _Stop.RANGE_END or (code == 0 and stream.stop is None):
-            if stream.end is None or stream.pos >= stream.end or progressed:
+            if stream.end is None:
+                self._body_ended = True  # unknown length: the body ends when the server says
+                return
+            if stream.pos >= stream.end or progressed:
                 return
             err: TransferError = TransportError(
                 f"{self.url}: response ended before the range was complete",
@@ -368,11 +372,15 @@ class SegmentedDownload:
             self._adopt(head, 0, ranges=True)
             return True
         if status == 200 or (200 < status < 300 and st.start == 0):
-            if self.size is None and st.start == 0:
-                self._adopt(head, head.content_length, ranges=False)
+            changed = self._changed(head, head.content_length)
+            if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
+                if self.size is None:
+                    self._adopt(head, head.content_length, ranges=False)
+                else:  # no ranges: the retry of a broken body starts over from zero
+                    self.has_restarted = True
                 st.end = self.size
                 return True
-            st.stop = _Stop.CHANGED if self._changed(head, None) else _Stop.NO_RANGES
+            st.stop = _Stop.CHANGED if changed else _Stop.NO_RANGES
             return False
         st.stop = _Stop.HTTP if status >= 300 else _Stop.BAD_RANGE
         return False
@@ -409,6 +417,7 @@ class SegmentedDownload:
         self.etag = (head.get("ETag") or "")[:256]
         self.last_modified = (head.get("Last-Modified") or "")[:128]
         self.ranges_ok = ranges
+        self._body_ended = False
         remove_partial(self.result)
         if size is None:
             self._grow_fd = os.open(
@@ -452,7 +461,7 @@ class SegmentedDownload:
     def _complete(self) -> bool:
         if self.rf is not None:
             return self.rf.is_complete
-        return self._grow_fd >= 0
+        return self._grow_fd >= 0 and self._body_ended
 
     def _finish(self) -> Path:
         if self.rf is not None:

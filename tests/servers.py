@@ -92,8 +92,14 @@ class Nginx:
             self.proc.stderr.close()
 
 
+BODY_FAULTS = frozenset({"reset", "truncate", "stall", "change"})
+
+
 class FaultHandler(RangeHandler):
-    """Serves like RangeHandler, then misbehaves as ``server.fault`` says."""
+    """Serves like RangeHandler, then misbehaves as ``server.fault`` says.
+
+    ``fault`` may join modes with ``+``: ``no-ranges+reset`` ignores Range and resets.
+    """
 
     server: FaultServer
 
@@ -103,23 +109,32 @@ class FaultHandler(RangeHandler):
             srv.requests += 1
             n = srv.requests
             srv.ranges_seen.append(self.headers.get("Range"))
-        fault = srv.fault
-        if fault == "503-once" and n == 1:
+        modes = set(srv.fault.split("+"))
+        if "503-once" in modes and n == 1:
             self.send_response(503)
             self.send_header("Retry-After", "1")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if fault == "404":
+        if "404" in modes:
             self.send_error(404)
             return
-        if fault == "garbage":
+        if "garbage" in modes:
             self.wfile.write(b"SSH-2.0-OpenSSH\r\n\r\n")
             self.close_connection = True
             return
-        if fault == "no-ranges":
+        if "no-ranges" in modes:
             del self.headers["Range"]
-        if fault == "wrong-range" and self.headers.get("Range"):
+        if "no-length" in modes:
+            self.send_response(200)
+            self.send_header("ETag", srv.etag)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if send_body:
+                self.send_body(0, len(srv.body) - 1)
+            return
+        if "wrong-range" in modes and self.headers.get("Range"):
             self.send_response(206)
             size = len(srv.body)
             self.send_header("Content-Range", f"bytes 1-{size - 1}/{size}")
@@ -133,9 +148,8 @@ class FaultHandler(RangeHandler):
         srv = self.server
         view = memoryview(srv.body)
         with srv.lock:
-            fault_here = srv.fault in ("reset", "truncate", "stall", "change") and (
-                srv.faults_left > 0
-            )
+            modes = set(srv.fault.split("+"))
+            fault_here = bool(modes & BODY_FAULTS) and srv.faults_left > 0
             if fault_here:
                 srv.faults_left -= 1
         limit = last + 1
@@ -154,13 +168,13 @@ class FaultHandler(RangeHandler):
             return
         if not fault_here:
             return
-        if srv.fault == "stall":
+        if "stall" in modes:
             time.sleep(srv.stall_seconds)
-        elif srv.fault == "reset":
+        elif "reset" in modes:
             self.connection.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
-        elif srv.fault == "change":
+        elif "change" in modes:
             srv.body, srv.etag = srv.new_body, '"v2"'
         self.close_connection = True
 

@@ -49,15 +49,27 @@ def server(request: pytest.FixtureRequest) -> Iterator[FaultServer]:
         ("stall", 2, 400_000),
         ("503-once", 0, 0),
         ("no-ranges", 0, 0),
+        ("no-ranges+reset", 2, 700_000),
+        ("no-length", 0, 0),
+        ("no-length+reset", 2, 700_000),
     ],
     indirect=True,
-    ids=["reset", "truncate", "stall", "503-retry-after", "no-ranges"],
+    ids=[
+        "reset",
+        "truncate",
+        "stall",
+        "503-retry-after",
+        "no-ranges",
+        "no-ranges-reset",
+        "no-length",
+        "no-length-reset",
+    ],
 )
 @pytest.mark.parametrize("connections", [1, 8])
 def test_transient_faults_end_byte_exact(
     server: FaultServer, tmp_path: Path, run: Run, connections: int
 ) -> None:
-    """Resets, truncation, stalls, a 503 and a server without ranges: the file is byte-exact."""
+    """Resets, truncation, stalls, a 503, no ranges, no length: the file is byte-exact."""
     server.stall_seconds = 3.0
     out = tmp_path / "f.bin"
     cfg = TransferConfig(**{**FAST.__dict__, "connections": connections})
