@@ -171,9 +171,12 @@ class FaultHandler(RangeHandler):
         if "stall" in modes:
             time.sleep(srv.stall_seconds)
         elif "reset" in modes:
+            # Close at once with linger 0: an RST and no FIN, which socketserver's own
+            # shutdown(SHUT_WR) would send first (a clean end of a close-delimited body).
             self.connection.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
+            self.connection.close()
         elif "change" in modes:
             srv.body, srv.etag = srv.new_body, '"v2"'
         self.close_connection = True
