@@ -42,10 +42,6 @@ class EngineLoop:
         """Run ``coro`` on the engine loop; the result is a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    @property
-    def is_current(self) -> bool:
-        return threading.current_thread() is self._thread
-
 
 def engine_loop() -> EngineLoop:
     """The process's engine loop, started on first use."""

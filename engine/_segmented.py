@@ -87,6 +87,12 @@ def _multi_for_loop() -> tuple[Any, HandlePool]:
     return _shared[loop]
 
 
+def _storable(validator: str | None, limit: int) -> str:
+    """A validator the control file can hold whole, else none: a cut one would never match."""
+    value = validator or ""
+    return value if len(value) <= limit and "\0" not in value else ""
+
+
 class SegmentedDownload:
     """Downloads ``url`` into ``result``; resumes what an earlier run left on disk."""
 
@@ -110,7 +116,6 @@ class SegmentedDownload:
         self.ranges_ok = True
         self.has_restarted = False
         self.has_response_changed = False
-        self.last_head: ResponseHead | None = None
         self.finished = False
         self.rf: RangeFile | None = None
         self._grow_fd = -1  # unknown length: a plain growing partial file
@@ -199,8 +204,6 @@ class SegmentedDownload:
             segment = self._next_segment()
         while segment is not None:
             await self._fetch(*segment)
-            if self.rf is None and self._grow_fd < 0:
-                return
             segment = self._next_segment()
 
     def _next_segment(self) -> tuple[int, int | None] | None:
@@ -239,7 +242,8 @@ class SegmentedDownload:
         left = victim.end - victim.pos
         if left < 2 * self.config.min_split:
             return None
-        block = self.config.block_size
+        assert self.rf is not None
+        block = self.rf.block_size
         mid = (victim.pos + left // 2 + block - 1) // block * block
         if mid >= victim.end:
             return None
@@ -264,7 +268,6 @@ class SegmentedDownload:
         finally:
             self._inflight.remove(stream)
         pool.give(curl)
-        self.last_head = stream.head
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
         await self._settle(stream, code, message)
@@ -414,8 +417,8 @@ class SegmentedDownload:
     def _adopt(self, head: ResponseHead, size: int | None, *, ranges: bool) -> None:
         """The first response decided the download: create its result file."""
         self.size = size
-        self.etag = (head.get("ETag") or "")[:256]
-        self.last_modified = (head.get("Last-Modified") or "")[:128]
+        self.etag = _storable(head.get("ETag"), 256)
+        self.last_modified = _storable(head.get("Last-Modified"), 128)
         self.ranges_ok = ranges
         self._body_ended = False
         remove_partial(self.result)

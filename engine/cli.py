@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -97,13 +97,12 @@ class _Bar:
 
 def _download(url: str, output: Path, connections: int, headers: list[str], quiet: bool) -> Path:
     bar = _Bar(quiet, output.name)
-    update: Callable[[Snapshot], None] = bar.update
     job = SegmentedDownload(
         url,
         output,
         config=TransferConfig(connections=max(1, connections)),
         headers=headers,
-        on_progress=update,
+        on_progress=bar.update,
     )
     try:
         return engine_loop().submit(job.run()).result()

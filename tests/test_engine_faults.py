@@ -80,6 +80,19 @@ def test_transient_faults_end_byte_exact(
         assert server.requests == 1
 
 
+def test_validator_too_long_to_store_is_not_cut(tmp_path: Path, run: Run) -> None:
+    """An ETag longer than the control file holds is not stored cut (it would never match)."""
+    srv = FaultServer(BODY)
+    srv.etag = '"' + "e" * 400 + '"'
+    try:
+        job = SegmentedDownload(srv.url, tmp_path / "f.bin", config=FAST)
+        run(job.run())
+    finally:
+        srv.close()
+    assert sha256(tmp_path / "f.bin") == sha256(BODY)
+    assert not job.snapshot().has_restarted
+
+
 @pytest.mark.parametrize("server", [("wrong-range", 0, 0)], indirect=True)
 def test_wrong_content_range_is_never_written(
     server: FaultServer, tmp_path: Path, run: Run
