@@ -29,7 +29,8 @@ from servers import Nginx
 def served(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Nginx, int]]:
-    disabled = request.config.getoption("benchmark_disable")
+    opt = request.config.getoption
+    disabled = opt("benchmark_disable") and not opt("benchmark_enable")
     size = (64 << 20) if disabled else int(os.environ.get("BGT_BENCH_SIZE", str(2 << 30)))
     server = Nginx(tmp_path_factory.mktemp("bench-nginx"))
     with (server.www / "big.bin").open("wb") as fh:

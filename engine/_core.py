@@ -103,7 +103,7 @@ class RangeFile:
         etag: str = "",
         last_modified: str = "",
         create: bool = True,
-        use_pwrite: bool = False,
+        staged: bool = True,
     ) -> None:
         self.result = Path(result)
         if size < 0:
@@ -116,7 +116,7 @@ class RangeFile:
         ws_len = lib.rf_workspace_size(size, shift)
         self._workspace: Any = ffi.new("char[]", ws_len)
         self._f: Any = ffi.new("rf_file *")
-        flags = (lib.RF_OPEN_CREATE if create else 0) | (lib.RF_OPEN_PWRITE if use_pwrite else 0)
+        flags = (lib.RF_OPEN_CREATE if create else 0) | (0 if staged else lib.RF_OPEN_UNSTAGED)
         check(
             lib.rf_open(
                 self._f,
@@ -154,9 +154,9 @@ class RangeFile:
         return bool(self._f.created)
 
     @property
-    def use_pwrite(self) -> bool:
-        """True when writes go through pwrite(2) (asked for, or the file is sparse)."""
-        return bool(self._f.use_pwrite)
+    def staged(self) -> bool:
+        """True when pieces under 64 KiB are gathered into runs before they are written."""
+        return bool(self._f.staged)
 
     @property
     def etag(self) -> str:
@@ -173,7 +173,11 @@ class RangeFile:
     # -- progress, counted in C --------------------------------------------
     @property
     def bytes_complete(self) -> int:
-        """Bytes inside blocks whose bit is set (and hash stored)."""
+        """Bytes inside blocks whose bit is set (and hash stored).
+
+        Bytes still staged in memory are not counted until they reach the file;
+        ``drain`` (or any query) puts them there.
+        """
         return int(self._f.bytes_complete)
 
     @property
@@ -183,11 +187,15 @@ class RangeFile:
 
     @property
     def is_complete(self) -> bool:
-        return self.bytes_complete == self.size
+        """Whether every block is complete (staged pieces are written first)."""
+        return self.range_complete(0, self.size)
 
     # -- the data path ------------------------------------------------------
     def write(self, offset: int, data: Any) -> int:
-        """Copy ``data`` (any buffer) to ``offset``; return how many blocks it completed.
+        """Write ``data`` (any buffer) at ``offset``; return how many blocks that completed.
+
+        A piece under 64 KiB may be staged (see csrc/rangefile.h) and complete its
+        blocks on a later call or on ``drain``.
 
         Replaced per instance by the closure from ``_writer`` (the hot path); this
         definition documents it for readers and type checkers.
@@ -211,6 +219,10 @@ class RangeFile:
         length = ffi.new("uint64_t *")
         check(lib.rf_next_missing(self._f, offset, start, length), self.result)
         return (int(start[0]), int(length[0])) if length[0] else None
+
+    def drain(self) -> int:
+        """Write every staged piece to the file; return how many blocks that completed."""
+        return check(lib.rf_drain(self._f), self.result)
 
     def range_complete(self, offset: int, length: int) -> bool:
         """Whether every block under ``[offset, offset + length)`` is complete."""

@@ -57,19 +57,19 @@ def write_plans(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], int]:
     return size, list(order), draw(st.integers(0, len(order)))
 
 
-@pytest.mark.parametrize("use_pwrite", [False, True], ids=["mmap", "pwrite"])
+@pytest.mark.parametrize("staged", [True, False], ids=["staged", "unstaged"])
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(plan=write_plans(), seed=st.integers(0, 2**32 - 1))
 def test_random_orders_give_right_ranges_and_bytes(
-    tmp_path: Path, use_pwrite: bool, plan: tuple[int, list[tuple[int, int]], int], seed: int
+    tmp_path: Path, staged: bool, plan: tuple[int, list[tuple[int, int]], int], seed: int
 ) -> None:
     """Any write order and piece size yields the model's ranges, then a byte-exact file."""
     size, order, n_first = plan
     data = random.Random(seed).randbytes(size)
     result = tmp_path / f"r{seed}.bin"
-    rf = RangeFile(result, size, BLOCK, use_pwrite=use_pwrite)
+    rf = RangeFile(result, size, BLOCK, staged=staged)
     for off, n in order[:n_first]:
         rf.write(off, memoryview(data)[off : off + n])
     want = expected_ranges(size, order[:n_first], BLOCK)
@@ -221,3 +221,51 @@ def test_peek_tells_size_and_block_size_of_a_download_under_way(tmp_path: Path) 
     assert peek(result) is None
     RangeFile(result, 5 * BLOCK + 1, 2 * BLOCK).close()
     assert peek(result) == (5 * BLOCK + 1, 2 * BLOCK)
+
+
+def test_staged_pieces_mark_nothing_until_they_reach_the_file(tmp_path: Path) -> None:
+    """Small pieces are gathered in memory: their blocks stay unmarked until drained."""
+    result = tmp_path / "f.bin"
+    size = 256 * 1024
+    data = os.urandom(size)
+    with RangeFile(result, size, 4096) as rf:
+        assert rf.staged
+        for off in range(0, 32 * 1024, 8 * 1024):  # 32 KiB: under one 64 KiB run
+            assert rf.write(off, data[off : off + 8 * 1024]) == 0
+        assert rf.bytes_complete == 0  # still staged: not in the file, not marked
+        assert rf.drain() == 8
+        assert rf.bytes_complete == 32 * 1024
+        assert part_path(result).read_bytes()[: 32 * 1024] == data[: 32 * 1024]
+
+
+def test_a_later_write_over_a_staged_run_wins(tmp_path: Path) -> None:
+    """A write overlapping staged bytes lands after them, whatever its size."""
+    result = tmp_path / "f.bin"
+    size = 512 * 1024
+    old, new = os.urandom(size), os.urandom(size)
+    with RangeFile(result, size, 4096) as rf:
+        rf.write(0, old[:40_000])  # staged
+        rf.write(20_000, new[20_000:30_000])  # overlaps the staged run: staged after it
+        rf.write(0, new[:8192])  # overlaps again
+        rf.write(100_000, old[100_000:400_000])  # large: straight to the file
+        rf.write(150_000, new[150_000:160_000])  # staged over it
+        rf.drain()
+        got = bytes(rf.view())
+    want = bytearray(old)
+    want[0:8192] = new[:8192]
+    want[20_000:30_000] = new[20_000:30_000]
+    want[150_000:160_000] = new[150_000:160_000]
+    assert got[:40_000] == want[:40_000]
+    assert got[100_000:400_000] == want[100_000:400_000]
+
+
+def test_close_writes_staged_pieces_and_reopen_sees_them(tmp_path: Path) -> None:
+    """close() drains the stages, so a clean stop loses nothing it was given."""
+    result = tmp_path / "f.bin"
+    data = os.urandom(64 * 1024)
+    rf = RangeFile(result, len(data), 4096)
+    rf.write(0, data[:16384])
+    rf.close()
+    with RangeFile(result, len(data), 4096, create=False) as again:
+        assert again.ranges() == [(0, 16384)]
+        assert again.verify() == 0

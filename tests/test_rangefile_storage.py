@@ -57,7 +57,7 @@ def test_write_past_file_size_limit_is_typed_and_control_stays_valid(tmp_path: P
     result = tmp_path / "f.bin"
     size = 64 * BLOCK
     data = os.urandom(size)
-    rf = RangeFile(result, size, BLOCK, use_pwrite=True)
+    rf = RangeFile(result, size, BLOCK, staged=False)
     rf.write(0, data[: 8 * BLOCK])
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (32 * BLOCK, hard))
