@@ -1,0 +1,72 @@
+"""bgtransfer: background downloads with the Windows DownloadOperation API, in Python.
+
+Everything ../shared/API.md lists is importable from here; the submodules with a
+leading underscore are private.
+"""
+
+from engine._conditions import LinuxNetworkMonitor, NetworkMonitor
+from engine._config import TransferConfig
+from engine._values import (
+    BackgroundDownloadProgress,
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferBehavior,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferFileRange,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+    Deferral,
+    ResponseInformation,
+)
+from engine._web_error import WebErrorStatus
+from engine.downloader import (
+    BackgroundDownloader,
+    BackgroundTransferCompletionGroup,
+    BackgroundTransferGroup,
+)
+from engine.errors import (
+    ControlFileError,
+    HttpError,
+    IntegrityError,
+    InvalidRequestError,
+    InvalidStateError,
+    ResultFileInUseError,
+    StorageError,
+    TransferCanceled,
+    TransferError,
+    TransferTimeoutError,
+    TransportError,
+)
+from engine.operation import DownloadOperation
+
+__all__ = [
+    "BackgroundDownloadProgress",
+    "BackgroundDownloadRangesDownloadedEventArgs",
+    "BackgroundDownloader",
+    "BackgroundTransferBehavior",
+    "BackgroundTransferCompletionGroup",
+    "BackgroundTransferCostPolicy",
+    "BackgroundTransferFileRange",
+    "BackgroundTransferGroup",
+    "BackgroundTransferPriority",
+    "BackgroundTransferStatus",
+    "ControlFileError",
+    "Credential",
+    "Deferral",
+    "DownloadOperation",
+    "HttpError",
+    "IntegrityError",
+    "InvalidRequestError",
+    "InvalidStateError",
+    "LinuxNetworkMonitor",
+    "NetworkMonitor",
+    "ResponseInformation",
+    "ResultFileInUseError",
+    "StorageError",
+    "TransferCanceled",
+    "TransferConfig",
+    "TransferError",
+    "TransferTimeoutError",
+    "TransportError",
+    "WebErrorStatus",
+]

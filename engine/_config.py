@@ -35,3 +35,8 @@ class TransferConfig:
     """A CA bundle to trust instead of the system's (TLS is always verified)."""
     durable_every: float = 5.0
     """Seconds between flushes of data and bitmap while a download runs."""
+    poll_interval: float = 2.0
+    """Seconds between looks at the network, its cost and free disk (a paused operation
+    resumes by itself within this long of its cause going away)."""
+    free_space_reserve: int = 64 << 20
+    """Free bytes to leave on the result's file system: below, PAUSED_SYSTEM_POLICY."""

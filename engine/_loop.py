@@ -38,6 +38,10 @@ class EngineLoop:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the engine loop; the result is a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

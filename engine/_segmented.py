@@ -29,7 +29,15 @@ import pycurl
 
 from engine._config import TransferConfig
 from engine._core import RangeFile, part_path, peek, remove_partial
-from engine._transport import HandlePool, ResponseHead, configure, curl_error, http_error, new_multi
+from engine._transport import (
+    HandlePool,
+    RequestOptions,
+    ResponseHead,
+    configure,
+    curl_error,
+    http_error,
+    new_multi,
+)
 from engine._web_error import WebErrorStatus
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
 
@@ -45,6 +53,7 @@ class _Stop(enum.Enum):
     CHANGED = "content changed on the server"
     HTTP = "error status"
     STORAGE = "storage failed"
+    UNSUPPORTED = "random access needs ranges and a length"
 
 
 class _Restart(Exception):
@@ -104,8 +113,21 @@ class SegmentedDownload:
         config: TransferConfig | None = None,
         headers: Sequence[str] = (),
         on_progress: Callable[[Snapshot], None] | None = None,
+        request: RequestOptions | None = None,
+        require_ranges: bool = False,
     ) -> None:
         self.url = url
+        self.request = request or RequestOptions()
+        self.last_head: ResponseHead | None = None
+        """The newest response head that was accepted, for get_response_information."""
+        self.actual_url = url
+        """The URL after redirects of that response."""
+        self.finisher: Callable[[Callable[[], Path]], Path] = lambda finish: finish()
+        """Wraps the rename onto the final name: an operation makes it atomic with its status."""
+        self.require_ranges = require_ranges
+        """Random access: a server without ranges or a length fails at once."""
+        self.restarts = 0
+        """Times the download started over (content changed, or no ranges)."""
         self.result = Path(result)
         self.config = config or TransferConfig()
         self.headers = list(headers)
@@ -160,7 +182,7 @@ class SegmentedDownload:
                     self._start_over(changed=again.changed)
                     continue
                 if self._complete():
-                    done = self._finish()
+                    done = self.finisher(self._finish)
                     self.finished = True
                     return done
         except BaseException:
@@ -256,7 +278,7 @@ class SegmentedDownload:
         multi, pool = _multi_for_loop()
         curl = pool.take()
         stream = _Stream(start, end, start)
-        configure(curl, self.url, self.config, self._request_headers(start, end))
+        configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
         self._inflight.append(stream)
@@ -267,12 +289,16 @@ class SegmentedDownload:
             code, message = exc.args[0], exc.args[1]
         finally:
             self._inflight.remove(stream)
+        if stream.checked and stream.stop in (None, _Stop.RANGE_END):
+            self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
         await self._settle(stream, code, message)
 
     def _request_headers(self, start: int, end: int | None) -> list[str]:
+        if self.request.single_request:
+            return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
         validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
         validator = validator or self.last_modified
@@ -299,7 +325,7 @@ class SegmentedDownload:
             return
         if stream.stop in (_Stop.CHANGED, _Stop.NO_RANGES):
             raise _Restart(changed=stream.stop is _Stop.CHANGED)
-        if stream.stop is _Stop.STORAGE:
+        if stream.stop in (_Stop.STORAGE, _Stop.UNSUPPORTED):
             assert stream.error is not None
             raise stream.error
         if stream.stop is _Stop.BAD_RANGE:
@@ -334,11 +360,11 @@ class SegmentedDownload:
     # -- the data path --------------------------------------------------------
     def _writer(self, st: _Stream) -> Callable[[memoryview], int | None]:
         def on_write(mv: memoryview) -> int | None:
-            if not st.checked and not self._check_head(st):
-                return 0
             n = len(mv)
-            pos, end = st.pos, st.end
             try:
+                if not st.checked and not self._check_head(st):
+                    return 0
+                pos, end = st.pos, st.end
                 if end is not None and pos + n > end:
                     if end > pos:
                         self._write(pos, mv[: end - pos])
@@ -367,6 +393,23 @@ class SegmentedDownload:
     def _check_head(self, st: _Stream) -> bool:
         """Validate a response before its first byte is written; False stops the request."""
         st.checked = True
+        accepted = self._accept_head(st)
+        if accepted:
+            self.last_head = st.head
+            if self.require_ranges and (self.size is None or not self.ranges_ok):
+                status = (
+                    WebErrorStatus.MISSING_CONTENT_LENGTH_SUPPORT
+                    if self.size is None
+                    else WebErrorStatus.INSUFFICIENT_RANGE_SUPPORT
+                )
+                st.stop = _Stop.UNSUPPORTED
+                st.error = TransportError(
+                    f"{self.url}: {_Stop.UNSUPPORTED.value}", web_error_status=status
+                )
+                return False
+        return accepted
+
+    def _accept_head(self, st: _Stream) -> bool:
         head = st.head
         status = head.status
         if status == 206:
@@ -381,6 +424,7 @@ class SegmentedDownload:
                     self._adopt(head, head.content_length, ranges=False)
                 else:  # no ranges: the retry of a broken body starts over from zero
                     self.has_restarted = True
+                    self.restarts += 1
                 st.end = self.size
                 return True
             st.stop = _Stop.CHANGED if changed else _Stop.NO_RANGES
@@ -458,6 +502,7 @@ class SegmentedDownload:
         self.etag = self.last_modified = ""
         self.ranges_ok = True
         self.has_restarted = True
+        self.restarts += 1
         self.has_response_changed = self.has_response_changed or changed
         self._failures = 0
 

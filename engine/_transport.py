@@ -134,7 +134,54 @@ class ResponseHead:
             self.headers.append((name.strip(), value.strip()))
 
 
-def configure(curl: Any, url: str, config: TransferConfig, headers: list[str]) -> None:
+@dataclasses.dataclass(frozen=True)
+class RequestOptions:
+    """What a request carries beyond the URL and headers: method, body, credentials, proxy."""
+
+    method: str = "GET"
+    body: bytes | None = None
+    """The request body (POST and the like); a file is read into memory by the caller."""
+    user: tuple[str, str] | None = None
+    proxy: str | None = None
+    proxy_user: tuple[str, str] | None = None
+
+    @property
+    def single_request(self) -> bool:
+        """A request that must not be split into ranges nor repeated from a middle."""
+        return self.method != "GET"
+
+
+def _set_request(curl: Any, req: RequestOptions) -> None:
+    if req.method == "POST":
+        curl.setopt(pycurl.POST, 1)
+        curl.setopt(pycurl.POSTFIELDS, req.body or b"")
+    elif req.method != "GET":
+        curl.setopt(pycurl.CUSTOMREQUEST, req.method)
+        if req.body is not None:
+            curl.setopt(pycurl.POSTFIELDS, req.body)
+    if req.user is not None:
+        _login(curl, (pycurl.HTTPAUTH, pycurl.USERNAME, pycurl.PASSWORD), req.user)
+    if req.proxy is not None:
+        curl.setopt(pycurl.PROXY, req.proxy)
+    if req.proxy_user is not None:
+        _login(curl, (pycurl.PROXYAUTH, pycurl.PROXYUSERNAME, pycurl.PROXYPASSWORD), req.proxy_user)
+
+
+def _login(curl: Any, options: tuple[int, int, int], user: tuple[str, str]) -> None:
+    """Any scheme libcurl can negotiate (basic, digest, NTLM...), never sent unasked."""
+    auth, name, password = options
+    curl.setopt(auth, pycurl.HTTPAUTH_ANY)
+    curl.setopt(name, user[0])
+    curl.setopt(password, user[1])
+
+
+def configure(
+    curl: Any,
+    url: str,
+    config: TransferConfig,
+    headers: list[str],
+    request: RequestOptions | None = None,
+) -> None:
     """Every option a bgtransfer request sets: secure defaults, timeouts, big buffers."""
     curl.reset()
     curl.setopt(pycurl.URL, url)
@@ -158,6 +205,9 @@ def configure(curl: Any, url: str, config: TransferConfig, headers: list[str]) -
     curl.setopt(pycurl.PIPEWAIT, 1)  # prefer multiplexing on an HTTP/2 connection
     curl.setopt(pycurl.USERAGENT, "bgtransfer/0.1")
     curl.setopt(pycurl.HTTPHEADER, headers)
+    curl.setopt(pycurl.ACCEPT_ENCODING, None)  # never decode: a ranged body is raw bytes
+    if request is not None:
+        _set_request(curl, request)
 
 
 class HandlePool:

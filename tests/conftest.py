@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from servers import Nginx
+from network import SwitchableNetwork
+from servers import FaultServer, Nginx
 
 import engine
+from engine import BackgroundDownloader, TransferConfig
 
 # engine/ sits at the top of the repository; importing it from there would lack the
 # compiled core and hide a broken build.  pytest's rootdir is not on sys.path (tests/
@@ -56,3 +59,43 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]
         return asyncio.run(coro)
 
     return runner
+
+
+FAST = TransferConfig(poll_interval=0.05, backoff_base=0.05, backoff_max=0.5, block_size=1 << 16)
+"""Quick polls and back-off for tests; small blocks so a pause lands mid-file."""
+
+
+@pytest.fixture
+def network() -> SwitchableNetwork:
+    return SwitchableNetwork()
+
+
+@pytest.fixture
+def make_downloader(
+    tmp_path: Path, network: SwitchableNetwork
+) -> Callable[..., BackgroundDownloader]:
+    """BackgroundDownloader(**kwargs) with a private state dir and the switchable network."""
+
+    def make(**kwargs: Any) -> BackgroundDownloader:
+        kwargs.setdefault("state_dir", tmp_path / "state")
+        kwargs.setdefault("config", FAST)
+        kwargs.setdefault("network_monitor", network)
+        kwargs.setdefault("block_size", FAST.block_size)
+        return BackgroundDownloader(**kwargs)
+
+    return make
+
+
+@pytest.fixture
+def body() -> bytes:
+    """8 MiB of random bytes for the fault server."""
+    return os.urandom(8 << 20)
+
+
+@pytest.fixture
+def fault_server(body: bytes) -> Iterator[FaultServer]:
+    server = FaultServer(body)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -103,12 +104,43 @@ class FaultHandler(RangeHandler):
 
     server: FaultServer
 
+    def do_POST(self) -> None:
+        """Echo the request body back (``post_seen`` keeps what came)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        with self.server.lock:
+            self.server.post_seen.append(body)
+        if not self._authorized():
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        """With ``server.auth`` set, only that Basic credential gets the body; else 401."""
+        srv = self.server
+        got = self.headers.get("Authorization")
+        with srv.lock:
+            srv.auth_seen.append(got)
+        if srv.auth is None or got == "Basic " + base64.b64encode(srv.auth.encode()).decode():
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="t"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
     def respond(self, send_body: bool) -> None:
         srv = self.server
         with srv.lock:
             srv.requests += 1
             n = srv.requests
             srv.ranges_seen.append(self.headers.get("Range"))
+            if srv.record_headers is not None:
+                srv.record_headers.append(dict(self.headers))
+        if not self._authorized():
+            return
         modes = set(srv.fault.split("+"))
         if "503-once" in modes and n == 1:
             self.send_response(503)
@@ -156,6 +188,7 @@ class FaultHandler(RangeHandler):
         if fault_here:
             limit = min(limit, first + srv.fault_after)
         off = first
+        started = time.monotonic()
         try:
             while off < limit:
                 chunk = view[off : min(off + 65536, limit)]
@@ -163,6 +196,10 @@ class FaultHandler(RangeHandler):
                 with srv.lock:
                     srv.bytes_sent += len(chunk)
                 off += len(chunk)
+                if srv.rate:  # bytes per second per connection
+                    ahead = (off - first) / srv.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return
@@ -196,3 +233,8 @@ class FaultServer(LoopbackServer):
         self.bytes_sent = 0
         self.ranges_seen: list[str | None] = []
         self.new_body = b""
+        self.rate = 0
+        self.auth: str | None = None
+        self.auth_seen: list[str | None] = []
+        self.post_seen: list[bytes] = []
+        self.record_headers: list[dict[str, str]] | None = None

@@ -1,0 +1,224 @@
+"""The state database: every operation and group, in SQLite (WAL) under the state directory.
+
+Why SQLite: it is embedded (no server to start), a committed statement survives the
+process being killed, and a partial unique index makes "one live operation per
+result file" hold across processes, not only inside one.  The directory is created
+0700 and the database 0600: it holds URIs and request headers.  Credentials are
+never written here (they live in memory only; see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from engine.errors import ResultFileInUseError, StorageError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    guid TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    uri TEXT NOT NULL,
+    result_file TEXT NOT NULL,
+    method TEXT NOT NULL,
+    body_file TEXT,
+    group_name TEXT,
+    priority INTEGER NOT NULL,
+    cost_policy INTEGER NOT NULL,
+    random_access INTEGER NOT NULL,
+    recoverable TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    max_connections INTEGER NOT NULL,
+    block_size INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    web_error INTEGER,
+    error_message TEXT,
+    acknowledged INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_live_operation_per_result ON operations(result_file)
+    WHERE status NOT IN (5, 6) AND NOT (status = 7 AND acknowledged = 1);
+CREATE TABLE IF NOT EXISTS groups (
+    name TEXT PRIMARY KEY,
+    behavior INTEGER NOT NULL
+);
+"""
+
+FINISHED_SQL = "status IN (5, 6) OR (status = 7 AND acknowledged = 1)"
+
+
+@dataclasses.dataclass
+class OpRecord:
+    """One row of ``operations``: what an operation is, and where it got to."""
+
+    guid: str
+    seq: int
+    uri: str
+    result_file: str
+    method: str
+    body_file: str | None
+    group_name: str | None
+    priority: int
+    cost_policy: int
+    random_access: bool
+    recoverable: list[int]
+    headers: list[tuple[str, str]]
+    max_connections: int
+    block_size: int
+    status: int
+    web_error: int | None = None
+    error_message: str | None = None
+    acknowledged: bool = False
+    total: int = 0
+    created: float = dataclasses.field(default_factory=time.time)
+    updated: float = dataclasses.field(default_factory=time.time)
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row["recoverable"] = json.dumps(self.recoverable)
+        row["headers"] = json.dumps(self.headers)
+        row["random_access"] = int(self.random_access)
+        row["acknowledged"] = int(self.acknowledged)
+        return row
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> OpRecord:
+        data = dict(row)
+        data["recoverable"] = json.loads(data["recoverable"])
+        data["headers"] = [tuple(h) for h in json.loads(data["headers"])]
+        data["random_access"] = bool(data["random_access"])
+        data["acknowledged"] = bool(data["acknowledged"])
+        return cls(**data)
+
+
+def default_state_dir() -> Path:
+    """$BGTRANSFER_STATE_DIR, else $XDG_STATE_HOME/bgtransfer, else ~/.local/state/bgtransfer."""
+    explicit = os.environ.get("BGTRANSFER_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "bgtransfer"
+
+
+class Store:
+    """One connection per process and directory, shared by every thread under a lock."""
+
+    _open: ClassVar[dict[Path, Store]] = {}
+    _open_lock = threading.Lock()
+
+    @classmethod
+    def at(cls, state_dir: os.PathLike[str] | str | None) -> Store:
+        path = Path(state_dir) if state_dir is not None else default_state_dir()
+        path = path.expanduser().absolute()
+        with cls._open_lock:
+            if path not in cls._open:
+                cls._open[path] = cls(path)
+            return cls._open[path]
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            db = state_dir / "operations.sqlite3"
+            old = os.umask(0o077)  # the database and its -wal/-shm files: owner only
+            try:
+                self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db.executescript(_SCHEMA)
+            finally:
+                os.umask(old)
+            os.chmod(db, 0o600)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                getattr(exc, "errno", None) or 5, f"state database unusable: {exc}", str(state_dir)
+            ) from exc
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
+
+    def next_seq(self) -> int:
+        with self._cursor() as db:
+            (value,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM operations").fetchone()
+            return int(value)
+
+    def insert(self, rec: OpRecord) -> None:
+        """Persist a new operation; a live one on the same result file refuses it."""
+        row = rec.to_row()
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        try:
+            with self._cursor() as db:
+                db.execute(f"INSERT INTO operations ({cols}) VALUES ({marks})", row)
+        except sqlite3.IntegrityError:
+            raise ResultFileInUseError(
+                f"{rec.result_file}: another operation is already downloading to this file"
+            ) from None
+
+    def update(self, guid: str, **fields: Any) -> None:
+        """Write some columns of one operation (one statement: all or nothing)."""
+        fields["updated"] = time.time()
+        for key in ("recoverable", "headers"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(f"{k} = :{k}" for k in fields)
+        try:
+            with self._cursor() as db:
+                db.execute(
+                    f"UPDATE operations SET {sets} WHERE guid = :guid", {**fields, "guid": guid}
+                )
+        except sqlite3.IntegrityError:
+            raise ResultFileInUseError(
+                "another operation has taken over this operation's result file"
+            ) from None
+
+    def get(self, guid: str) -> OpRecord | None:
+        with self._cursor() as db:
+            row = db.execute("SELECT * FROM operations WHERE guid = ?", (guid,)).fetchone()
+        return OpRecord.from_row(row) if row else None
+
+    def current(self, group: str | None = None) -> list[OpRecord]:
+        """Operations not finished (COMPLETED, CANCELED, or an ERROR already reported)."""
+        sql = f"SELECT * FROM operations WHERE NOT ({FINISHED_SQL})"
+        args: tuple[Any, ...] = ()
+        if group is not None:
+            sql += " AND group_name = ?"
+            args = (group,)
+        with self._cursor() as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [OpRecord.from_row(r) for r in rows]
+
+    def group_behavior(self, name: str, behavior: int | None) -> int:
+        """The stored behaviour of group ``name``, creating it with ``behavior`` if new."""
+        with self._cursor() as db:
+            row = db.execute("SELECT behavior FROM groups WHERE name = ?", (name,)).fetchone()
+            if row is not None and behavior is None:
+                return int(row[0])
+            value = behavior if behavior is not None else (int(row[0]) if row else 0)
+            db.execute(
+                "INSERT INTO groups (name, behavior) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET behavior = excluded.behavior",
+                (name, value),
+            )
+            return value

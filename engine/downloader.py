@@ -1,0 +1,338 @@
+"""BackgroundDownloader (the factory of operations), transfer groups and completion groups."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterable, Callable
+from pathlib import Path
+from typing import IO
+
+from engine._conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
+from engine._config import TransferConfig
+from engine._store import OpRecord, Store
+from engine._values import (
+    BackgroundTransferBehavior,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+)
+from engine.errors import InvalidRequestError, InvalidStateError, ResultFileInUseError
+from engine.operation import DownloadOperation, absolute, check_header, check_uri, new_guid
+
+RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
+
+_ERROR = BackgroundTransferStatus.ERROR
+_live_lock = threading.RLock()
+_live: dict[tuple[Path, str], DownloadOperation] = {}
+"""Operations this process holds, by (state dir, guid): one object per operation."""
+
+
+class BackgroundTransferGroup:
+    """A named group (persisted): PARALLEL members run together, SERIALIZED one at a time."""
+
+    def __init__(self, name: str, store: Store) -> None:
+        self.name = name
+        self._store = store
+
+    @classmethod
+    def create_group(
+        cls, name: str, *, state_dir: os.PathLike[str] | str | None = None
+    ) -> BackgroundTransferGroup:
+        """The group called ``name`` (the existing one when it was created before)."""
+        if not name:
+            raise InvalidRequestError("a transfer group needs a name")
+        store = Store.at(state_dir)
+        store.group_behavior(name, None)
+        return cls(name, store)
+
+    @property
+    def transfer_behavior(self) -> BackgroundTransferBehavior:
+        return BackgroundTransferBehavior(self._store.group_behavior(self.name, None))
+
+    @transfer_behavior.setter
+    def transfer_behavior(self, value: BackgroundTransferBehavior) -> None:
+        self._store.group_behavior(self.name, value.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackgroundTransferGroup) and (self.name, self._store) == (
+            other.name,
+            other._store,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"BackgroundTransferGroup({self.name!r})"
+
+
+class BackgroundTransferCompletionGroup:
+    """Fires once when every operation created with it has ended (any way)."""
+
+    def __init__(self) -> None:
+        self._members: list[DownloadOperation] = []
+        self._enabled = False
+        self._fired = False
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[list[DownloadOperation]] = (
+            concurrent.futures.Future()
+        )
+
+    def _add(self, op: DownloadOperation) -> None:
+        with self._lock:
+            if self._enabled:
+                raise InvalidStateError("the completion group is enabled: no new members")
+            self._members.append(op)
+
+    def enable(self) -> None:
+        """Call once, after creating every member."""
+        with self._lock:
+            if self._enabled:
+                raise InvalidStateError("the completion group is already enabled")
+            self._enabled = True
+        self._check()
+
+    def _check(self) -> None:
+        ended = (
+            BackgroundTransferStatus.COMPLETED,
+            BackgroundTransferStatus.CANCELED,
+            BackgroundTransferStatus.ERROR,
+        )
+        with self._lock:
+            if not self._enabled or self._fired:
+                return
+            if not all(op.status in ended for op in self._members):
+                return
+            self._fired = True
+        self._future.set_result(list(self._members))
+
+    @property
+    def completed(self) -> asyncio.Future[list[DownloadOperation]]:
+        """Awaitable: the member operations, once all have ended."""
+        return asyncio.wrap_future(self._future)
+
+    def on_completed(self, callback: Callable[[list[DownloadOperation]], None]) -> None:
+        self._future.add_done_callback(lambda fut: callback(fut.result()))
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a downloader's operations share: the store, the network view, secrets."""
+
+    store: Store
+    config: TransferConfig
+    network_monitor: NetworkMonitor
+    server_credential: Credential | None = None
+    proxy_credential: Credential | None = None
+    proxy: str | None = None
+    completion_group: BackgroundTransferCompletionGroup | None = None
+    free_space_reserve: int = -1
+
+    def __post_init__(self) -> None:
+        if self.free_space_reserve < 0:
+            self.free_space_reserve = self.config.free_space_reserve
+
+    def config_for(self, rec: OpRecord) -> TransferConfig:
+        return dataclasses.replace(
+            self.config, connections=rec.max_connections, block_size=rec.block_size
+        )
+
+    def disk_reserve_exceeded(self, result: Path) -> bool:
+        try:
+            return free_bytes(result.parent) < self.free_space_reserve
+        except OSError:
+            return False  # the write itself will report what is wrong with the path
+
+    def ended(self, op: DownloadOperation) -> None:
+        """An operation reached COMPLETED, CANCELED or ERROR."""
+        body = op._rec.body_file
+        bodies = self.store.state_dir / "bodies"
+        if body is not None and Path(body).parent == bodies and op.status is not _ERROR:
+            Path(body).unlink(missing_ok=True)  # a body we kept only for re-sending
+        if self.completion_group is not None:
+            self.completion_group._check()
+
+
+class BackgroundDownloader:
+    """Creates operations; they inherit its settings.  See ../shared/API.md."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: os.PathLike[str] | str | None = None,
+        transfer_group: BackgroundTransferGroup | None = None,
+        method: str = "GET",
+        priority: BackgroundTransferPriority = BackgroundTransferPriority.DEFAULT,
+        cost_policy: BackgroundTransferCostPolicy = BackgroundTransferCostPolicy.DEFAULT,
+        server_credential: Credential | None = None,
+        proxy_credential: Credential | None = None,
+        proxy: str | None = None,
+        completion_group: BackgroundTransferCompletionGroup | None = None,
+        max_connections_per_file: int = 8,
+        block_size: int = 1 << 20,
+        config: TransferConfig | None = None,
+        network_monitor: NetworkMonitor | None = None,
+    ) -> None:
+        if not 1 <= max_connections_per_file <= 64:
+            raise InvalidRequestError("max_connections_per_file must be within 1..64")
+        if block_size < 4096 or block_size & (block_size - 1):
+            raise InvalidRequestError("block_size must be a power of two of 4096 or more")
+        if not method or not method.isalpha():
+            raise InvalidRequestError(f"invalid method {method!r}")
+        self._store = Store.at(state_dir)
+        self.transfer_group = transfer_group
+        self.method = method.upper()
+        self.priority = priority
+        self.cost_policy = cost_policy
+        self.max_connections_per_file = max_connections_per_file
+        self.block_size = block_size
+        self._headers: list[tuple[str, str]] = []
+        self._settings = Settings(
+            self._store,
+            config or TransferConfig(),
+            network_monitor or LinuxNetworkMonitor(),
+            server_credential,
+            proxy_credential,
+            proxy,
+            completion_group,
+        )
+
+    @property
+    def state_dir(self) -> Path:
+        return self._store.state_dir
+
+    @property
+    def free_space_reserve(self) -> int:
+        """Free bytes to keep on a result's file system; below, PAUSED_SYSTEM_POLICY."""
+        return self._settings.free_space_reserve
+
+    @free_space_reserve.setter
+    def free_space_reserve(self, value: int) -> None:
+        self._settings.free_space_reserve = max(0, value)
+
+    def set_request_header(self, name: str, value: str) -> None:
+        """A header every operation created afterwards sends (comma-joined when repeated)."""
+        check_header(name, value)
+        for i, (key, old) in enumerate(self._headers):
+            if key.lower() == name.lower():
+                self._headers[i] = (key, f"{old}, {value}")
+                return
+        self._headers.append((name, value))
+
+    # -- creating --------------------------------------------------------------------
+    def create_download(
+        self,
+        uri: str,
+        result_file: os.PathLike[str] | str,
+        request_body_file: os.PathLike[str] | str | None = None,
+    ) -> DownloadOperation:
+        """A new operation in IDLE, persisted at once; refused when its file is taken."""
+        check_uri(uri)
+        result = absolute(result_file)
+        if result.is_dir() or not result.name:
+            raise InvalidRequestError(f"{result}: the result must be a file path")
+        if not result.parent.is_dir():
+            raise InvalidRequestError(f"{result.parent}: no such directory")
+        body = str(absolute(request_body_file)) if request_body_file is not None else None
+        if body is not None and not Path(body).is_file():
+            raise InvalidRequestError(f"{body}: the request body file does not exist")
+        method = "POST" if body is not None and self.method == "GET" else self.method
+        rec = OpRecord(
+            guid=new_guid(),
+            seq=self._store.next_seq(),
+            uri=uri,
+            result_file=str(result),
+            method=method,
+            body_file=body,
+            group_name=self.transfer_group.name if self.transfer_group else None,
+            priority=self.priority.value,
+            cost_policy=self.cost_policy.value,
+            random_access=False,
+            recoverable=[],
+            headers=list(self._headers),
+            max_connections=self.max_connections_per_file,
+            block_size=self.block_size,
+            status=BackgroundTransferStatus.IDLE.value,
+        )
+        with _live_lock:
+            for (state, _), other in _live.items():
+                if state == self.state_dir and other.result_file == result and not _ended(other):
+                    raise ResultFileInUseError(
+                        f"{result}: another operation is already downloading to this file"
+                    )
+            self._store.insert(rec)
+        op = self._adopt(rec)
+        if self._settings.completion_group is not None:
+            self._settings.completion_group._add(op)
+        return op
+
+    async def create_download_async(
+        self, uri: str, result_file: os.PathLike[str] | str, request_body_stream: RequestBody
+    ) -> DownloadOperation:
+        """create_download with a body from bytes, a binary file or an async iterable."""
+        bodies = self.state_dir / "bodies"
+        bodies.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=bodies, prefix="body-")
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(request_body_stream, (bytes, bytearray, memoryview)):
+                out.write(request_body_stream)
+            elif isinstance(request_body_stream, AsyncIterable):
+                async for piece in request_body_stream:
+                    out.write(piece)
+            else:
+                while piece := request_body_stream.read(1 << 20):
+                    out.write(piece)
+        return self.create_download(uri, result_file, name)
+
+    # -- finding ---------------------------------------------------------------------
+    def get_current_downloads(self) -> list[DownloadOperation]:
+        """Every unfinished operation in the state directory, from earlier processes too."""
+        return [self._adopt(rec) for rec in self._store.current()]
+
+    def get_current_downloads_for_transfer_group(
+        self, group: BackgroundTransferGroup
+    ) -> list[DownloadOperation]:
+        return [self._adopt(rec) for rec in self._store.current(group.name)]
+
+    async def get_current_downloads_async(self) -> list[DownloadOperation]:
+        return await asyncio.to_thread(self.get_current_downloads)
+
+    async def get_current_downloads_for_transfer_group_async(
+        self, group: BackgroundTransferGroup
+    ) -> list[DownloadOperation]:
+        return await asyncio.to_thread(self.get_current_downloads_for_transfer_group, group)
+
+    def _adopt(self, rec: OpRecord) -> DownloadOperation:
+        """The one object for an operation: a second lookup returns the first."""
+        key = (self.state_dir, rec.guid)
+        with _live_lock:
+            op = _live.get(key)
+            if op is None:
+                op = DownloadOperation(rec, self._settings)
+                _live[key] = op
+            return op
+
+
+def _ended(op: DownloadOperation) -> bool:
+    return op.status in (BackgroundTransferStatus.COMPLETED, BackgroundTransferStatus.CANCELED)
+
+
+def reorder_group(settings: Settings, group: str, guid: str) -> None:
+    """Queue positions: ``guid`` and those after it first, the rest after (seq renumbered)."""
+    members = settings.store.current(group)
+    index = next((i for i, rec in enumerate(members) if rec.guid == guid), None)
+    if index is None:
+        return
+    order = members[index:] + members[:index]
+    seqs = sorted(rec.seq for rec in members)
+    for rec, seq in zip(order, seqs, strict=True):
+        settings.store.update(rec.guid, seq=seq)
+        live = _live.get((settings.store.state_dir, rec.guid))
+        if live is not None:
+            live._rec.seq = seq

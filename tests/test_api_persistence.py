@@ -1,0 +1,116 @@
+"""Persistence: operations outlive their process; a SIGKILL never costs more than a block."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from servers import FaultServer
+
+from engine import BackgroundDownloader, BackgroundTransferStatus
+from engine._core import control_path, part_path
+
+S = BackgroundTransferStatus
+CHILD = str(Path(__file__).with_name("attach_child.py"))
+BLOCK = 1 << 16
+CONNECTIONS = 4
+
+
+def _child(state: Path, *args: str) -> subprocess.Popen[str]:
+    """The child, its output to a file beside the state (no pipe left open after a kill)."""
+    with (state.parent / "child.log").open("a") as log:
+        return subprocess.Popen(
+            [sys.executable, CHILD, str(state), *args], stdout=log, stderr=log, text=True
+        )
+
+
+def _kill_when_underway(proc: subprocess.Popen[str], result: Path, rng: random.Random) -> bool:
+    """SIGKILL at a random moment once data flows; False when the child finished first."""
+    deadline = time.monotonic() + 30
+    while not control_path(result).exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the child never started writing"
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.05, 0.4))
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def test_sigkill_and_reattach_five_times(tmp_path: Path) -> None:
+    """Killed at random moments, re-attached from a new process each time: byte-exact, and
+    the server sends at most the file plus connections x block size per kill."""
+    body = random.Random(7).randbytes(24 << 20)
+    server = FaultServer(body)
+    server.rate = 2 << 20  # per connection: the download spans several kills
+    state, result = tmp_path / "state", tmp_path / "out.bin"
+    rng = random.Random(11)
+    try:
+        kills = 0
+        proc = _child(state, "create", server.url, str(result))
+        while kills < 5:
+            if not _kill_when_underway(proc, result, rng):
+                break
+            kills += 1
+            assert not result.exists()
+            found = BackgroundDownloader(state_dir=state).get_current_downloads()
+            assert len(found) == 1
+            assert found[0].status is S.RUNNING
+            proc = _child(state, "attach")
+        proc.wait(120)
+        log = (tmp_path / "child.log").read_text()
+        assert proc.returncode == 0, log
+        assert kills == 5
+        assert result.read_bytes() == body
+        assert not part_path(result).exists()
+        assert not control_path(result).exists()
+        assert server.bytes_sent <= len(body) + kills * CONNECTIONS * BLOCK
+        assert BackgroundDownloader(state_dir=state).get_current_downloads() == []
+    finally:
+        server.close()
+
+
+def test_get_current_downloads_from_a_new_process_lists_unfinished(
+    tmp_path: Path, make_downloader: Callable[..., BackgroundDownloader]
+) -> None:
+    """Created and paused here, found in another process with its settings intact."""
+    d = make_downloader()
+    d.set_request_header("X-Kept", "yes")
+    op = d.create_download("http://127.0.0.1:9/never", tmp_path / "later.bin")
+    code = (
+        "import sys; from engine import BackgroundDownloader as B; "
+        "ops = B(state_dir=sys.argv[1]).get_current_downloads(); "
+        "print(len(ops), ops[0].guid, ops[0].status.name, ops[0].requested_uri, "
+        "ops[0].result_file)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,  # not the source tree: the installed package, with its compiled core
+    ).stdout.split()
+    assert out == [
+        "1",
+        str(op.guid),
+        "IDLE",
+        "http://127.0.0.1:9/never",
+        str(tmp_path / "later.bin"),
+    ]
+
+
+def test_state_files_are_owner_only(
+    tmp_path: Path, make_downloader: Callable[..., BackgroundDownloader]
+) -> None:
+    """The state directory is 0700 and the database 0600."""
+    d = make_downloader()
+    d.create_download("http://127.0.0.1:9/x", tmp_path / "x")
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    for path in (tmp_path / "state").glob("operations.sqlite3*"):
+        assert path.stat().st_mode & 0o077 == 0, path
