@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from engine._loopback import LoopbackServer, RangeHandler
@@ -238,3 +241,63 @@ class FaultServer(LoopbackServer):
         self.auth_seen: list[str | None] = []
         self.post_seen: list[bytes] = []
         self.record_headers: list[dict[str, str]] | None = None
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """A forward HTTP proxy: absolute-URI requests are relayed to their origin."""
+
+    protocol_version = "HTTP/1.1"
+    server: ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        srv = self.server
+        got = self.headers.get("Proxy-Authorization")
+        expected = (
+            None if srv.auth is None else "Basic " + base64.b64encode(srv.auth.encode()).decode()
+        )
+        if expected is not None and got != expected:
+            self.send_response(407)
+            self.send_header("Proxy-Authenticate", 'Basic realm="proxy"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        target = urllib.parse.urlsplit(self.path)
+        with srv.lock:
+            srv.relayed.append(self.path)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-")}
+        conn.request("GET", target.path or "/", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        self.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        conn.close()
+
+
+class ProxyServer(http.server.ThreadingHTTPServer):
+    """The forward proxy on an ephemeral loopback port; ``auth`` asks for a credential."""
+
+    daemon_threads = True
+
+    def __init__(self, auth: str | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), ProxyHandler)
+        self.auth = auth
+        self.lock = threading.Lock()
+        self.relayed: list[str] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()

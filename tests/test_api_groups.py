@@ -164,6 +164,8 @@ def test_parallel_group_runs_together(
         time.sleep(0.005)
     listed = d.get_current_downloads_for_transfer_group(group)
     assert {o.guid for o in listed} == {o.guid for o in ops}
+    listed_async = asyncio.run(d.get_current_downloads_for_transfer_group_async(group))
+    assert listed_async == listed  # the same objects: one per operation in a process
     for op in ops:
         op.wait(60)
 

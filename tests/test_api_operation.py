@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from polling import wait_for
-from servers import FaultServer, Nginx, sha256
+from servers import FaultServer, Nginx, ProxyServer, sha256
 
 from engine import (
     BackgroundDownloader,
@@ -406,3 +406,42 @@ def test_settable_members_persist(nginx: Nginx, make_downloader: Make, tmp_path:
     assert rec is not None
     assert rec.priority == BackgroundTransferPriority.HIGH.value
     assert rec.cost_policy == BackgroundTransferCostPolicy.UNRESTRICTED_ONLY.value
+
+
+def test_proxy_with_credential(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Requests go through the proxy, which gets proxy_credential; without it, 407."""
+    proxy = ProxyServer(auth="p:q")
+    try:
+        d = make_downloader(proxy=proxy.url, proxy_credential=Credential("p", "q"))
+        d.create_download(fault_server.url, tmp_path / "via").start().wait(30)
+        assert (tmp_path / "via").read_bytes() == body
+        assert proxy.relayed
+        assert all(u == fault_server.url for u in proxy.relayed)
+        bare = make_downloader(proxy=proxy.url).create_download(fault_server.url, tmp_path / "no")
+        with pytest.raises(HttpError):
+            bare.start().wait(30)
+        assert bare.current_web_error_status is WebErrorStatus.PROXY_AUTHENTICATION_REQUIRED
+    finally:
+        proxy.close()
+
+
+def test_a_block_whose_hash_no_longer_matches_is_fetched_again(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Data damaged on disk while paused: resume re-checks hashes and fetches that block."""
+    fault_server.rate = 4 << 20
+    out = tmp_path / "h.bin"
+    op = make_downloader(max_connections_per_file=1).create_download(fault_server.url, out)
+    op.start()
+    wait_for(lambda: op.progress.bytes_received >= 1 << 20)
+    op.pause()
+    time.sleep(0.2)
+    with part_path(out).open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(bytes([body[1000] ^ 0xFF]))
+    fault_server.rate = 0
+    op.resume()
+    op.wait(30)
+    assert out.read_bytes() == body
