@@ -267,7 +267,7 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         target = urllib.parse.urlsplit(self.path)
         with srv.lock:
             srv.relayed.append(self.path)
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
         headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-")}
         conn.request("GET", target.path or "/", headers=headers)
         resp = conn.getresponse()
