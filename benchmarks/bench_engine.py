@@ -7,7 +7,6 @@ With ``--benchmark-disable`` (CI) a small file and one round only check the harn
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import statistics
@@ -19,28 +18,16 @@ from pathlib import Path
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
-from sidebyside import record
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from served import serve_big_file
 from servers import Nginx
+from sidebyside import record
 
 
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Nginx, int]]:
-    opt = request.config.getoption
-    disabled = opt("benchmark_disable") and not opt("benchmark_enable")
-    size = (64 << 20) if disabled else int(os.environ.get("BGT_BENCH_SIZE", str(2 << 30)))
-    server = Nginx(tmp_path_factory.mktemp("bench-nginx"))
-    with (server.www / "big.bin").open("wb") as fh:
-        chunk = os.urandom(1 << 20)
-        for _ in range(size >> 20):
-            fh.write(chunk)
-    try:
-        yield server, size
-    finally:
-        server.stop()
+    yield from serve_big_file(tmp_path_factory.mktemp("bench-nginx"), request.config)
 
 
 def _timed(argv: list[str]) -> tuple[float, float]:

@@ -40,3 +40,5 @@ class TransferConfig:
     resumes by itself within this long of its cause going away)."""
     free_space_reserve: int = 64 << 20
     """Free bytes to leave on the result's file system: below, PAUSED_SYSTEM_POLICY."""
+    readahead_slack: int = 256 << 10
+    """A reader's offset this close ahead of a connection is left to that connection."""

@@ -71,6 +71,8 @@ class _Stream:
     pos: int
     head: ResponseHead = dataclasses.field(default_factory=ResponseHead)
     checked: bool = False
+    retire: bool = False
+    """Its worker ends with it: a reader's connection took its place."""
     stop: _Stop | None = None
     error: TransferError | None = None
 
@@ -144,6 +146,13 @@ class SegmentedDownload:
         self._grow_pos = 0
         self._body_ended = False  # unknown length: a response ended cleanly
         self._inflight: list[_Stream] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._urgent: list[int] = []
+        """Offsets readers wait for, to be fetched before anything else."""
+        self._readers: list[int] = []
+        """Offsets that reads wait for right now."""
+        self.on_blocks: Callable[[], None] | None = None
+        """Called when writes complete blocks (a reader may be waiting for them)."""
         self._failures = 0
         self._head_ready: asyncio.Event | None = None
 
@@ -198,24 +207,73 @@ class SegmentedDownload:
         first = self._next_segment() if self.size is not None else (0, self.config.first_request)
         if first is None:
             return
-        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._worker(first))]
+        tasks = self._tasks = {asyncio.ensure_future(self._worker(first))}
         try:
             if self.size is None:
-                ready = asyncio.ensure_future(self._head_ready.wait())
-                tasks.append(ready)
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                tasks.remove(ready)
+                ready: asyncio.Future[Any] = asyncio.ensure_future(self._head_ready.wait())
+                waiting: set[asyncio.Future[Any]] = {*tasks, ready}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 ready.cancel()
             if self.ranges_ok and self.rf is not None:
                 more = min(self.config.connections, self._useful_connections()) - 1
-                tasks += [asyncio.ensure_future(self._worker(None)) for _ in range(more)]
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+                tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
+            while tasks:  # prioritize() may add workers while the round runs
+                done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    tasks.discard(task)
+                    task.result()
         finally:
+            self._tasks = set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- read-driven prioritisation ---------------------------------------------
+    def prioritize(self, offset: int) -> None:
+        """Fetch ``offset`` next: a reader waits for it (random access).
+
+        A connection already heading there within ``readahead_slack`` is left alone.
+        Otherwise the stream whose range holds the offset is cut there, and the offset
+        goes to the front of the queue: a new connection takes it when the cap allows,
+        else the stream with most left that no waiting reader needs is stopped and its
+        connection takes it.  That connection then reads on from the offset (read-ahead
+        for the reader) until its chunk ends; the holes are filled afterwards as usual.
+        Call ``reader_done`` when the read no longer waits.
+        """
+        self._readers.append(offset)
+        if self.rf is None or not self.ranges_ok or not self._tasks or offset >= (self.size or 0):
+            return
+        start = offset - offset % self.rf.block_size
+        for st in self._inflight:
+            end = st.end if st.end is not None else self.size or 0
+            if st.pos <= start < end:
+                if start - st.pos <= self.config.readahead_slack:
+                    return  # arrives soon anyway
+                st.end = start  # its write callback stops there
+                break
+        if start in self._urgent:
+            return
+        self._urgent.append(start)
+        if len(self._inflight) >= self.config.connections:
+            # Stop the stream with most left that no reader needs, and retire its
+            # worker; the new worker starts now rather than after the victim's next
+            # piece, which a rate-limited server may send 100 ms later.
+            victims = [st for st in self._inflight if st.end is not None and not self._needed(st)]
+            if not victims:
+                return  # every connection serves a reader: this one queues
+            victim = max(victims, key=lambda st: (st.end or 0) - st.pos)
+            victim.end = victim.pos
+            victim.retire = True
+        self._tasks.add(asyncio.ensure_future(self._worker(None)))
+
+    def reader_done(self, offset: int) -> None:
+        if offset in self._readers:
+            self._readers.remove(offset)
+
+    def _needed(self, st: _Stream) -> bool:
+        """Whether a waiting reader's offset lies ahead of this stream, within its range."""
+        end = st.end if st.end is not None else self.size or 0
+        return any(st.pos <= o < end for o in self._readers)
 
     def _useful_connections(self) -> int:
         left = (self.size or 0) - (self.rf.bytes_complete if self.rf else 0)
@@ -225,7 +283,8 @@ class SegmentedDownload:
         if segment is None:
             segment = self._next_segment()
         while segment is not None:
-            await self._fetch(*segment)
+            if (await self._fetch(*segment)).retire:
+                return
             segment = self._next_segment()
 
     def _next_segment(self) -> tuple[int, int | None] | None:
@@ -234,6 +293,12 @@ class SegmentedDownload:
             return None
         if not self.ranges_ok:
             return None if self._inflight or self.rf.is_complete else (0, self.size)
+        while self._urgent:
+            start = self._urgent.pop(0)
+            gap = self.rf.next_missing(start)
+            free = gap and self._subtract_inflight(gap[0], gap[0] + gap[1])
+            if free and free[0] - start < self.config.readahead_slack:
+                return free[0], min(free[1], free[0] + self.config.chunk_size)
         pos = 0
         while (gap := self.rf.next_missing(pos)) is not None:
             start, length = gap
@@ -274,7 +339,8 @@ class SegmentedDownload:
         return stolen
 
     # -- one request ------------------------------------------------------------
-    async def _fetch(self, start: int, end: int | None) -> None:
+    async def _fetch(self, start: int, end: int | None) -> _Stream:
+        """One request for ``[start, end)``; returns its stream once settled."""
         multi, pool = _multi_for_loop()
         curl = pool.take()
         stream = _Stream(start, end, start)
@@ -295,6 +361,7 @@ class SegmentedDownload:
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
         await self._settle(stream, code, message)
+        return stream
 
     def _request_headers(self, start: int, end: int | None) -> list[str]:
         if self.request.single_request:
@@ -382,7 +449,8 @@ class SegmentedDownload:
 
     def _write(self, offset: int, data: memoryview) -> None:
         if self.rf is not None:
-            self.rf.write(offset, data)
+            if self.rf.write(offset, data) and self.on_blocks is not None:
+                self.on_blocks()
             return
         try:
             os.pwrite(self._grow_fd, data, offset)

@@ -36,6 +36,7 @@ from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload, Snapshot
 from engine._states import TERMINAL, Event, next_status
 from engine._store import OpRecord, Store
+from engine._streams import ResultStream
 from engine._transport import RequestOptions
 from engine._values import (
     BackgroundDownloadProgress,
@@ -132,6 +133,8 @@ class DownloadOperation:
         self._event_busy = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._last_reported: tuple[Any, ...] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        """Readers waiting for bytes (engine loop only); woken when blocks complete."""
 
     # -- what it is ---------------------------------------------------------------
     @property
@@ -331,6 +334,75 @@ class DownloadOperation:
         remove_partial(self.result_file)
         self._fail_outcome(TransferCanceled(f"{self.result_file}: canceled", guid=self.guid))
 
+    # -- reading while it downloads ----------------------------------------------------------
+    def get_result_stream_at(
+        self, position: int = 0, *, timeout: float | None = None
+    ) -> ResultStream:
+        """A readable stream from ``position``; reads of bytes not yet there wait for them."""
+        return ResultStream(self, position, timeout=timeout, seekable=False)
+
+    def get_result_random_access_stream_reference(
+        self, *, timeout: float | None = None
+    ) -> ResultStream:
+        """A new seekable stream over the whole result; a read pulls its offset forward."""
+        if not self.is_random_access_required:
+            raise InvalidStateError(
+                "get_result_random_access_stream_reference needs is_random_access_required"
+            )
+        return ResultStream(self, 0, timeout=timeout, seekable=True)
+
+    async def _available(self, offset: int, want: int) -> int:
+        """Bytes present from ``offset`` (up to ``want``), waiting until there is one.
+
+        Runs on the engine loop.  0 means the end of the result.  Raises the
+        operation's error when it ends in ERROR or CANCELED first.
+        """
+        while True:
+            if self.status is S.COMPLETED:
+                return max(0, min(want, self._total - offset))
+            if self._total and offset >= self._total:
+                return 0
+            present = self._present_from(offset, want)
+            if present:
+                return present
+            if self.status in (S.ERROR, S.CANCELED):
+                raise (
+                    self._stored_error()
+                    if self.status is S.ERROR
+                    else TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
+                )
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            job = self._job
+            if job is not None and self._rec.random_access:
+                job.prioritize(offset)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if job is not None and self._rec.random_access:
+                    job.reader_done(offset)
+
+    def _present_from(self, offset: int, want: int) -> int:
+        job = self._job
+        if job is not None and job.rf is not None and not job.rf.closed:
+            ranges = job.rf.ranges()
+        elif job is None:
+            ranges = self._disk_ranges()
+        else:
+            return 0
+        for start, length in ranges:
+            if start <= offset < start + length:
+                return min(want, start + length - offset)
+        return 0
+
+    def _wake_readers(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def make_current_in_transfer_group(self) -> None:
         """Move this operation (and those queued after it) to the front of its group."""
         from engine.downloader import reorder_group
@@ -421,6 +493,7 @@ class DownloadOperation:
             for key, value in fields.items():
                 setattr(self._rec, key, value)
         self._report()
+        engine_loop().loop.call_soon_threadsafe(self._wake_readers)
         if new in (S.COMPLETED, S.CANCELED, S.ERROR):
             self._settings.ended(self)
         return new
@@ -546,6 +619,7 @@ class DownloadOperation:
             require_ranges=self._rec.random_access,
         )
         job.finisher = self._finish_under_lock
+        job.on_blocks = self._wake_readers
         self._job = job
         run = asyncio.ensure_future(job.run())
         watch = asyncio.ensure_future(self._watch())

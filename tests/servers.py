@@ -37,6 +37,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root}/www;
         location /slow/ {{ alias {root}/www/; limit_rate 2m; }}
+        location /r20/ {{ alias {root}/www/; limit_rate 20m; }}
     }}
 }}
 """
