@@ -21,7 +21,7 @@ import dataclasses
 import enum
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,10 @@ def _multi_for_loop() -> tuple[Any, HandlePool]:
     return _shared[loop]
 
 
+async def _plain_finish(finish: Callable[[], Path]) -> Path:
+    return finish()
+
+
 def _storable(validator: str | None, limit: int) -> str:
     """A validator the control file can hold whole, else none: a cut one would never match."""
     value = validator or ""
@@ -124,8 +128,9 @@ class SegmentedDownload:
         """The newest response head that was accepted, for get_response_information."""
         self.actual_url = url
         """The URL after redirects of that response."""
-        self.finisher: Callable[[Callable[[], Path]], Path] = lambda finish: finish()
-        """Wraps the rename onto the final name: an operation makes it atomic with its status."""
+        self.finisher: Callable[[Callable[[], Path]], Awaitable[Path]] = _plain_finish
+        """Wraps the rename onto the final name: an operation verifies a checksum first
+        and makes the rename atomic with its status."""
         self.require_ranges = require_ranges
         """Random access: a server without ranges or a length fails at once."""
         self.restarts = 0
@@ -191,7 +196,7 @@ class SegmentedDownload:
                     self._start_over(changed=again.changed)
                     continue
                 if self._complete():
-                    done = self.finisher(self._finish)
+                    done = await self.finisher(self._finish)
                     self.finished = True
                     return done
         except BaseException:

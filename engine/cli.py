@@ -1,150 +1,86 @@
-"""The ``bgtransfer`` command (also ``python -m engine``): get and demo.
+"""The ``bgtransfer`` command (also ``python -m engine``): get, mirror, list, resume, cancel, demo.
 
-Exit status 0 only when every file is complete; 1 when a download failed; 2 for bad
-usage.  Errors are one line on stderr (a traceback only with ``--debug``).
+Exit status 0 only when every file is complete (and verified where asked); 1 when a
+download failed; 2 for bad usage; 130 after Ctrl-C (the downloads are paused: run
+the same command again to resume).  Errors are one line on stderr each (a traceback
+only with ``--debug``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from engine._config import TransferConfig
-from engine._loop import engine_loop
-from engine._segmented import SegmentedDownload, Snapshot
-from engine.errors import TransferError
+from engine import InvalidRequestError, TransferError
+from engine._cli_commands import Interrupted, cancel, demo, get, list_, mirror, resume
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and exit status 2, as for every other usage error."""
+        self.exit(2, f"bgtransfer: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, help="where operations are kept")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bgtransfer", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    get = sub.add_parser("get", help="download one file; running it again resumes")
-    get.add_argument("url")
-    get.add_argument("-o", "--output", type=Path, help="result file (default: from the URL)")
-    get.add_argument("-c", "--connections", type=int, default=8, help="connections (default 8)")
-    get.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
-    get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    demo = sub.add_parser("demo", help="serve a generated file on loopback and download it")
-    demo.add_argument("--size-mib", type=int, default=256)
-    demo.add_argument("-c", "--connections", type=int, default=8)
-    demo.add_argument("-q", "--quiet", action="store_true")
+    parser = _Parser(prog="bgtransfer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    g = sub.add_parser("get", help="download one file; running it again resumes")
+    g.add_argument("url")
+    g.add_argument("-o", "--output", type=Path, help="result file (default: from the URL)")
+    g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
+    g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
+    m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
+    m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
+    m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
+    m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
+    m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
+    m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    sub.add_parser("list", help="operations in the state directory")
+    r = sub.add_parser("resume", help="resume one operation, or --all")
+    r.add_argument("guid", nargs="?")
+    r.add_argument("--all", action="store_true")
+    c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
+    c.add_argument("guid")
+    d = sub.add_parser("demo", help="serve a generated file on loopback and download it")
+    d.add_argument("--size-mib", type=int, default=256)
+    d.add_argument("-c", "--connections", type=int, default=8)
+    for p in sub.choices.values():
+        _common(p)
     return parser
 
 
-def _name_from(url: str) -> Path:
-    name = unquote(Path(urlsplit(url).path).name)
-    name = "".join(ch for ch in name if ch.isprintable() and ch not in "/\\")
-    return Path(name if name not in ("", ".", "..") else "download.bin")
-
-
-def _header(value: str) -> str:
-    name, sep, _ = value.partition(":")
-    if not sep or not name.strip() or "\r" in value or "\n" in value:
-        raise argparse.ArgumentTypeError(f"bad header {value!r}: expected 'Name: value'")
-    return value
-
-
-class _Bar:
-    """A rich progress bar on stderr when it is a terminal, else silence."""
-
-    def __init__(self, quiet: bool, label: str) -> None:
-        self._progress = None
-        if quiet or not sys.stderr.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[conns]} conn"),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(label, total=None, conns=0)
-        self._progress.start()
-
-    def update(self, snap: Snapshot) -> None:
-        if self._progress is not None:
-            self._progress.update(
-                self._task,
-                completed=snap.bytes_received,
-                total=snap.total_bytes_to_receive or None,
-                conns=snap.connections,
-            )
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _download(url: str, output: Path, connections: int, headers: list[str], quiet: bool) -> Path:
-    bar = _Bar(quiet, output.name)
-    job = SegmentedDownload(
-        url,
-        output,
-        config=TransferConfig(connections=max(1, connections)),
-        headers=headers,
-        on_progress=bar.update,
-    )
-    try:
-        return engine_loop().submit(job.run()).result()
-    finally:
-        bar.close()
-
-
-def _demo(size_mib: int, connections: int, quiet: bool) -> int:
-    from engine._loopback import LoopbackServer
-
-    body = os.urandom(1 << 20) * max(1, size_mib)
-    server = LoopbackServer(body)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bgtransfer-demo-") as tmp:
-            out = Path(tmp) / "demo.bin"
-            print(f"serving {size_mib} MiB at {server.url}", file=sys.stderr)
-            start = time.perf_counter()
-            _download(server.url, out, connections, [], quiet)
-            took = time.perf_counter() - start
-            ok = out.read_bytes() == body
-            print(
-                f"downloaded {len(body) / 2**20:.0f} MiB in {took:.2f} s "
-                f"({len(body) / took / 1e6:.0f} MB/s over {connections} connections), "
-                f"{'byte-exact' if ok else 'MISMATCH'}"
-            )
-            return 0 if ok else 1
-    finally:
-        server.close()
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "get": get,
+    "mirror": mirror,
+    "list": list_,
+    "resume": resume,
+    "cancel": cancel,
+    "demo": demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return _demo(args.size_mib, args.connections, args.quiet)
-        headers = [_header(h) for h in args.header]
-        output = args.output or _name_from(args.url)
-        result = _download(args.url, output, args.connections, headers, args.quiet)
-        if not args.quiet:
-            print(result)
-        return 0
-    except argparse.ArgumentTypeError as exc:
+        return COMMANDS[args.command](args)
+    except Interrupted:
+        print("bgtransfer: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("bgtransfer: interrupted", file=sys.stderr)
+        return 130
+    except (InvalidRequestError, ValueError) as exc:
+        if args.debug:
+            raise
         print(f"bgtransfer: {exc}", file=sys.stderr)
         return 2
     except (TransferError, OSError) as exc:
@@ -152,6 +88,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bgtransfer: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("bgtransfer: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130

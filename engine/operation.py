@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._core import RangeFile, control_path, peek, remove_partial
+from engine._checksum import file_digest, parse
+from engine._core import RangeFile, control_path, part_path, peek, remove_partial
 from engine._loop import engine_loop
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload, Snapshot
@@ -55,6 +56,7 @@ from engine._web_error import WebErrorStatus
 from engine.errors import (
     ControlFileError,
     HttpError,
+    IntegrityError,
     InvalidRequestError,
     InvalidStateError,
     StorageError,
@@ -133,6 +135,7 @@ class DownloadOperation:
         self._event_busy = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._last_reported: tuple[Any, ...] | None = None
+        self._connections = 0
         self._waiters: list[asyncio.Future[None]] = []
         """Readers waiting for bytes (engine loop only); woken when blocks complete."""
 
@@ -204,6 +207,27 @@ class DownloadOperation:
             self._rec.random_access = bool(value)
 
     @property
+    def expected_checksum(self) -> tuple[str, str] | None:
+        """*Beyond*: ``(algorithm, hex)`` the finished file must match, else ERROR.
+
+        Set it with ``"sha256=..."`` (also sha1, md5, xxh3, xxh128) before the end;
+        the check runs on the partial file, so a mismatch never reaches the final name.
+        """
+        spec = self._rec.checksum
+        return None if spec is None else parse(spec)
+
+    @expected_checksum.setter
+    def expected_checksum(self, spec: str | None) -> None:
+        value = None if spec is None else "=".join(parse(spec))
+        self._store.update(self._rec.guid, checksum=value)
+        self._rec.checksum = value
+
+    @property
+    def connections(self) -> int:
+        """*Beyond*: requests in flight for this operation at the last progress tick."""
+        return self._connections
+
+    @property
     def status(self) -> BackgroundTransferStatus:
         return S(self._rec.status)
 
@@ -250,6 +274,11 @@ class DownloadOperation:
         self._begin(Event.START, progress, None)
         return self
 
+    def attach(self, progress: ProgressCallback | None = None) -> DownloadOperation:
+        """*Beyond*: ``attach_async`` without asyncio; returns at once, then ``wait()``."""
+        self._begin(Event.ATTACH, progress, None)
+        return self
+
     def wait(self, timeout: float | None = None) -> DownloadOperation:
         """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled)."""
         try:
@@ -277,22 +306,24 @@ class DownloadOperation:
         progress: ProgressCallback | None,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
+        """Start or attach.  Attaching to an operation this process already runs (or
+        just resumed) only adds the callback: there is one download, many watchers."""
         with self._lock:
-            if self._started:
-                raise InvalidStateError(f"{self.result_file}: operation already started")
-            if event is Event.START and self.status is not S.IDLE:
+            if event is Event.START and (self._started or self.status is not S.IDLE):
                 raise InvalidStateError(
-                    f"start needs an IDLE operation (this one is {self.status.name}); "
-                    "use attach_async for one found by get_current_downloads"
+                    f"start needs an IDLE operation not yet started (this one is "
+                    f"{self.status.name}); use attach_async for one found again"
                 )
-            if self.status is S.ERROR and event is Event.ATTACH:
-                self._started = True
-                self._fail_outcome(self._stored_error())
-                return
-            self._started = True
             if progress is not None:
                 self._callbacks.append((progress, loop))
-            self._event_loop = loop
+            if self._event_loop is None:
+                self._event_loop = loop
+            if self._started:
+                return
+            self._started = True
+            if self.status is S.ERROR:
+                self._fail_outcome(self._stored_error())
+                return
             if event is Event.ATTACH and self.status is not S.IDLE:
                 self._move(Event.ATTACH)
             if self.status in (S.IDLE, S.RUNNING, *_ENGINE_PAUSE_FOR.values()):
@@ -618,7 +649,7 @@ class DownloadOperation:
             request=self._request_options(),
             require_ranges=self._rec.random_access,
         )
-        job.finisher = self._finish_under_lock
+        job.finisher = self._finish_verified
         job.on_blocks = self._wake_readers
         self._job = job
         run = asyncio.ensure_future(job.run())
@@ -644,6 +675,23 @@ class DownloadOperation:
         self._flush_ranges_event(final=True)
         if not self._outcome.done():
             self._outcome.set_result(self)
+
+    async def _finish_verified(self, finish: Callable[[], Path]) -> Path:
+        """Check the expected checksum on the partial file, then rename and complete.
+
+        A mismatch removes the data (a resume starts over) and raises IntegrityError:
+        a file that fails its checksum never appears under the final name.
+        """
+        expected = self.expected_checksum
+        if expected is not None:
+            algo, digest = expected
+            got = await asyncio.to_thread(file_digest, part_path(self.result_file), algo)
+            if got != digest:
+                remove_partial(self.result_file)
+                raise IntegrityError(
+                    f"{self.result_file}: {algo} is {got}, expected {digest}", guid=self.guid
+                )
+        return self._finish_under_lock(finish)
 
     def _finish_under_lock(self, finish: Callable[[], Path]) -> Path:
         """Rename onto the final name and become COMPLETED as one step against cancel()."""
@@ -700,6 +748,7 @@ class DownloadOperation:
     def _on_tick(self, snap: Snapshot) -> None:
         job = self._job
         self._bytes = snap.bytes_received
+        self._connections = snap.connections
         if snap.total_bytes_to_receive:
             self._total = snap.total_bytes_to_receive
         self._response_changed = self._response_changed or snap.has_response_changed

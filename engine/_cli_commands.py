@@ -1,0 +1,308 @@
+"""What each ``bgtransfer`` command does, through the public API only.
+
+Downloads are started with the blocking API (``start``/``attach`` + ``wait``), never
+by awaiting ``start_async``: cancelling an awaiting task cancels its download, and a
+Ctrl-C must pause instead, so that running the command again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import queue
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import (
+    BackgroundDownloader,
+    BackgroundTransferStatus,
+    DownloadOperation,
+    InvalidRequestError,
+    TransferError,
+)
+from engine._checksum import file_digest, parse
+from engine._cli_names import name_from_url, parse_list, unique_names
+from engine._cli_views import ENDED, FileView, MirrorView
+
+S = BackgroundTransferStatus
+_RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the running operations were paused, to be resumed by running it again."""
+
+
+def downloader(args: argparse.Namespace) -> BackgroundDownloader:
+    d = BackgroundDownloader(
+        state_dir=args.state_dir, max_connections_per_file=getattr(args, "connections", 8)
+    )
+    for header in getattr(args, "header", []):
+        name, sep, value = header.partition(":")
+        if not sep:
+            raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
+        d.set_request_header(name.strip(), value.strip())
+    return d
+
+
+def go_on(op: DownloadOperation, progress: Any) -> None:
+    """Let an operation found in the state directory continue, whatever it waits for."""
+    if op.status is S.ERROR:
+        op.resume()  # the command was run again: try again from the bitmap
+        op.attach(progress)
+        return
+    op.attach(progress)
+    if op.status in _RESUMABLE:
+        op.resume()
+
+
+def wait_all(ops: list[DownloadOperation]) -> list[TransferError]:
+    """Wait for every operation; pause the running ones on Ctrl-C (Interrupted)."""
+    errors = []
+    try:
+        for op in ops:
+            try:
+                op.wait()
+            except TransferError as exc:
+                errors.append(exc)
+    except KeyboardInterrupt:
+        pause_all(ops)
+        raise Interrupted from None
+    return errors
+
+
+def pause_all(ops: list[DownloadOperation]) -> None:
+    for op in ops:
+        if op.status in (S.RUNNING, S.IDLE) and op.method == "GET":
+            with contextlib.suppress(TransferError):  # it ended meanwhile
+                op.pause()
+
+
+def _current(d: BackgroundDownloader) -> dict[Path, DownloadOperation]:
+    return {op.result_file: op for op in d.get_current_downloads()}
+
+
+# -- get ---------------------------------------------------------------------------------
+def get(args: argparse.Namespace) -> int:
+    d = downloader(args)
+    output = Path(os.path.abspath(args.output or name_from_url(args.url)))
+    if args.checksum:
+        parse(args.checksum)  # a bad spec is bad usage, before anything starts
+    view = FileView(args.quiet)
+    op = _current(d).get(output)
+    try:
+        if op is not None and op.requested_uri != args.url:
+            raise InvalidRequestError(
+                f"{output} is being downloaded from {op.requested_uri} "
+                f"(bgtransfer cancel {op.guid} first)"
+            )
+        if op is None:
+            op = d.create_download(args.url, output)
+        if args.checksum:
+            op.expected_checksum = args.checksum
+        view.watch(op)
+        if op.status is S.IDLE:
+            op.start(view.update)
+        else:
+            go_on(op, view.update)
+        errors = wait_all([op])
+    finally:
+        view.close()
+    if errors:
+        raise errors[0]
+    if not args.quiet:
+        print(op.result_file)
+    return 0
+
+
+# -- mirror ------------------------------------------------------------------------------
+def mirror(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        entries = unique_names(parse_list(text))
+    except ValueError as exc:
+        raise InvalidRequestError(f"{args.input}: {exc}") from None
+    for entry in entries:
+        if entry.checksum:
+            parse(entry.checksum)
+    target = Path(os.path.abspath(args.dir))
+    target.mkdir(parents=True, exist_ok=True)
+    d = downloader(args)
+    current = _current(d)
+    todo: collections.deque[tuple[Any, Path, DownloadOperation | None]] = collections.deque()
+    skipped = 0
+    for entry in entries:
+        path = target / entry.name
+        if path not in current and _complete(path, entry.checksum):
+            skipped += 1
+        else:
+            todo.append((entry, path, current.get(path)))
+    started = time.monotonic()
+    view = MirrorView(args.quiet, len(entries))
+    try:
+        done, failed = _run_mirror(d, todo, max(1, args.parallel), view)
+        view.finished(len(done) + skipped, len(entries))
+    finally:
+        view.close()
+    took = time.monotonic() - started
+    size = sum(op.progress.bytes_received for op in done)
+    print(
+        f"{len(done)} downloaded, {skipped} already complete, {len(failed)} failed; "
+        f"{size / 1e6:.1f} MB in {took:.1f} s ({size / max(took, 1e-9) / 1e6:.0f} MB/s)",
+        file=sys.stderr,
+    )
+    for op, error in failed:
+        print(f"bgtransfer: {op.result_file.name}: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _complete(path: Path, checksum: str | None) -> bool:
+    """A final name exists only once complete; with a checksum it must also match."""
+    if not path.is_file():
+        return False
+    if checksum is None:
+        return True
+    algo, digest = parse(checksum)
+    if file_digest(path, algo) == digest:
+        return True
+    path.unlink()  # a wrong file under the final name: fetch it again
+    return False
+
+
+def _run_mirror(
+    d: BackgroundDownloader,
+    todo: collections.deque[tuple[Any, Path, DownloadOperation | None]],
+    parallel: int,
+    view: MirrorView,
+) -> tuple[list[DownloadOperation], list[tuple[DownloadOperation, TransferError]]]:
+    ended: queue.Queue[DownloadOperation] = queue.Queue()
+    running: dict[object, DownloadOperation] = {}
+    done: list[DownloadOperation] = []
+    failed: list[tuple[DownloadOperation, TransferError]] = []
+
+    def progress(op: DownloadOperation) -> None:
+        view.update(op)
+        if op.status in ENDED:
+            ended.put(op)
+
+    try:
+        while todo or running:
+            while todo and len(running) < parallel:
+                entry, path, op = todo.popleft()
+                if op is None:
+                    op = d.create_download(entry.url, path)
+                    if entry.checksum:
+                        op.expected_checksum = entry.checksum
+                    view.watch(op)
+                    op.start(progress)
+                else:
+                    view.watch(op)
+                    go_on(op, progress)
+                running[op.guid] = op
+                if op.status in ENDED:
+                    ended.put(op)
+            try:
+                op = ended.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if running.pop(op.guid, None) is None:
+                continue  # told twice
+            try:
+                op.wait()
+                done.append(op)
+            except TransferError as exc:
+                failed.append((op, exc))
+    except KeyboardInterrupt:
+        pause_all(list(running.values()))
+        raise Interrupted from None
+    return done, failed
+
+
+# -- list, resume, cancel ----------------------------------------------------------------
+def list_(args: argparse.Namespace) -> int:
+    ops = downloader(args).get_current_downloads()
+    for op in ops:
+        p = op.progress
+        share = (
+            f"{100 * p.bytes_received / p.total_bytes_to_receive:5.1f}%"
+            if p.total_bytes_to_receive
+            else "    ?"
+        )
+        print(f"{op.guid}  {p.status.name:<36} {share}  {p.bytes_received:>14}  {op.result_file}")
+    if not ops and not args.quiet:
+        print("no operations in progress", file=sys.stderr)
+    return 0
+
+
+def _find(d: BackgroundDownloader, guid: str) -> DownloadOperation:
+    for op in d.get_current_downloads():
+        if str(op.guid) == guid or (len(guid) >= 8 and str(op.guid).startswith(guid)):
+            return op
+    raise InvalidRequestError(f"no operation {guid} in {d.state_dir}")
+
+
+def resume(args: argparse.Namespace) -> int:
+    d = downloader(args)
+    if args.all == bool(args.guid):
+        raise InvalidRequestError("resume takes one GUID or --all")
+    ops = d.get_current_downloads() if args.all else [_find(d, args.guid)]
+    view = FileView(args.quiet)
+    try:
+        for op in ops:
+            view.watch(op)
+            go_on(op, view.update)
+        errors = wait_all(ops)
+    finally:
+        view.close()
+    for exc in errors:
+        print(f"bgtransfer: error: {exc}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    op = _find(downloader(args), args.guid)
+    op.cancel()
+    if not args.quiet:
+        print(f"{op.guid} canceled ({op.result_file})", file=sys.stderr)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+def demo(args: argparse.Namespace) -> int:
+    """Serve a generated file on loopback and download it: no URL needed to see it work."""
+    from engine._loopback import LoopbackServer  # the demo's server, not an engine call
+
+    body = os.urandom(1 << 20) * max(1, args.size_mib)
+    server = LoopbackServer(body)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bgtransfer-demo-") as tmp:
+            out = Path(tmp) / "demo.bin"
+            print(f"serving {args.size_mib} MiB at {server.url}", file=sys.stderr)
+            d = BackgroundDownloader(
+                state_dir=Path(tmp) / "state", max_connections_per_file=args.connections
+            )
+            op = d.create_download(server.url, out)
+            view = FileView(args.quiet)
+            view.watch(op)
+            start = time.perf_counter()
+            try:
+                op.start(view.update)
+                errors = wait_all([op])
+            finally:
+                view.close()
+            took = time.perf_counter() - start
+            if errors:
+                raise errors[0]
+            ok = out.read_bytes() == body
+            print(
+                f"downloaded {len(body) / 2**20:.0f} MiB in {took:.2f} s "
+                f"({len(body) / took / 1e6:.0f} MB/s over {args.connections} connections), "
+                f"{'byte-exact' if ok else 'MISMATCH'}"
+            )
+            return 0 if ok else 1
+    finally:
+        server.close()

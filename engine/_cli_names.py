@@ -1,0 +1,73 @@
+"""Result names for the command line: from a URL or a mirror list, made safe to write.
+
+A name from the network must never leave the target directory or surprise a shell:
+no ``..``, no absolute paths, no separators, no control characters, no leading dot
+or dash; collisions get ``.1``, ``.2``... before the extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_MAX_NAME = 200
+
+
+def safe_name(raw: str, fallback: str = "download.bin") -> str:
+    """One path component derived from ``raw`` that stays where it is put."""
+    text = unicodedata.normalize("NFC", raw)
+    text = "".join("_" if (not ch.isprintable() or ch in "/\\\0") else ch for ch in text)
+    text = text.strip().lstrip(".-").strip()
+    if text in ("", ".", ".."):
+        return fallback
+    encoded = text.encode()
+    if len(encoded) > _MAX_NAME:
+        text = encoded[:_MAX_NAME].decode(errors="ignore")
+    return text
+
+
+def name_from_url(url: str) -> str:
+    return safe_name(unquote(Path(urlsplit(url).path).name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    url: str
+    name: str
+    checksum: str | None
+
+
+def parse_list(text: str) -> list[Entry]:
+    """One entry a line: ``URL [NAME] [ALGO=HEX]``; blank lines and ``#`` comments skipped."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        url, rest = fields[0], fields[1:]
+        checksum = rest.pop() if rest and "=" in rest[-1] else None
+        name = " ".join(rest) if rest else name_from_url(url)
+        if not urlsplit(url).scheme:
+            raise ValueError(f"line {number}: {url!r} is not a URL")
+        entries.append(Entry(url, safe_name(name), checksum))
+    return entries
+
+
+def unique_names(entries: list[Entry]) -> list[Entry]:
+    """Give colliding names (case-insensitively) a ``.N`` suffix before the extension."""
+    seen: set[str] = set()
+    out = []
+    for entry in entries:
+        name = entry.name
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem:
+            stem, dot, ext = name, "", ""
+        n = 0
+        while name.lower() in seen:
+            n += 1
+            name = f"{stem}.{n}{dot}{ext}"
+        seen.add(name.lower())
+        out.append(dataclasses.replace(entry, name=name))
+    return out

@@ -1,0 +1,116 @@
+"""Progress views of the command line: rich bars on a terminal, silence elsewhere.
+
+Callbacks arrive on the engine thread; rich's Progress takes its own lock, so the
+views only translate an operation's progress into its columns.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from engine import BackgroundTransferStatus, DownloadOperation
+
+S = BackgroundTransferStatus
+ENDED = (S.COMPLETED, S.CANCELED, S.ERROR)
+
+
+def interactive(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def _progress(total_bar: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}", justify="left"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+class FileView:
+    """One bar per operation: bytes, speed, ETA, connections and status."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._progress = _progress(False) if interactive(quiet) else None
+        self._tasks: dict[object, Any] = {}
+        self._lock = threading.Lock()
+        if self._progress is not None:
+            self._progress.start()
+
+    def watch(self, op: DownloadOperation) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            self._tasks[op.guid] = self._progress.add_task(
+                op.result_file.name, total=None, extra=""
+            )
+
+    def update(self, op: DownloadOperation) -> None:
+        if self._progress is None:
+            return
+        p = op.progress
+        status = p.status
+        extra = f"{op.connections} conn" if status is S.RUNNING else status.name.lower()
+        with self._lock:
+            task = self._tasks.get(op.guid)
+        if task is not None:
+            self._progress.update(
+                task,
+                completed=p.bytes_received,
+                total=p.total_bytes_to_receive or None,
+                extra=extra,
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class MirrorView(FileView):
+    """A total bar over every file, and bars for the files in flight (removed when done)."""
+
+    def __init__(self, quiet: bool, files: int) -> None:
+        super().__init__(quiet)
+        self._done_bytes = 0
+        self._live: dict[object, int] = {}
+        self._total = None
+        if self._progress is not None:
+            self._total = self._progress.add_task(f"{files} files", total=None, extra="")
+
+    def update(self, op: DownloadOperation) -> None:
+        if self._progress is None or self._total is None:
+            return
+        p = op.progress
+        with self._lock:
+            if p.status in ENDED:
+                task = self._tasks.pop(op.guid, None)
+                if task is not None:
+                    self._progress.remove_task(task)
+                    self._done_bytes += p.bytes_received
+                self._live.pop(op.guid, None)
+            else:
+                self._live[op.guid] = p.bytes_received
+            done = self._done_bytes + sum(self._live.values())
+        if p.status not in ENDED:
+            super().update(op)
+        self._progress.update(self._total, completed=done)
+
+    def finished(self, completed: int, files: int) -> None:
+        if self._progress is not None and self._total is not None:
+            self._progress.update(self._total, extra=f"{completed}/{files} done")

@@ -1,0 +1,271 @@
+"""The bgtransfer command in a subprocess, against real servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from polling import wait_for
+from servers import FaultServer, Nginx, free_port, sha256
+
+from engine._core import control_path
+
+
+def argv(*args: str) -> list[str]:
+    """The command line of ``python -m engine ARGS``."""
+    return [sys.executable, "-m", "engine", *args]
+
+
+def bgt(*args: str, cwd: Path, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m engine`` (the same program as ``bgtransfer``) to completion."""
+    extra = ["--state-dir", str(state)] if state is not None else []
+    return subprocess.run(
+        argv(*args, *extra),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_get_downloads_byte_exact(nginx: Nginx, tmp_path: Path) -> None:
+    """get URL -o FILE: exit 0, the file, its path on stdout, nothing else."""
+    done = bgt("get", nginx.url("big.bin"), "-o", "out.bin", cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == 0, done.stderr
+    assert sha256(tmp_path / "out.bin") == sha256(nginx.www / "big.bin")
+    assert done.stdout.strip() == str(tmp_path / "out.bin")
+    assert done.stderr == ""  # not a terminal: no bar
+
+
+def test_get_names_the_file_after_the_url(nginx: Nginx, tmp_path: Path) -> None:
+    """Without -o the name comes from the URL; python -m engine is the same program."""
+    done = bgt("get", nginx.url("small.bin"), "-q", cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "small.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
+
+
+def test_get_resumes_after_sigkill(body: bytes, tmp_path: Path) -> None:
+    """Killed mid-download, the same command again finishes it without starting over."""
+    server = FaultServer(body)
+    server.rate = 2 << 20
+    state = tmp_path / "s"
+    command = argv("get", server.url, "-o", "f.bin", "-c", "2", "-q")
+    try:
+        proc = subprocess.Popen([*command, "--state-dir", str(state)], cwd=tmp_path)
+        wait_for(lambda: control_path(tmp_path / "f.bin").exists())
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sent_before = server.bytes_sent
+        assert 0 < sent_before < len(body)
+        server.rate = 0
+        done = bgt("get", server.url, "-o", "f.bin", "-c", "2", "-q", cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "f.bin").read_bytes() == body
+        assert server.bytes_sent <= len(body) + 2 * (1 << 20)
+        listed = bgt("list", cwd=tmp_path, state=state)
+        assert listed.stdout == ""
+    finally:
+        server.close()
+
+
+def test_checksum_match_and_mismatch(nginx: Nginx, tmp_path: Path) -> None:
+    """--checksum: a match exits 0; a mismatch exits 1 and leaves no file under the name."""
+    data = (nginx.www / "big.bin").read_bytes()
+    right = hashlib.sha256(data).hexdigest()
+    ok = bgt("get", nginx.url("big.bin"), "-o", "a", "--checksum", f"sha256={right}", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    wrong = "0" * 64
+    bad = bgt(
+        "get",
+        nginx.url("big.bin"),
+        "-o",
+        "b",
+        "--checksum",
+        f"sha256={wrong}",
+        cwd=tmp_path,
+        state=tmp_path / "s",
+    )
+    assert bad.returncode == 1
+    assert "sha256" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+    for algo in ("sha1", "md5", "xxh3", "xxh128"):
+        digest = hashlib.new(algo).hexdigest() if algo in ("sha1", "md5") else None
+        if digest is None:
+            import xxhash
+
+            digest = (xxhash.xxh3_64 if algo == "xxh3" else xxhash.xxh3_128)(data).hexdigest()
+        else:
+            digest = hashlib.new(algo, data).hexdigest()
+        done = bgt(
+            "get",
+            nginx.url("big.bin"),
+            "-o",
+            algo,
+            "--checksum",
+            f"{algo}={digest}",
+            cwd=tmp_path,
+            state=tmp_path / "s",
+        )
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["get"], 2, "required"),
+        (["get", "http://x/", "-c", "0"], 2, "max_connections"),
+        (["get", "http://x/", "--checksum", "sha256=zz"], 2, "checksum"),
+        (["get", "http://x/", "-H", "NoColon"], 2, "header"),
+        (["get", "ftp//nope"], 2, "URL"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["resume"], 2, "GUID"),
+        (["cancel", "0000"], 2, "no operation"),
+    ],
+)
+def test_bad_usage_is_one_line_and_status_2(
+    tmp_path: Path, args: list[str], status: int, words: str
+) -> None:
+    """Bad arguments: exit 2 and one clear line, no traceback."""
+    done = bgt(*args, cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == status, done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_not_found_and_unreachable_are_status_1(nginx: Nginx, tmp_path: Path) -> None:
+    """A 404 and a refused connection: exit 1, one line each, --debug shows the traceback."""
+    missing = bgt("get", nginx.url("nope"), "-o", "n", cwd=tmp_path, state=tmp_path / "s")
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    port = free_port()
+    gone = bgt("get", f"http://127.0.0.1:{port}/x", "-o", "u", cwd=tmp_path, state=tmp_path / "s")
+    assert gone.returncode == 1
+    assert "connect" in gone.stderr.lower()
+    debug = bgt("get", nginx.url("nope"), "-o", "d", "--debug", cwd=tmp_path, state=tmp_path / "s")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+    assert not (tmp_path / "n").exists()
+
+
+def test_list_resume_cancel(body: bytes, tmp_path: Path) -> None:
+    """list shows an interrupted operation; cancel removes it; resume --all finishes another."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    try:
+        for name in ("one.bin", "two.bin"):
+            proc = subprocess.Popen(
+                argv("get", server.url, "-o", name, "-q", "--state-dir", str(state)),
+                cwd=tmp_path,
+            )
+            ctl = control_path(tmp_path / name)
+            wait_for(ctl.exists)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        listed = bgt("list", cwd=tmp_path, state=state)
+        lines = listed.stdout.strip().splitlines()
+        assert len(lines) == 2
+        assert all("RUNNING" in line for line in lines)
+        one = next(line.split()[0] for line in lines if "one.bin" in line)
+        assert bgt("cancel", one, cwd=tmp_path, state=state).returncode == 0
+        assert not control_path(tmp_path / "one.bin").exists()
+        server.rate = 0
+        done = bgt("resume", "--all", "-q", cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "two.bin").read_bytes() == body
+        assert not (tmp_path / "one.bin").exists()
+    finally:
+        server.close()
+
+
+def test_mirror_of_500_odd_names(nginx: Nginx, tmp_path: Path) -> None:
+    """500 entries with '..', '/', spaces, unicode, control characters and duplicates:
+    every file inside the directory, byte-exact, collisions suffixed; a re-run skips all."""
+    served = nginx.www / "mirror"
+    served.mkdir(exist_ok=True)
+    lines, expected = [], {}
+    for i in range(50):
+        name = f"file {i} ü.bin"
+        (served / name).write_bytes(os.urandom(1000 + i))
+        url = nginx.url("mirror/" + urllib.parse.quote(name))
+        lines.append(url)  # name from the URL: spaces and unicode kept
+        expected[name] = served / name
+    odd = ["../up{}", "/abs/path{}", "a\x01b{}", "dup.bin", "-dash{}", ".hidden{}", "sp ace {}"]
+    for i in range(450):
+        name = odd[i % len(odd)].format(i)
+        lines.append(f"{nginx.url('small.bin')} {name}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n# a comment\n\n")
+    out = tmp_path / "out"
+    done = bgt(
+        "mirror", "-i", "list.txt", "-d", "out", "-j", "16", cwd=tmp_path, state=tmp_path / "s"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "500 downloaded" in done.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 500
+    assert not list(tmp_path.glob("up*"))
+    assert all(p.resolve().parent == out.resolve() for p in out.iterdir())
+    assert all(not name.startswith((".", "-")) and "\x01" not in name for name in files)
+    assert "dup.bin" in files
+    assert "dup.1.bin" in files
+    for name, source in expected.items():
+        assert (out / name).read_bytes() == source.read_bytes()
+    small = (nginx.www / "small.bin").read_bytes()
+    assert all((out / n).read_bytes() == small for n in files if n not in expected)
+    again = bgt("mirror", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=tmp_path / "s")
+    assert again.returncode == 0
+    assert "0 downloaded, 500 already complete" in again.stderr
+
+
+def test_progress_bar_on_a_terminal_and_ctrl_c_pauses(body: bytes, tmp_path: Path) -> None:
+    """On a pty the bar shows; Ctrl-C exits 130 and the same command then resumes."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: bgtransfer on the pty
+            os.chdir(tmp_path)
+            os.execv(
+                sys.executable,
+                argv("get", server.url, "-o", "t.bin", "-c", "2", "--state-dir", str(state)),
+            )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"MB" not in seen and b"kB" not in seen:
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                seen += os.read(fd, 65536)
+        assert b"t.bin" in seen
+        os.kill(pid, signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 130
+        assert b"run the same command again" in seen
+        server.rate = 0
+        done = bgt("get", server.url, "-o", "t.bin", "-q", cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "t.bin").read_bytes() == body
+    finally:
+        server.close()
