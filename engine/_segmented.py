@@ -17,6 +17,7 @@ mixes two versions.  Blocks already complete in the bitmap are never fetched aga
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import enum
 import os
@@ -98,8 +99,13 @@ def _multi_for_loop() -> tuple[Any, HandlePool]:
     return _shared[loop]
 
 
-async def _plain_finish(finish: Callable[[], Path]) -> Path:
-    return finish()
+async def _plain_finish(finish: Callable[[], Awaitable[Path]]) -> Path:
+    return await finish()
+
+
+_DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-fsync")
+"""fsync and rename off the engine loop: concurrent fsyncs share journal commits (ext4's
+jbd2 groups them), and the loop keeps the other transfers moving meanwhile."""
 
 
 def _storable(validator: str | None, limit: int) -> str:
@@ -128,9 +134,11 @@ class SegmentedDownload:
         """The newest response head that was accepted, for get_response_information."""
         self.actual_url = url
         """The URL after redirects of that response."""
-        self.finisher: Callable[[Callable[[], Path]], Awaitable[Path]] = _plain_finish
+        self.finisher: Callable[[Callable[[], Awaitable[Path]]], Awaitable[Path]] = _plain_finish
         """Wraps the rename onto the final name: an operation verifies a checksum first
         and makes the rename atomic with its status."""
+        self.finishing = False
+        """True once the result file is handed to the thread that finishes it."""
         self.require_ranges = require_ranges
         """Random access: a server without ranges or a length fails at once."""
         self.restarts = 0
@@ -196,7 +204,8 @@ class SegmentedDownload:
                     self._start_over(changed=again.changed)
                     continue
                 if self._complete():
-                    done = await self.finisher(self._finish)
+                    ticker.cancel()  # no flush may race the finish in its thread
+                    done = await self.finisher(self._finish_durably)
                     self.finished = True
                     return done
         except BaseException:
@@ -295,7 +304,7 @@ class SegmentedDownload:
     def _next_segment(self) -> tuple[int, int | None] | None:
         """The next range to ask for: free missing bytes first, else half of a busy range."""
         if self.rf is None:
-            return None
+            return self._next_plain()
         if not self.ranges_ok:
             return None if self._inflight or self.rf.is_complete else (0, self.size)
         while self._urgent:
@@ -312,6 +321,12 @@ class SegmentedDownload:
                 return free[0], min(free[1], free[0] + self.config.chunk_size)
             pos = start + length
         return self._steal()
+
+    def _next_plain(self) -> tuple[int, int | None] | None:
+        """A small file of known size broke off: go on from where it stopped (or from 0)."""
+        if self._grow_fd < 0 or self.size is None or self._inflight or self._complete():
+            return None
+        return (self._grow_pos if self.ranges_ok else 0), self.size
 
     def _subtract_inflight(self, start: int, end: int) -> tuple[int, int] | None:
         cuts = sorted((s.start, s.end or end) for s in self._inflight)
@@ -539,7 +554,9 @@ class SegmentedDownload:
         self.ranges_ok = ranges
         self._body_ended = False
         remove_partial(self.result)
-        if size is None:
+        if size is None or size <= self.config.first_request:
+            # Unknown length, or a body the first response carries whole: a plain file,
+            # no bitmap (a broken small body costs at most first_request again).
             self._grow_fd = os.open(
                 part_path(self.result), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666
             )
@@ -582,15 +599,31 @@ class SegmentedDownload:
     def _complete(self) -> bool:
         if self.rf is not None:
             return self.rf.is_complete
-        return self._grow_fd >= 0 and self._body_ended
+        if self._grow_fd < 0:
+            return False
+        return self._body_ended or (self.size is not None and self._grow_pos >= self.size)
+
+    async def _finish_durably(self) -> Path:
+        self.finishing = True  # readers leave the result file to the finishing thread
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_DURABLE, self._finish)
 
     def _finish(self) -> Path:
+        """fsync, rename onto the final name, fsync the directory (in a _DURABLE thread)."""
         if self.rf is not None:
             return self.rf.finish()
-        os.fsync(self._grow_fd)
+        try:
+            os.fsync(self._grow_fd)
+        except OSError as exc:
+            raise StorageError(exc.errno or 5, exc.strerror, str(self.result)) from exc
         os.close(self._grow_fd)
         self._grow_fd = -1
         os.replace(part_path(self.result), self.result)
+        fd = os.open(self.result.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.size = self._grow_pos
         return self.result
 

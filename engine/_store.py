@@ -152,6 +152,8 @@ class Store:
                 getattr(exc, "errno", None) or 5, f"state database unusable: {exc}", str(state_dir)
             ) from exc
         self._lock = threading.Lock()
+        (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM operations").fetchone()
+        self._seq = int(last)
 
     @contextmanager
     def _cursor(self) -> Iterator[sqlite3.Connection]:
@@ -164,9 +166,10 @@ class Store:
                 raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
 
     def next_seq(self) -> int:
-        with self._cursor() as db:
-            (value,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM operations").fetchone()
-            return int(value)
+        """Queue position of a new operation (creation order; another process's may tie)."""
+        with self._lock:
+            self._seq += 1
+            return self._seq
 
     def insert(self, rec: OpRecord) -> None:
         """Persist a new operation; a live one on the same result file refuses it."""
@@ -197,6 +200,11 @@ class Store:
             raise ResultFileInUseError(
                 "another operation has taken over this operation's result file"
             ) from None
+
+    def delete(self, guid: str) -> None:
+        """Forget a finished operation: nothing is left to resume or report."""
+        with self._cursor() as db:
+            db.execute("DELETE FROM operations WHERE guid = ?", (guid,))
 
     def get(self, guid: str) -> OpRecord | None:
         with self._cursor() as db:

@@ -22,7 +22,7 @@ from engine._values import (
     BackgroundTransferStatus,
     Credential,
 )
-from engine.errors import InvalidRequestError, InvalidStateError, ResultFileInUseError
+from engine.errors import InvalidRequestError, InvalidStateError
 from engine.operation import DownloadOperation, absolute, check_header, check_uri, new_guid
 
 RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
@@ -263,13 +263,7 @@ class BackgroundDownloader:
             block_size=self.block_size,
             status=BackgroundTransferStatus.IDLE.value,
         )
-        with _live_lock:
-            for (state, _), other in _live.items():
-                if state == self.state_dir and other.result_file == result and not _ended(other):
-                    raise ResultFileInUseError(
-                        f"{result}: another operation is already downloading to this file"
-                    )
-            self._store.insert(rec)
+        self._store.insert(rec)  # its unique index refuses a second live op on the file
         op = self._adopt(rec)
         if self._settings.completion_group is not None:
             self._settings.completion_group._add(op)
@@ -320,10 +314,6 @@ class BackgroundDownloader:
                 op = DownloadOperation(rec, self._settings)
                 _live[key] = op
             return op
-
-
-def _ended(op: DownloadOperation) -> bool:
-    return op.status in (BackgroundTransferStatus.COMPLETED, BackgroundTransferStatus.CANCELED)
 
 
 def reorder_group(settings: Settings, group: str, guid: str) -> None:

@@ -26,7 +26,7 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +110,7 @@ class DownloadOperation:
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec
+        self._result = Path(rec.result_file)
         self._settings = settings
         self._store: Store = settings.store
         self._lock = threading.RLock()
@@ -122,6 +123,7 @@ class DownloadOperation:
         self._outcome: concurrent.futures.Future[DownloadOperation] = concurrent.futures.Future()
         self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._started = False
+        self._finishing = False
         self._bytes = 0
         self._total = rec.total
         self._restarted = False
@@ -166,7 +168,7 @@ class DownloadOperation:
 
     @property
     def result_file(self) -> Path:
-        return Path(self._rec.result_file)
+        return self._result
 
     @property
     def transfer_group(self) -> Any:
@@ -335,6 +337,7 @@ class DownloadOperation:
         with self._lock:
             if self._rec.method != "GET":
                 raise InvalidStateError(f"a {self._rec.method} download cannot be paused")
+            self._refuse_while_finishing("pause")
             self._move(Event.PAUSE)
             self._stop_runner()
 
@@ -352,11 +355,16 @@ class DownloadOperation:
     def cancel(self) -> None:
         """CANCELED: stop, remove the partial data; the awaiting call raises TransferCanceled."""
         with self._lock:
+            self._refuse_while_finishing("cancel")
             self._move(Event.CANCEL)
             task = self._task
         done = self._on_engine(lambda: self._cleanup_canceled(task))
         if done is not None:
             done.result()
+
+    def _refuse_while_finishing(self, what: str) -> None:
+        if self._finishing:
+            raise InvalidStateError(f"cannot {what}: {self.result_file} is being completed")
 
     async def _cleanup_canceled(self, task: asyncio.Task[None] | None) -> None:
         if task is not None and not task.done():
@@ -417,6 +425,8 @@ class DownloadOperation:
 
     def _present_from(self, offset: int, want: int) -> int:
         job = self._job
+        if job is not None and job.finishing:
+            return 0  # the finishing thread owns the file: wait for COMPLETED
         if job is not None and job.rf is not None and not job.rf.closed:
             ranges = job.rf.ranges()
         elif job is None:
@@ -520,7 +530,10 @@ class DownloadOperation:
                 fields["error_message"] = None
             if new is S.ERROR:
                 fields["acknowledged"] = 0
-            self._store.update(self._rec.guid, **fields)
+            if new in TERMINAL:
+                self._store.delete(self._rec.guid)  # finished: no row left to find again
+            else:
+                self._store.update(self._rec.guid, **fields)
             for key, value in fields.items():
                 setattr(self._rec, key, value)
         self._report()
@@ -541,7 +554,10 @@ class DownloadOperation:
             self._outcome.set_exception(exc)
 
     def _acknowledge(self) -> None:
-        if self.status is S.ERROR:
+        """The error reached the application: the operation is not current any more.
+
+        Its row stays (marked) while its partial data does, so resume() can continue."""
+        if self.status is S.ERROR and not self._rec.acknowledged:
             self._store.update(self._rec.guid, acknowledged=1)
             self._rec.acknowledged = True
 
@@ -676,11 +692,12 @@ class DownloadOperation:
         if not self._outcome.done():
             self._outcome.set_result(self)
 
-    async def _finish_verified(self, finish: Callable[[], Path]) -> Path:
+    async def _finish_verified(self, finish: Callable[[], Awaitable[Path]]) -> Path:
         """Check the expected checksum on the partial file, then rename and complete.
 
         A mismatch removes the data (a resume starts over) and raises IntegrityError:
-        a file that fails its checksum never appears under the final name.
+        a file that fails its checksum never appears under the final name.  While the
+        rename runs (in a thread), pause() and cancel() are refused: it is too late.
         """
         expected = self.expected_checksum
         if expected is not None:
@@ -691,20 +708,20 @@ class DownloadOperation:
                 raise IntegrityError(
                     f"{self.result_file}: {algo} is {got}, expected {digest}", guid=self.guid
                 )
-        return self._finish_under_lock(finish)
-
-    def _finish_under_lock(self, finish: Callable[[], Path]) -> Path:
-        """Rename onto the final name and become COMPLETED as one step against cancel()."""
         with self._lock:
             if self.status is not S.RUNNING:
                 raise asyncio.CancelledError  # paused or cancelled a moment ago
-            done = finish()
-            job = self._job
-            self._total = (job.size if job is not None else None) or self._bytes
-            self._bytes = self._total
-            self._store.update(self._rec.guid, total=self._total)
-            self._move(Event.COMPLETE)
-            return done
+            self._finishing = True
+        try:
+            done = await finish()
+        finally:
+            with self._lock:
+                self._finishing = False
+        job = self._job
+        self._total = (job.size if job is not None else None) or self._bytes
+        self._bytes = self._total
+        self._move(Event.COMPLETE)
+        return done
 
     async def _watch(self) -> None:
         """Raise _Pause when the conditions turn while the download runs."""

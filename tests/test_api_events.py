@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from polling import wait_for
 from servers import FaultServer
 
 from engine import (
@@ -72,7 +73,7 @@ def test_a_handler_that_raises_does_not_stop_the_download(
     op.ranges_downloaded.subscribe(bad)
     op.start().wait(30)
     assert (tmp_path / "x").read_bytes() == body
-    assert calls
+    wait_for(lambda: bool(calls))
 
 
 def test_content_change_restarts_and_says_so(
