@@ -1,26 +1,26 @@
-"""One large file from nginx on loopback: bgtransfer against curl and aria2c, same session.
+"""bgtransfer against curl and aria2c on loopback nginx, in the same session.
 
-Contenders alternate, five rounds each, every one writing to the same file system;
-the table shows median wall seconds and CPU seconds (user + system of the child).
-With ``--benchmark-disable`` (CI) a small file and one round only check the harness.
+(1) one large file (BGT_BENCH_SIZE, default 2 GiB), (2) 5000 files of 64 KiB,
+(3) 64 files of 32 MiB at once.  Contenders alternate, five rounds each, every one
+writing to the same file system; the table shows median throughput, wall and CPU
+seconds and peak anonymous memory.  With ``--benchmark-disable`` (CI) small sizes
+and one round only check the harness.
 """
 
 from __future__ import annotations
 
-import resource
+import os
 import shutil
-import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from contenders import alternate, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
-from served import serve_big_file
+from served import benchmarks_disabled, serve_big_file
 from servers import Nginx
-from sidebyside import record
+
+MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -30,63 +30,121 @@ def served(
     yield from serve_big_file(tmp_path_factory.mktemp("bench-nginx"), request.config)
 
 
-def _timed(argv: list[str]) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+def _aria2c(*args: str) -> list[str]:
+    return [
+        "aria2c",
+        "-q",
+        "--allow-overwrite=true",
+        "--auto-file-renaming=false",
+        "--file-allocation=falloc",
+        *args,
+    ]
 
 
 def test_one_large_file(
     benchmark: BenchmarkFixture, served: tuple[Nginx, int], tmp_path: Path
 ) -> None:
-    """Wall and CPU time of one large file: bgtransfer -c 8 beside curl and aria2c -x16."""
+    """One large file: bgtransfer -c 8 beside curl (to /dev/null: the socket ceiling)."""
     server, size = served
     url = server.url("big.bin")
     out = tmp_path / "out.bin"
-    bgt = shutil.which("bgtransfer", path=str(Path(sys.executable).parent)) or "bgtransfer"
-    contenders = {
-        "curl -o /dev/null (socket ceiling)": ["curl", "-s", "-o", "/dev/null", url],
-        "curl -o FILE": ["curl", "-s", "-o", str(out), url],
-        "aria2c -x16 -s16": [
-            "aria2c",
-            "-q",
-            "-x16",
-            "-s16",
-            "--allow-overwrite=true",
-            "--auto-file-renaming=false",
-            "--file-allocation=falloc",
-            "-d",
-            str(tmp_path),
-            "-o",
-            "out.bin",
-            url,
-        ],
-        "bgtransfer get -c 8": [bgt, "get", "-q", "-c", "8", "-o", str(out), url],
-    }
-    contenders = {k: v for k, v in contenders.items() if shutil.which(v[0])}
+    state = ["--state-dir", str(tmp_path / "state")]
+    contenders = available(
+        {
+            "curl -o /dev/null (socket ceiling)": ["curl", "-s", "-o", "/dev/null", url],
+            "curl -o FILE": ["curl", "-s", "-o", str(out), url],
+            "aria2c -x16 -s16": _aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
+            "bgtransfer get -c 8": [bgtransfer(), "get", "-q", "-c", "8", "-o", str(out), url],
+        }
+    )
+    contenders["bgtransfer get -c 8"] += state
     rounds = 1 if benchmark.disabled else 5
-    walls: dict[str, list[float]] = {name: [] for name in contenders}
-    cpus: dict[str, list[float]] = {name: [] for name in contenders}
 
-    def alternate() -> None:
-        for _ in range(rounds):
-            for name, argv in contenders.items():
-                out.unlink(missing_ok=True)
-                wall, cpu = _timed(argv)
-                if "/dev/null" not in argv:
-                    assert out.stat().st_size == size, name
-                walls[name].append(wall)
-                cpus[name].append(cpu)
+    def check(name: str) -> None:
+        if "/dev/null" not in name:
+            assert out.stat().st_size == size, name
 
-    benchmark.pedantic(alternate, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
-    if benchmark.disabled:
-        return
-    group = f"one {size >> 20} MiB file from nginx, median of {rounds}"
-    for name in contenders:
-        wall = statistics.median(walls[name])
-        record(f"{group}: MB/s", name, size / wall / 1e6)
-        record(f"{group}: CPU seconds", name, statistics.median(cpus[name]))
+    def session() -> None:
+        runs = alternate(contenders, rounds, lambda _: out.unlink(missing_ok=True), check)
+        if not benchmark.disabled:
+            report(f"one {size >> 20} MiB file, median of {rounds}", runs, size / 1e6, "MB/s")
+
+    benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
+
+
+def _many_files(server: Nginx, count: int, size: int) -> tuple[list[str], str]:
+    folder = server.www / f"many-{count}-{size}"
+    if not folder.exists():
+        folder.mkdir()
+        block = os.urandom(size)
+        for i in range(count):
+            (folder / f"f{i:05d}.bin").write_bytes(block[i % 251 :] + block[: i % 251])
+    return [server.url(f"{folder.name}/f{i:05d}.bin") for i in range(count)], folder.name
+
+
+def _many(
+    benchmark: BenchmarkFixture,
+    server: Nginx,
+    tmp_path: Path,
+    count: int,
+    size: int,
+    parallel: int,
+    connections: int,
+) -> None:
+    urls, _ = _many_files(server, count, size)
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
+    (tmp_path / "curl.cfg").write_text(
+        "".join(f'url = "{u}"\noutput = "out/f{i:05d}.bin"\n' for i, u in enumerate(urls))
+    )
+    out = tmp_path / "out"
+    contenders = available(
+        {
+            f"curl -Z --parallel-max {parallel}": [
+                "curl", "-s", "-Z", "--parallel-max", str(parallel), "-K", "curl.cfg",
+            ],
+            f"aria2c -j {parallel}": _aria2c("-j", str(parallel), "-i", "list.txt", "-d", "out"),
+            f"bgtransfer mirror -j {parallel} -c {connections}": [
+                bgtransfer(), "mirror", "-q", "-i", "list.txt", "-d", "out",
+                "-j", str(parallel), "-c", str(connections), "--state-dir", "state",
+            ],
+        }
+    )  # fmt: skip
+    rounds = 1 if benchmark.disabled else 5
+
+    def fresh(_: str) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp_path / "state", ignore_errors=True)
+        out.mkdir()
+
+    def check(name: str) -> None:
+        assert len(os.listdir(out)) == count, name
+
+    def session() -> None:
+        runs = alternate(contenders, rounds, fresh, check, cwd=tmp_path)
+        if not benchmark.disabled:
+            group = f"{count} files of {size >> 10} KiB, median of {rounds}"
+            report(group, runs, count * size / 1e6, "MB/s")
+
+    benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
+
+
+def test_5000_small_files(
+    benchmark: BenchmarkFixture,
+    served: tuple[Nginx, int],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """5000 x 64 KiB, 16 at a time: bgtransfer mirror beside curl -Z and aria2c -j."""
+    count = 200 if benchmarks_disabled(request.config) else 5000
+    _many(benchmark, served[0], tmp_path, count, 64 << 10, 16, 4)
+
+
+def test_64_files_of_32_mib(
+    benchmark: BenchmarkFixture,
+    served: tuple[Nginx, int],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """64 x 32 MiB all at once."""
+    size = MIB if benchmarks_disabled(request.config) else 32 * MIB
+    _many(benchmark, served[0], tmp_path, 64, size, 64, 4)
