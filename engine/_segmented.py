@@ -558,7 +558,9 @@ class SegmentedDownload:
             # Unknown length, or a body the first response carries whole: a plain file,
             # no bitmap (a broken small body costs at most first_request again).
             self._grow_fd = os.open(
-                part_path(self.result), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666
+                part_path(self.result),
+                os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o666,
             )
         else:
             self.rf = RangeFile(

@@ -60,7 +60,9 @@ def curl_error(code: int, message: str, url: str) -> tuple[TransferError, bool]:
     text = f"{url}: {message or 'libcurl error'} (curl {code})"
     if code == pycurl.E_URL_MALFORMAT:
         return InvalidRequestError(text, web_error_status=status), False
-    if code == pycurl.E_UNSUPPORTED_PROTOCOL and url.lower().startswith("https:"):
+    if code == pycurl.E_UNSUPPORTED_PROTOCOL and "HTTP/0.9" in message:
+        status = WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE  # no status line at all
+    elif code == pycurl.E_UNSUPPORTED_PROTOCOL and url.lower().startswith("https:"):
         status = WebErrorStatus.HTTPS_TO_HTTP_ON_REDIRECTION
     if code == pycurl.E_OPERATION_TIMEDOUT:
         return TransferTimeoutError(text, web_error_status=status), transient

@@ -99,3 +99,13 @@ def fault_server(body: bytes) -> Iterator[FaultServer]:
         yield server
     finally:
         server.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault matrix's outcomes, when it ran."""
+    from outcomes import OUTCOMES, table
+
+    if OUTCOMES:
+        terminalreporter.section("fault matrix outcomes")
+        for line in table():
+            terminalreporter.write_line(line)

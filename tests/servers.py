@@ -33,11 +33,15 @@ http {{
     scgi_temp_path {root}/tmp;
     sendfile on;
     keepalive_requests 100000;
+    log_format proto '$request $status $server_protocol $http_accept_encoding';
+    access_log {root}/proto.log proto;
+    {tls}
     server {{
         listen 127.0.0.1:{port};
         root {root}/www;
         location /slow/ {{ alias {root}/www/; limit_rate 2m; }}
         location /r20/ {{ alias {root}/www/; limit_rate 20m; }}
+        location /gz/ {{ alias {root}/www/; gzip on; gzip_types *; gzip_min_length 1; }}
     }}
 }}
 """
@@ -57,7 +61,8 @@ def free_port() -> int:
 class Nginx:
     """nginx serving ``root/www`` on an ephemeral loopback port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain, key) to also serve HTTPS with HTTP/2 on ``tls_port``."""
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(binary):
             raise RuntimeError("nginx is not installed: apt-get install -y nginx-light")
@@ -66,10 +71,18 @@ class Nginx:
         self.www.mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
+        tls_block = (
+            f"server {{ listen 127.0.0.1:{self.tls_port} ssl http2; root {root}/www; "
+            f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; "
+            f"location /to-http/ {{ return 302 http://127.0.0.1:{self.port}/small.bin; }} }}"
+            if tls
+            else ""
+        )
         conf = root / "nginx.conf"
         # As root, workers would drop to nobody and could not read pytest's 0700 temp dirs.
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(root=root, port=self.port, user=user))
+        conf.write_text(NGINX_CONF.format(root=root, port=self.port, user=user, tls=tls_block))
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")],
             stderr=subprocess.PIPE,
@@ -86,6 +99,13 @@ class Nginx:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
+
+    def tls_url(self, name: str, host: str = "localhost") -> str:
+        return f"https://{host}:{self.tls_port}/{name}"
+
+    def protocols(self) -> list[str]:
+        """'$request $status $server_protocol $http_accept_encoding' per request served."""
+        return (self.root / "proto.log").read_text().splitlines()
 
     def requests(self) -> list[str]:
         return (self.root / "access.log").read_text().splitlines()
@@ -152,8 +172,20 @@ class FaultHandler(RangeHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if "429-once" in modes and n == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if "404" in modes:
             self.send_error(404)
+            return
+        if "redirect" in modes or "redirect-loop" in modes:
+            self.send_response(302)
+            self.send_header("Location", srv.location if "redirect" in modes else self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if "garbage" in modes:
             self.wfile.write(b"SSH-2.0-OpenSSH\r\n\r\n")
@@ -167,6 +199,14 @@ class FaultHandler(RangeHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
+            if send_body:
+                self.send_body(0, len(srv.body) - 1)
+            return
+        if "gzip" in modes:  # claims an encoding: a client must store the bytes as sent
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(srv.body)))
+            self.end_headers()
             if send_body:
                 self.send_body(0, len(srv.body) - 1)
             return
@@ -242,6 +282,7 @@ class FaultServer(LoopbackServer):
         self.auth_seen: list[str | None] = []
         self.post_seen: list[bytes] = []
         self.record_headers: list[dict[str, str]] | None = None
+        self.location = ""
 
 
 class ProxyHandler(http.server.BaseHTTPRequestHandler):
