@@ -31,13 +31,16 @@ import pycurl
 from engine._config import TransferConfig
 from engine._core import RangeFile, part_path, peek, remove_partial
 from engine._transport import (
+    FtpReplies,
     HandlePool,
     RequestOptions,
     ResponseHead,
     configure,
     curl_error,
     http_error,
+    is_ftp,
     new_multi,
+    set_range,
 )
 from engine._web_error import WebErrorStatus
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
@@ -365,6 +368,9 @@ class SegmentedDownload:
         curl = pool.take()
         stream = _Stream(start, end, start)
         configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
+        if is_ftp(self.url):
+            stream.head.ftp = FtpReplies()
+            set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
         self._inflight.append(stream)
@@ -384,7 +390,7 @@ class SegmentedDownload:
         return stream
 
     def _request_headers(self, start: int, end: int | None) -> list[str]:
-        if self.request.single_request:
+        if self.request.single_request or is_ftp(self.url):
             return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
         validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
@@ -481,6 +487,7 @@ class SegmentedDownload:
     def _check_head(self, st: _Stream) -> bool:
         """Validate a response before its first byte is written; False stops the request."""
         st.checked = True
+        st.head.as_http(st.start, st.end)
         accepted = self._accept_head(st)
         if accepted:
             self.last_head = st.head

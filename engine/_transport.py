@@ -50,6 +50,12 @@ _CURL_ERRORS: dict[int, tuple[WebErrorStatus, bool]] = {
     pycurl.E_PEER_FAILED_VERIFICATION: (WebErrorStatus.CERTIFICATE_IS_INVALID, False),
     pycurl.E_SSL_CONNECT_ERROR: (WebErrorStatus.CANNOT_CONNECT, False),
     pycurl.E_URL_MALFORMAT: (WebErrorStatus.UNKNOWN, False),
+    # FTP: a missing file and a refused login read as their HTTP equivalents.
+    pycurl.E_REMOTE_FILE_NOT_FOUND: (WebErrorStatus.NOT_FOUND, False),
+    pycurl.E_FTP_COULDNT_RETR_FILE: (WebErrorStatus.NOT_FOUND, False),
+    pycurl.E_LOGIN_DENIED: (WebErrorStatus.UNAUTHORIZED, False),
+    pycurl.E_REMOTE_ACCESS_DENIED: (WebErrorStatus.FORBIDDEN, False),
+    pycurl.E_FTP_PARTIAL_FILE: (WebErrorStatus.CONNECTION_ABORTED, True),
 }
 _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -77,11 +83,53 @@ def http_error(status_code: int, url: str) -> tuple[HttpError, bool]:
 
 
 @dataclasses.dataclass
+class FtpReplies:
+    """What libcurl's FTP commands learnt: MDTM (asked with OPT_FILETIME) comes before
+    TYPE, SIZE after it; both answer 213."""
+
+    modified: str = ""
+    size: int | None = None
+    _typed: bool = False
+
+    def feed(self, text: str) -> None:
+        code, _, rest = text.partition(" ")
+        if code == "200":
+            self._typed = True
+        elif code == "213" and rest.strip().isdigit():
+            if self._typed:
+                self.size = int(rest.strip())
+            else:
+                self.modified = rest.strip()
+
+
+@dataclasses.dataclass
 class ResponseHead:
     """The last response's status line and headers (names as the server sent them)."""
 
     status: int = 0
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    ftp: FtpReplies | None = None
+    """Set for an FTP transfer: its replies stand in for a status line and headers."""
+
+    def as_http(self, start: int, end: int | None) -> None:
+        """Give an FTP transfer the head an HTTP server would have sent for ``[start, end)``.
+
+        SIZE gives the total and MDTM the validator (as Last-Modified); a transfer
+        that asked for a range (libcurl's REST) reads as a 206 with its Content-Range.
+        """
+        if self.ftp is None or self.ftp.size is None:
+            return
+        size = self.ftp.size
+        last = size - 1 if end is None else min(end, size) - 1
+        self.headers = [("Content-Length", str(max(0, last - start + 1)))]
+        if self.ftp.modified:
+            self.headers.append(("Last-Modified", self.ftp.modified))
+        if start > 0 or end is not None:
+            self.status = 206 if start < size else 416
+            shown = f"{start}-{last}" if start < size else "*"
+            self.headers.append(("Content-Range", f"bytes {shown}/{size}"))
+        else:
+            self.status = 200
 
     def get(self, name: str) -> str | None:
         lname = name.lower()
@@ -127,7 +175,9 @@ class ResponseHead:
     def feed(self, line: bytes) -> None:
         """Take one header line from libcurl (a new status line starts a new head)."""
         text = line.decode("latin-1").rstrip("\r\n")
-        if text.startswith("HTTP/"):
+        if self.ftp is not None:
+            self.ftp.feed(text)
+        elif text.startswith("HTTP/"):
             parts = text.split(None, 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.headers = []
@@ -210,6 +260,18 @@ def configure(
     curl.setopt(pycurl.ACCEPT_ENCODING, None)  # never decode: a ranged body is raw bytes
     if request is not None:
         _set_request(curl, request)
+    if is_ftp(url):
+        curl.setopt(pycurl.OPT_FILETIME, 1)  # MDTM: the validator of an FTP file
+
+
+def is_ftp(url: str) -> bool:
+    return url.lower().startswith(("ftp:", "ftps:"))
+
+
+def set_range(curl: Any, start: int, end: int | None) -> None:
+    """A range for protocols without a Range header (FTP: REST, then ABOR at the end)."""
+    if start > 0 or end is not None:
+        curl.setopt(pycurl.RANGE, f"{start}-{'' if end is None else end - 1}")
 
 
 class HandlePool:

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -343,3 +344,38 @@ class ProxyServer(http.server.ThreadingHTTPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+class FtpServer:
+    """pyftpdlib on loopback serving ``root`` (in a child process: pyftpdlib keeps global
+    ioloop state that one server's shutdown breaks for the next): anonymous read, and
+    user ``u`` / ``p``.  ``rate`` limits each data connection (bytes per second);
+    ``rests`` are the REST offsets asked for (ranged or resumed transfers).
+    """
+
+    def __init__(self, root: Path, rate: int = 0) -> None:
+        self._log = root.parent / f"ftp-rests-{id(self)}.log"
+        script = Path(__file__).with_name("ftp_server.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(script), str(root), str(rate), str(self._log)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        self.port = int(self._proc.stdout.readline())
+
+    @property
+    def rests(self) -> list[int]:
+        try:
+            return [int(x) for x in self._log.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def url(self, name: str, user: str = "") -> str:
+        return f"ftp://{user + '@' if user else ''}127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
