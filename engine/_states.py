@@ -92,6 +92,13 @@ TRANSITIONS: dict[S, dict[Event, S]] = {
 TERMINAL = frozenset({S.COMPLETED, S.CANCELED})
 """Statuses no event leaves."""
 
+ENGINE_PAUSE_FOR = {
+    Event.NO_NETWORK: S.PAUSED_NO_NETWORK,
+    Event.COSTED_NETWORK: S.PAUSED_COSTED_NETWORK,
+    Event.SYSTEM_POLICY: S.PAUSED_SYSTEM_POLICY,
+}
+"""The pause the engine takes for each reason it may hold an operation back."""
+
 
 def next_status(status: S, event: Event) -> S:
     """The status ``event`` leads to from ``status``; InvalidStateError when illegal."""

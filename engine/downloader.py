@@ -15,6 +15,7 @@ from typing import IO
 from engine._conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
 from engine._config import TransferConfig
 from engine._store import OpRecord, Store
+from engine._validate import absolute, check_header, check_uri, new_guid
 from engine._values import (
     BackgroundTransferBehavior,
     BackgroundTransferCostPolicy,
@@ -23,7 +24,7 @@ from engine._values import (
     Credential,
 )
 from engine.errors import InvalidRequestError, InvalidStateError
-from engine.operation import DownloadOperation, absolute, check_header, check_uri, new_guid
+from engine.operation import DownloadOperation
 
 RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
 

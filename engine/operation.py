@@ -9,10 +9,11 @@ change the status (``pause``, ``resume``, ``cancel``) do the transition at once 
 the calling thread (so an illegal call raises there and changes nothing) and leave
 the engine loop to stop or start the work.
 
-While the operation runs, ``_runner`` (a task on the engine loop) waits for the
-network, its cost policy and free disk to allow it, waits for the scheduler, then
-drives a ``SegmentedDownload`` whose progress ticks feed the throttled progress
-callbacks and the ``ranges_downloaded`` events.  An outcome future resolves once,
+While the operation runs, a ``Runner`` (``_runner``, a task on the engine loop)
+waits for the network, its cost policy and free disk to allow it, waits for the
+scheduler, then drives a ``SegmentedDownload`` whose progress ticks feed the
+throttled progress callbacks and the ``ranges_downloaded`` events (``_reporting``);
+reads of the result park in ``_reading`` until their bytes arrive.  An outcome future resolves once,
 when the operation completes, fails or is cancelled; ``start_async``, ``attach_async``
 and ``wait`` all wait on it.
 """
@@ -21,24 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
-import re
 import threading
-import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._checksum import file_digest, parse
-from engine._core import RangeFile, control_path, part_path, peek, remove_partial
+from engine._checksum import parse
+from engine._core import RangeFile, control_path, peek, remove_partial
 from engine._loop import engine_loop
+from engine._reading import Readers
+from engine._reporting import ProgressCallback, Reporter
+from engine._runner import Runner
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload, Snapshot
-from engine._states import TERMINAL, Event, next_status
+from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
 from engine._store import OpRecord, Store
 from engine._streams import ResultStream
-from engine._transport import RequestOptions
+from engine._validate import check_header, check_uri
 from engine._values import (
     BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
@@ -46,18 +47,13 @@ from engine._values import (
     BackgroundTransferFileRange,
     BackgroundTransferPriority,
     BackgroundTransferStatus,
-    Deferral,
     ResponseInformation,
-    merge_ranges,
-    subtract_ranges,
 )
 from engine._values import Event as ApiEvent
 from engine._web_error import WebErrorStatus
 from engine.errors import (
     ControlFileError,
     HttpError,
-    IntegrityError,
-    InvalidRequestError,
     InvalidStateError,
     StorageError,
     TransferCanceled,
@@ -69,40 +65,6 @@ if TYPE_CHECKING:
     from engine.downloader import Settings
 
 S = BackgroundTransferStatus
-ProgressCallback = Callable[["DownloadOperation"], None]
-
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_NETWORK_FAILURES = frozenset(
-    {
-        WebErrorStatus.CANNOT_CONNECT,
-        WebErrorStatus.HOST_NAME_NOT_RESOLVED,
-        WebErrorStatus.SERVER_UNREACHABLE,
-        WebErrorStatus.DISCONNECTED,
-        WebErrorStatus.CONNECTION_RESET,
-        WebErrorStatus.TIMEOUT,
-    }
-)
-_ENGINE_PAUSE_FOR = {
-    Event.NO_NETWORK: S.PAUSED_NO_NETWORK,
-    Event.COSTED_NETWORK: S.PAUSED_COSTED_NETWORK,
-    Event.SYSTEM_POLICY: S.PAUSED_SYSTEM_POLICY,
-}
-
-
-def check_header(name: str, value: str) -> None:
-    """Refuse a header that could split the request: names are tokens, no CR/LF/NUL."""
-    if not _TOKEN.match(name):
-        raise InvalidRequestError(f"invalid request header name {name!r}")
-    if any(c in value for c in "\r\n\0"):
-        raise InvalidRequestError(f"request header {name!r}: value contains CR, LF or NUL")
-
-
-class _Pause(Exception):
-    """Raised inside the runner when the engine itself must pause the operation."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__(event.value)
-        self.event = event
 
 
 class DownloadOperation:
@@ -121,7 +83,6 @@ class DownloadOperation:
         self._job: SegmentedDownload | None = None
         self._task: asyncio.Task[None] | None = None
         self._outcome: concurrent.futures.Future[DownloadOperation] = concurrent.futures.Future()
-        self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._started = False
         self._finishing = False
         self._bytes = 0
@@ -130,16 +91,10 @@ class DownloadOperation:
         self._response_changed = False
         self._response: ResponseInformation | None = None
         self._ranges: list[tuple[int, int]] | None = None
-        self._reported: list[tuple[int, int]] = []
-        self._pending: list[tuple[int, int]] = []
-        self._pending_restart = False
         self._restarts_seen = 0
-        self._event_busy = False
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._last_reported: tuple[Any, ...] | None = None
         self._connections = 0
-        self._waiters: list[asyncio.Future[None]] = []
-        """Readers waiting for bytes (engine loop only); woken when blocks complete."""
+        self._reporter = Reporter(self)
+        self._readers = Readers(self)
 
     # -- what it is ---------------------------------------------------------------
     @property
@@ -316,10 +271,7 @@ class DownloadOperation:
                     f"start needs an IDLE operation not yet started (this one is "
                     f"{self.status.name}); use attach_async for one found again"
                 )
-            if progress is not None:
-                self._callbacks.append((progress, loop))
-            if self._event_loop is None:
-                self._event_loop = loop
+            self._reporter.watch(progress, loop)
             if self._started:
                 return
             self._started = True
@@ -328,7 +280,7 @@ class DownloadOperation:
                 return
             if event is Event.ATTACH and self.status is not S.IDLE:
                 self._move(Event.ATTACH)
-            if self.status in (S.IDLE, S.RUNNING, *_ENGINE_PAUSE_FOR.values()):
+            if self.status in (S.IDLE, S.RUNNING, *ENGINE_PAUSE_FOR.values()):
                 self._spawn()
 
     # -- application control ---------------------------------------------------------
@@ -391,58 +343,10 @@ class DownloadOperation:
         return ResultStream(self, 0, timeout=timeout, seekable=True)
 
     async def _available(self, offset: int, want: int) -> int:
-        """Bytes present from ``offset`` (up to ``want``), waiting until there is one.
-
-        Runs on the engine loop.  0 means the end of the result.  Raises the
-        operation's error when it ends in ERROR or CANCELED first.
-        """
-        while True:
-            if self.status is S.COMPLETED:
-                return max(0, min(want, self._total - offset))
-            if self._total and offset >= self._total:
-                return 0
-            present = self._present_from(offset, want)
-            if present:
-                return present
-            if self.status in (S.ERROR, S.CANCELED):
-                raise (
-                    self._stored_error()
-                    if self.status is S.ERROR
-                    else TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
-                )
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            job = self._job
-            if job is not None and self._rec.random_access:
-                job.prioritize(offset)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                if job is not None and self._rec.random_access:
-                    job.reader_done(offset)
-
-    def _present_from(self, offset: int, want: int) -> int:
-        job = self._job
-        if job is not None and job.finishing:
-            return 0  # the finishing thread owns the file: wait for COMPLETED
-        if job is not None and job.rf is not None and not job.rf.closed:
-            ranges = job.rf.ranges()
-        elif job is None:
-            ranges = self._disk_ranges()
-        else:
-            return 0
-        for start, length in ranges:
-            if start <= offset < start + length:
-                return min(want, start + length - offset)
-        return 0
+        return await self._readers.available(offset, want)
 
     def _wake_readers(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._readers.wake()
 
     def make_current_in_transfer_group(self) -> None:
         """Move this operation (and those queued after it) to the front of its group."""
@@ -592,7 +496,7 @@ class DownloadOperation:
             if previous is not None and not previous.done():
                 await asyncio.gather(previous, return_exceptions=True)
             self._task = asyncio.current_task()
-            await self._runner()
+            await Runner(self).run()
 
         engine = engine_loop()
         handle = engine.submit(start())
@@ -602,164 +506,6 @@ class DownloadOperation:
         task = self._task
         if task is not None:
             engine_loop().loop.call_soon_threadsafe(task.cancel)
-
-    async def _runner(self) -> None:
-        try:
-            while self.status not in TERMINAL and self.status not in (
-                S.PAUSED_BY_APPLICATION,
-                S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS,
-                S.ERROR,
-            ):
-                if await self._wait_for_conditions():
-                    continue
-                sched = scheduler()
-                await sched.admit(self)
-                try:
-                    if self.status is S.IDLE:
-                        self._move(Event.START)
-                    elif self.status in _ENGINE_PAUSE_FOR.values():
-                        self._move(Event.CONDITIONS_MET)
-                    await self._attempt()
-                except _Pause as pause:
-                    self._move(pause.event)
-                finally:
-                    sched.release(self)
-        except asyncio.CancelledError:
-            pass  # pause() or cancel() moved the status already
-        except Exception as exc:  # a bug, not the world: fail loudly, never hang awaiters
-            if not self._outcome.done():
-                self._outcome.set_exception(exc)
-            raise
-
-    async def _wait_for_conditions(self) -> bool:
-        """True when the network, its cost or the disk hold the operation back (it paused)."""
-        blocked = self._blocked()
-        if blocked is None:
-            return False
-        if self.status is not _ENGINE_PAUSE_FOR[blocked]:
-            self._move(blocked)
-        await asyncio.sleep(self._settings.config.poll_interval)
-        return True
-
-    def _blocked(self) -> Event | None:
-        host = urllib.parse.urlsplit(self._rec.uri).hostname or ""
-        monitor = self._settings.network_monitor
-        if not monitor.is_connected(host):
-            return Event.NO_NETWORK
-        if (
-            self.cost_policy is BackgroundTransferCostPolicy.UNRESTRICTED_ONLY
-            and monitor.is_metered(host)
-        ):
-            return Event.COSTED_NETWORK
-        if self._settings.disk_reserve_exceeded(self.result_file):
-            return Event.SYSTEM_POLICY
-        return None
-
-    async def _attempt(self) -> None:
-        job = SegmentedDownload(
-            self._rec.uri,
-            self.result_file,
-            config=self._settings.config_for(self._rec),
-            headers=self._header_lines(),
-            on_progress=self._on_tick,
-            request=self._request_options(),
-            require_ranges=self._rec.random_access,
-        )
-        job.finisher = self._finish_verified
-        job.on_blocks = self._wake_readers
-        self._job = job
-        run = asyncio.ensure_future(job.run())
-        watch = asyncio.ensure_future(self._watch())
-        try:
-            done, _ = await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if watch in done:
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                watch.result()  # raises the _Pause
-            await run
-        except TransferError as exc:
-            self._settle_error(exc)
-            return
-        finally:
-            watch.cancel()
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-            self._on_tick(job.snapshot())
-            self._ranges = None
-            self._job = None
-        self._flush_ranges_event(final=True)
-        if not self._outcome.done():
-            self._outcome.set_result(self)
-
-    async def _finish_verified(self, finish: Callable[[], Awaitable[Path]]) -> Path:
-        """Check the expected checksum on the partial file, then rename and complete.
-
-        A mismatch removes the data (a resume starts over) and raises IntegrityError:
-        a file that fails its checksum never appears under the final name.  While the
-        rename runs (in a thread), pause() and cancel() are refused: it is too late.
-        """
-        expected = self.expected_checksum
-        if expected is not None:
-            algo, digest = expected
-            got = await asyncio.to_thread(file_digest, part_path(self.result_file), algo)
-            if got != digest:
-                remove_partial(self.result_file)
-                raise IntegrityError(
-                    f"{self.result_file}: {algo} is {got}, expected {digest}", guid=self.guid
-                )
-        with self._lock:
-            if self.status is not S.RUNNING:
-                raise asyncio.CancelledError  # paused or cancelled a moment ago
-            self._finishing = True
-        try:
-            done = await finish()
-        finally:
-            with self._lock:
-                self._finishing = False
-        job = self._job
-        self._total = (job.size if job is not None else None) or self._bytes
-        self._bytes = self._total
-        self._move(Event.COMPLETE)
-        return done
-
-    async def _watch(self) -> None:
-        """Raise _Pause when the conditions turn while the download runs."""
-        while True:
-            await asyncio.sleep(self._settings.config.poll_interval)
-            blocked = self._blocked()
-            if blocked is not None:
-                raise _Pause(blocked)
-
-    def _settle_error(self, exc: TransferError) -> None:
-        exc.guid = self.guid
-        status = exc.web_error_status
-        if status is not None and status in self.recoverable_web_error_statuses:
-            self._move(Event.RECOVERABLE_ERROR, exc)
-            return
-        host = urllib.parse.urlsplit(self._rec.uri).hostname or ""
-        if status in _NETWORK_FAILURES and not self._settings.network_monitor.is_connected(host):
-            raise _Pause(Event.NO_NETWORK)
-        self._move(Event.FAIL, exc)
-        self._fail_outcome(exc)
-
-    def _request_options(self) -> RequestOptions:
-        body = None
-        if self._rec.body_file is not None:
-            try:
-                body = Path(self._rec.body_file).read_bytes()
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno or 5, f"request body unreadable: {exc.strerror}", self._rec.body_file
-                ) from exc
-        s = self._settings
-        return RequestOptions(
-            method=self._rec.method,
-            body=body,
-            user=s.server_credential.pair if s.server_credential else None,
-            proxy=s.proxy,
-            proxy_user=s.proxy_credential.pair if s.proxy_credential else None,
-        )
 
     # -- progress and events -----------------------------------------------------------------
     def _on_tick(self, snap: Snapshot) -> None:
@@ -773,8 +519,7 @@ class DownloadOperation:
             if job.restarts > self._restarts_seen:
                 self._restarts_seen = job.restarts
                 self._restarted = True
-                self._pending, self._reported = [], []
-                self._pending_restart = True
+                self._reporter.restarted()
             if job.last_head is not None:
                 head = job.last_head
                 headers: dict[str, str] = {}
@@ -789,89 +534,7 @@ class DownloadOperation:
         self._report()
 
     def _report(self) -> None:
-        """Tell progress callbacks, once per distinct snapshot (ticks repeat themselves)."""
-        snap = (self._bytes, self._total, self.status, self._restarted, self._response_changed)
-        with self._lock:
-            if snap == self._last_reported:
-                return
-            self._last_reported = snap
-        for callback, loop in list(self._callbacks):
-            self._deliver(loop, self._call_progress, callback)
-
-    def _call_progress(self, callback: ProgressCallback) -> None:
-        callback(self)
-        self._restarted = False  # true in the first snapshot after a restart only
-
-    def _deliver(
-        self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any
-    ) -> None:
-        """Call on the caller's loop when there was one, else on the engine loop."""
-        target = loop or engine_loop().loop
-        if target.is_closed():
-            return
-        target.call_soon_threadsafe(fn, *args)
+        self._reporter.report()
 
     def _flush_ranges_event(self, *, final: bool) -> None:
-        current = self._current_ranges() if final else (self._ranges or [])
-        added = subtract_ranges(merge_ranges(current), self._reported)
-        with self._lock:
-            self._reported = merge_ranges(self._reported + added)
-            self._pending = merge_ranges(self._pending + added)
-            if self._event_busy or not (self._pending or self._pending_restart):
-                return
-            if not self.ranges_downloaded:
-                self._pending, self._pending_restart = [], False
-                return
-            self._event_busy = True
-            pending, restart = self._pending, self._pending_restart
-            self._pending, self._pending_restart = [], False
-        self._deliver(self._event_loop, self._raise_ranges_event, pending, restart)
-
-    def _raise_ranges_event(self, pending: list[tuple[int, int]], restart: bool) -> None:
-        deferrals: list[Deferral] = []
-        lock = threading.Lock()
-        open_count = [1]  # the handler call itself holds one
-
-        def release() -> None:
-            with lock:
-                open_count[0] -= 1
-                last = open_count[0] == 0
-            if last:
-                with self._lock:
-                    self._event_busy = False
-                self._flush_ranges_event(final=self.status is S.COMPLETED)
-
-        def make() -> Deferral:
-            with lock:
-                open_count[0] += 1
-            deferral = Deferral(release)
-            deferrals.append(deferral)
-            return deferral
-
-        args = BackgroundDownloadRangesDownloadedEventArgs(
-            [BackgroundTransferFileRange(o, n) for o, n in pending], restart, make
-        )
-        try:
-            for handler in self.ranges_downloaded.handlers():
-                handler(self, args)
-        finally:
-            release()
-
-
-def check_uri(uri: str) -> None:
-    """Schemes the engine speaks; anything else is refused before it is stored."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme.lower() == "sftp":
-        raise InvalidRequestError(f"sftp is not supported yet: {uri!r}")
-    if parts.scheme.lower() not in ("http", "https", "ftp", "ftps") or not parts.netloc:
-        raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r}")
-    if any(c in uri for c in "\r\n\0 "):
-        raise InvalidRequestError(f"URL contains whitespace or control characters: {uri!r}")
-
-
-def new_guid() -> str:
-    return str(uuid.uuid4())
-
-
-def absolute(path: os.PathLike[str] | str) -> Path:
-    return Path(os.path.abspath(os.fspath(path)))
+        self._reporter.flush_ranges(final=final)

@@ -1,0 +1,84 @@
+"""Reads that wait for bytes: the engine-loop side of the result streams (``_streams``).
+
+A read parks a future here until writes complete blocks (``SegmentedDownload.on_blocks``)
+or the status changes; then it looks again.  With random access it first asks the
+download to fetch its offset next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from engine._values import BackgroundTransferStatus
+from engine.errors import TransferCanceled
+
+if TYPE_CHECKING:
+    from engine.operation import DownloadOperation
+
+S = BackgroundTransferStatus
+
+
+class Readers:
+    """The reads waiting on one operation (engine loop only)."""
+
+    def __init__(self, op: DownloadOperation) -> None:
+        self.op = op
+        self.waiters: list[asyncio.Future[None]] = []
+
+    async def available(self, offset: int, want: int) -> int:
+        """Bytes present from ``offset`` (up to ``want``), waiting until there is one.
+
+        Runs on the engine loop.  0 means the end of the result.  Raises the
+        operation's error when it ends in ERROR or CANCELED first.
+        """
+        op = self.op
+        while True:
+            if op.status is S.COMPLETED:
+                return max(0, min(want, op._total - offset))
+            if op._total and offset >= op._total:
+                return 0
+            present = self._present_from(offset, want)
+            if present:
+                return present
+            if op.status in (S.ERROR, S.CANCELED):
+                raise (
+                    op._stored_error()
+                    if op.status is S.ERROR
+                    else TransferCanceled(f"{op.result_file}: canceled", guid=op.guid)
+                )
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            job = op._job
+            if job is not None and op._rec.random_access:
+                job.prioritize(offset)
+            try:
+                await waiter
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+                if job is not None and op._rec.random_access:
+                    job.reader_done(offset)
+
+    def _present_from(self, offset: int, want: int) -> int:
+        op = self.op
+        job = op._job
+        if job is not None and job.finishing:
+            return 0  # the finishing thread owns the file: wait for COMPLETED
+        if job is not None and job.rf is not None and not job.rf.closed:
+            ranges = job.rf.ranges()
+        elif job is None:
+            ranges = op._disk_ranges()
+        else:
+            return 0
+        for start, length in ranges:
+            if start <= offset < start + length:
+                return min(want, start + length - offset)
+        return 0
+
+    def wake(self) -> None:
+        """Let every parked read look again."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

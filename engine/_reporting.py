@@ -1,0 +1,133 @@
+"""Telling the application: throttled progress callbacks and ``ranges_downloaded`` events.
+
+Callbacks run on the caller's loop when there was one at start/attach, else on the
+engine loop.  Range events are serialised and coalesced: none is raised while a
+handler runs or a deferral it took is open; what arrives meanwhile comes merged in
+the next event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine._loop import engine_loop
+from engine._values import (
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferFileRange,
+    BackgroundTransferStatus,
+    Deferral,
+    merge_ranges,
+    subtract_ranges,
+)
+
+if TYPE_CHECKING:
+    from engine.operation import DownloadOperation
+
+S = BackgroundTransferStatus
+ProgressCallback = Callable[["DownloadOperation"], None]
+
+
+class Reporter:
+    """The progress callbacks and range events of one operation."""
+
+    def __init__(self, op: DownloadOperation) -> None:
+        self.op = op
+        self._lock = threading.Lock()
+        self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._last_reported: tuple[Any, ...] | None = None
+        self._reported: list[tuple[int, int]] = []
+        self._pending: list[tuple[int, int]] = []
+        self._pending_restart = False
+        self._event_busy = False
+
+    def watch(
+        self, progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        """Add a progress callback; the first caller's loop also receives range events."""
+        if progress is not None:
+            self._callbacks.append((progress, loop))
+        if self._event_loop is None:
+            self._event_loop = loop
+
+    def restarted(self) -> None:
+        """The content started over: earlier ranges no longer count, say so once."""
+        with self._lock:
+            self._pending, self._reported = [], []
+            self._pending_restart = True
+
+    def report(self) -> None:
+        """Tell progress callbacks, once per distinct snapshot (ticks repeat themselves)."""
+        op = self.op
+        snap = (op._bytes, op._total, op.status, op._restarted, op._response_changed)
+        with self._lock:
+            if snap == self._last_reported:
+                return
+            self._last_reported = snap
+        for callback, loop in list(self._callbacks):
+            self._deliver(loop, self._call_progress, callback)
+
+    def _call_progress(self, callback: ProgressCallback) -> None:
+        op = self.op
+        callback(op)
+        op._restarted = False  # true in the first snapshot after a restart only
+
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any
+    ) -> None:
+        """Call on the caller's loop when there was one, else on the engine loop."""
+        target = loop or engine_loop().loop
+        if target.is_closed():
+            return
+        target.call_soon_threadsafe(fn, *args)
+
+    def flush_ranges(self, *, final: bool) -> None:
+        op = self.op
+        current = op._current_ranges() if final else (op._ranges or [])
+        added = subtract_ranges(merge_ranges(current), self._reported)
+        with self._lock:
+            self._reported = merge_ranges(self._reported + added)
+            self._pending = merge_ranges(self._pending + added)
+            if self._event_busy or not (self._pending or self._pending_restart):
+                return
+            if not op.ranges_downloaded:
+                self._pending, self._pending_restart = [], False
+                return
+            self._event_busy = True
+            pending, restart = self._pending, self._pending_restart
+            self._pending, self._pending_restart = [], False
+        self._deliver(self._event_loop, self._raise_ranges_event, pending, restart)
+
+    def _raise_ranges_event(self, pending: list[tuple[int, int]], restart: bool) -> None:
+        op = self.op
+        deferrals: list[Deferral] = []
+        lock = threading.Lock()
+        open_count = [1]  # the handler call itself holds one
+
+        def release() -> None:
+            with lock:
+                open_count[0] -= 1
+                last = open_count[0] == 0
+            if last:
+                with self._lock:
+                    self._event_busy = False
+                self.flush_ranges(final=op.status is S.COMPLETED)
+
+        def make() -> Deferral:
+            with lock:
+                open_count[0] += 1
+            deferral = Deferral(release)
+            deferrals.append(deferral)
+            return deferral
+
+        args = BackgroundDownloadRangesDownloadedEventArgs(
+            [BackgroundTransferFileRange(o, n) for o, n in pending], restart, make
+        )
+        try:
+            for handler in op.ranges_downloaded.handlers():
+                handler(op, args)
+        finally:
+            release()

@@ -1,0 +1,220 @@
+"""The engine side of one operation: the network, cost and disk allow it, the scheduler
+admits it, then one SegmentedDownload at a time runs until the operation ends or pauses.
+
+Everything here runs on the engine loop.  Status changes go through the operation's
+``_move`` (persisted, then reported); this module only decides which event happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine._checksum import file_digest
+from engine._core import part_path, remove_partial
+from engine._scheduler import scheduler
+from engine._segmented import SegmentedDownload
+from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
+from engine._transport import RequestOptions
+from engine._values import BackgroundTransferCostPolicy, BackgroundTransferStatus
+from engine._web_error import WebErrorStatus
+from engine.errors import IntegrityError, StorageError, TransferError
+
+if TYPE_CHECKING:
+    from engine.operation import DownloadOperation
+
+S = BackgroundTransferStatus
+_NETWORK_FAILURES = frozenset(
+    {
+        WebErrorStatus.CANNOT_CONNECT,
+        WebErrorStatus.HOST_NAME_NOT_RESOLVED,
+        WebErrorStatus.SERVER_UNREACHABLE,
+        WebErrorStatus.DISCONNECTED,
+        WebErrorStatus.CONNECTION_RESET,
+        WebErrorStatus.TIMEOUT,
+    }
+)
+"""Failures that mean "no network" when the monitor agrees there is none."""
+
+
+class _Pause(Exception):
+    """Raised inside the runner when the engine itself must pause the operation."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.value)
+        self.event = event
+
+
+class Runner:
+    """Runs ``op`` on the engine loop until it completes, fails, or pauses."""
+
+    def __init__(self, op: DownloadOperation) -> None:
+        self.op = op
+
+    async def run(self) -> None:
+        op = self.op
+        try:
+            while op.status not in TERMINAL and op.status not in (
+                S.PAUSED_BY_APPLICATION,
+                S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS,
+                S.ERROR,
+            ):
+                if await self._wait_for_conditions():
+                    continue
+                sched = scheduler()
+                await sched.admit(op)
+                try:
+                    if op.status is S.IDLE:
+                        op._move(Event.START)
+                    elif op.status in ENGINE_PAUSE_FOR.values():
+                        op._move(Event.CONDITIONS_MET)
+                    await self._attempt()
+                except _Pause as pause:
+                    op._move(pause.event)
+                finally:
+                    sched.release(op)
+        except asyncio.CancelledError:
+            pass  # pause() or cancel() moved the status already
+        except Exception as exc:  # a bug, not the world: fail loudly, never hang awaiters
+            if not op._outcome.done():
+                op._outcome.set_exception(exc)
+            raise
+
+    async def _wait_for_conditions(self) -> bool:
+        """True when the network, its cost or the disk hold the operation back (it paused)."""
+        op = self.op
+        blocked = self._blocked()
+        if blocked is None:
+            return False
+        if op.status is not ENGINE_PAUSE_FOR[blocked]:
+            op._move(blocked)
+        await asyncio.sleep(op._settings.config.poll_interval)
+        return True
+
+    def _blocked(self) -> Event | None:
+        op = self.op
+        host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
+        monitor = op._settings.network_monitor
+        if not monitor.is_connected(host):
+            return Event.NO_NETWORK
+        if op.cost_policy is BackgroundTransferCostPolicy.UNRESTRICTED_ONLY and monitor.is_metered(
+            host
+        ):
+            return Event.COSTED_NETWORK
+        if op._settings.disk_reserve_exceeded(op.result_file):
+            return Event.SYSTEM_POLICY
+        return None
+
+    async def _attempt(self) -> None:
+        op = self.op
+        job = SegmentedDownload(
+            op._rec.uri,
+            op.result_file,
+            config=op._settings.config_for(op._rec),
+            headers=op._header_lines(),
+            on_progress=op._on_tick,
+            request=self._request_options(),
+            require_ranges=op._rec.random_access,
+        )
+        job.finisher = self._finish_verified
+        job.on_blocks = op._wake_readers
+        op._job = job
+        run = asyncio.ensure_future(job.run())
+        watch = asyncio.ensure_future(self._watch())
+        try:
+            done, _ = await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch in done:
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                watch.result()  # raises the _Pause
+            await run
+        except TransferError as exc:
+            self._settle_error(exc)
+            return
+        finally:
+            watch.cancel()
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+            op._on_tick(job.snapshot())
+            op._ranges = None
+            op._job = None
+        op._flush_ranges_event(final=True)
+        if not op._outcome.done():
+            op._outcome.set_result(op)
+
+    async def _finish_verified(self, finish: Callable[[], Awaitable[Path]]) -> Path:
+        """Check the expected checksum on the partial file, then rename and complete.
+
+        A mismatch removes the data (a resume starts over) and raises IntegrityError:
+        a file that fails its checksum never appears under the final name.  While the
+        rename runs (in a thread), pause() and cancel() are refused: it is too late.
+        """
+        op = self.op
+        expected = op.expected_checksum
+        if expected is not None:
+            algo, digest = expected
+            got = await asyncio.to_thread(file_digest, part_path(op.result_file), algo)
+            if got != digest:
+                remove_partial(op.result_file)
+                raise IntegrityError(
+                    f"{op.result_file}: {algo} is {got}, expected {digest}", guid=op.guid
+                )
+        with op._lock:
+            if op.status is not S.RUNNING:
+                raise asyncio.CancelledError  # paused or cancelled a moment ago
+            op._finishing = True
+        try:
+            done = await finish()
+        finally:
+            with op._lock:
+                op._finishing = False
+        job = op._job
+        op._total = (job.size if job is not None else None) or op._bytes
+        op._bytes = op._total
+        op._move(Event.COMPLETE)
+        return done
+
+    async def _watch(self) -> None:
+        """Raise _Pause when the conditions turn while the download runs."""
+        op = self.op
+        while True:
+            await asyncio.sleep(op._settings.config.poll_interval)
+            blocked = self._blocked()
+            if blocked is not None:
+                raise _Pause(blocked)
+
+    def _settle_error(self, exc: TransferError) -> None:
+        op = self.op
+        exc.guid = op.guid
+        status = exc.web_error_status
+        if status is not None and status in op.recoverable_web_error_statuses:
+            op._move(Event.RECOVERABLE_ERROR, exc)
+            return
+        host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
+        if status in _NETWORK_FAILURES and not op._settings.network_monitor.is_connected(host):
+            raise _Pause(Event.NO_NETWORK)
+        op._move(Event.FAIL, exc)
+        op._fail_outcome(exc)
+
+    def _request_options(self) -> RequestOptions:
+        op = self.op
+        body = None
+        if op._rec.body_file is not None:
+            try:
+                body = Path(op._rec.body_file).read_bytes()
+            except OSError as exc:
+                raise StorageError(
+                    exc.errno or 5, f"request body unreadable: {exc.strerror}", op._rec.body_file
+                ) from exc
+        s = op._settings
+        return RequestOptions(
+            method=op._rec.method,
+            body=body,
+            user=s.server_credential.pair if s.server_credential else None,
+            proxy=s.proxy,
+            proxy_user=s.proxy_credential.pair if s.proxy_credential else None,
+        )
