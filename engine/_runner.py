@@ -56,6 +56,10 @@ class Runner:
 
     async def run(self) -> None:
         op = self.op
+        if not op._oplock.acquire():
+            op._started = False
+            op._fail_outcome(op._elsewhere_error())
+            return
         try:
             while op.status not in TERMINAL and op.status not in (
                 S.PAUSED_BY_APPLICATION,
@@ -82,6 +86,8 @@ class Runner:
             if not op._outcome.done():
                 op._outcome.set_exception(exc)
             raise
+        finally:
+            op._oplock.release(forget=op.status in TERMINAL)
 
     async def _wait_for_conditions(self) -> bool:
         """True when the network, its cost or the disk hold the operation back (it paused)."""

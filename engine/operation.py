@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine._checksum import parse
 from engine._core import RangeFile, control_path, peek, remove_partial
 from engine._loop import engine_loop
+from engine._oplock import OpLock
 from engine._reading import Readers
 from engine._reporting import ProgressCallback, Reporter
 from engine._runner import Runner
@@ -55,6 +56,7 @@ from engine.errors import (
     ControlFileError,
     HttpError,
     InvalidStateError,
+    ResultFileInUseError,
     StorageError,
     TransferCanceled,
     TransferError,
@@ -95,6 +97,7 @@ class DownloadOperation:
         self._connections = 0
         self._reporter = Reporter(self)
         self._readers = Readers(self)
+        self._oplock = OpLock(self._store.state_dir, rec.guid)
 
     # -- what it is ---------------------------------------------------------------
     @property
@@ -266,6 +269,7 @@ class DownloadOperation:
         """Start or attach.  Attaching to an operation this process already runs (or
         just resumed) only adds the callback: there is one download, many watchers."""
         with self._lock:
+            self._refuse_if_elsewhere()
             if event is Event.START and (self._started or self.status is not S.IDLE):
                 raise InvalidStateError(
                     f"start needs an IDLE operation not yet started (this one is "
@@ -289,6 +293,7 @@ class DownloadOperation:
         with self._lock:
             if self._rec.method != "GET":
                 raise InvalidStateError(f"a {self._rec.method} download cannot be paused")
+            self._refuse_if_elsewhere()
             self._refuse_while_finishing("pause")
             self._move(Event.PAUSE)
             self._stop_runner()
@@ -296,6 +301,7 @@ class DownloadOperation:
     def resume(self) -> None:
         """Back to RUNNING from a pause (or from ERROR, e.g. after disk space was freed)."""
         with self._lock:
+            self._refuse_if_elsewhere()
             was_error = self.status is S.ERROR
             self._move(Event.RESUME)
             if was_error or self._outcome.done():
@@ -307,12 +313,23 @@ class DownloadOperation:
     def cancel(self) -> None:
         """CANCELED: stop, remove the partial data; the awaiting call raises TransferCanceled."""
         with self._lock:
+            self._refuse_if_elsewhere()
             self._refuse_while_finishing("cancel")
             self._move(Event.CANCEL)
             task = self._task
         done = self._on_engine(lambda: self._cleanup_canceled(task))
         if done is not None:
             done.result()
+
+    def _refuse_if_elsewhere(self) -> None:
+        if self._oplock.held_elsewhere():
+            raise self._elsewhere_error()
+
+    def _elsewhere_error(self) -> ResultFileInUseError:
+        return ResultFileInUseError(
+            f"{self.result_file}: operation {self.guid} is driven by another process",
+            guid=self.guid,
+        )
 
     def _refuse_while_finishing(self, what: str) -> None:
         if self._finishing:

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from polling import wait_for
 from servers import FaultServer
 
-from engine import BackgroundDownloader, BackgroundTransferStatus
+from engine import BackgroundDownloader, BackgroundTransferStatus, ResultFileInUseError
 from engine._core import control_path, part_path
 
 S = BackgroundTransferStatus
@@ -114,3 +116,32 @@ def test_state_files_are_owner_only(
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     for path in (tmp_path / "state").glob("operations.sqlite3*"):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_one_process_at_a_time_drives_an_operation(tmp_path: Path) -> None:
+    """While a live process runs an operation, another cannot attach, pause or cancel it
+    (ResultFileInUseError); once that process is gone, it can."""
+    body = random.Random(9).randbytes(8 << 20)
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state, result = tmp_path / "state", tmp_path / "out.bin"
+    try:
+        proc = _child(state, "create", server.url, str(result))
+        deadline = time.monotonic() + 30
+        while not control_path(result).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (op,) = BackgroundDownloader(state_dir=state).get_current_downloads()
+        for call in (op.attach, op.cancel, op.pause):
+            with pytest.raises(ResultFileInUseError, match="another process"):
+                call()
+        assert control_path(result).exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.rate = 0
+        op.attach()
+        op.wait(60)
+        assert result.read_bytes() == body
+        wait_for(lambda: not list((state / "locks").iterdir()))  # the runner's last step
+    finally:
+        server.close()
