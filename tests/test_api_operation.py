@@ -330,6 +330,14 @@ def test_post_with_a_body_file_and_with_a_stream(
         await op3.start_async()
 
     run(go())
+    explicit = make_downloader(method="post").create_download(
+        fault_server.url, tmp_path / "echo4", payload
+    )
+    assert explicit.method == "POST"
+    explicit.start().wait(30)
+    assert (tmp_path / "echo4").read_bytes() == payload.read_bytes()
+    with pytest.raises(InvalidRequestError):
+        make_downloader(method="GET /x HTTP/1.1\r\n")
     assert not list((tmp_path / "state" / "bodies").iterdir())  # kept only until done
     assert (tmp_path / "echo2").read_bytes() == b"part0;part1;part2;"
     assert (tmp_path / "echo3").read_bytes() == b"raw"
