@@ -42,3 +42,7 @@ class TransferConfig:
     """Free bytes to leave on the result's file system: below, PAUSED_SYSTEM_POLICY."""
     readahead_slack: int = 256 << 10
     """A reader's offset this close ahead of a connection is left to that connection."""
+    ssh_private_key: str | None = None
+    """SFTP: the private key file to log in with (else the credential's password)."""
+    ssh_known_hosts: str = "~/.ssh/known_hosts"
+    """SFTP: host keys to trust; a host not in it is refused (no trust on first use)."""

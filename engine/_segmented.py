@@ -37,8 +37,10 @@ from engine._transport import (
     ResponseHead,
     configure,
     curl_error,
+    file_time,
     http_error,
     is_ftp,
+    is_sftp,
     new_multi,
     set_range,
 )
@@ -165,6 +167,8 @@ class SegmentedDownload:
         self._tasks: set[asyncio.Future[None]] = set()
         self._urgent: list[int] = []
         """Offsets readers wait for, to be fetched before anything else."""
+        self._stat_result: tuple[str, int | None] = ("", None)
+        """SFTP: (time, size) of the file, from the stat at the start of a round."""
         self._readers: list[int] = []
         """Offsets that reads wait for right now."""
         self.on_blocks: Callable[[], None] | None = None
@@ -221,7 +225,9 @@ class SegmentedDownload:
     # -- rounds and workers ---------------------------------------------------
     async def _round(self) -> None:
         self._head_ready = asyncio.Event()
-        first = self._next_segment() if self.size is not None else (0, self.config.first_request)
+        if is_sftp(self.url):
+            await self._stat()
+        first = self._next_segment() if self.size is not None else self._first_request()
         if first is None:
             return
         tasks = self._tasks = {asyncio.ensure_future(self._worker(first))}
@@ -244,6 +250,33 @@ class SegmentedDownload:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _first_request(self) -> tuple[int, int | None]:
+        """The opening range; the whole file when an SFTP stat could not tell its size."""
+        unsized = is_sftp(self.url) and self._stat_result[1] is None
+        return (0, None if unsized else self.config.first_request)
+
+    async def _stat(self) -> None:
+        """SFTP sends no head: ask for the size and time first (a request without body)."""
+        multi, pool = _multi_for_loop()
+        while True:
+            curl = pool.take()
+            configure(curl, self.url, self.config, [], self.request)
+            curl.setopt(pycurl.NOBODY, 1)
+            try:
+                await multi.perform(curl)
+            except pycurl.error as exc:
+                pool.give(curl)
+                err, transient = curl_error(exc.args[0], exc.args[1], self.url)
+                if not transient:
+                    raise err from None
+                await self._transient(err, None)
+                continue
+            size = int(curl.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T))
+            # libcurl says -1 for an empty file: no size, so one unranged read to the end
+            self._stat_result = (file_time(curl), size if size >= 0 else None)
+            pool.give(curl)
+            return
 
     # -- read-driven prioritisation ---------------------------------------------
     def prioritize(self, offset: int) -> None:
@@ -371,6 +404,9 @@ class SegmentedDownload:
         if is_ftp(self.url):
             stream.head.ftp = FtpReplies()
             set_range(curl, start, end)
+        elif is_sftp(self.url):  # no head at all: what the stat said stands in for one
+            stream.head.ftp = FtpReplies(*self._stat_result)
+            set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
         self._inflight.append(stream)
@@ -390,7 +426,7 @@ class SegmentedDownload:
         return stream
 
     def _request_headers(self, start: int, end: int | None) -> list[str]:
-        if self.request.single_request or is_ftp(self.url):
+        if self.request.single_request or is_ftp(self.url) or is_sftp(self.url):
             return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
         validator = self.etag if self.etag and not self.etag.startswith("W/") else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import os
 import re
 import time
 from typing import Any
@@ -117,7 +118,12 @@ class ResponseHead:
         SIZE gives the total and MDTM the validator (as Last-Modified); a transfer
         that asked for a range (libcurl's REST) reads as a 206 with its Content-Range.
         """
-        if self.ftp is None or self.ftp.size is None:
+        if self.ftp is None:
+            return
+        if self.ftp.size is None:  # no size known: only a whole, unranged read makes sense
+            if start == 0 and end is None:
+                self.status = 200
+                self.headers = [("Last-Modified", self.ftp.modified)] if self.ftp.modified else []
             return
         size = self.ftp.size
         last = size - 1 if end is None else min(end, size) - 1
@@ -260,12 +266,36 @@ def configure(
     curl.setopt(pycurl.ACCEPT_ENCODING, None)  # never decode: a ranged body is raw bytes
     if request is not None:
         _set_request(curl, request)
-    if is_ftp(url):
-        curl.setopt(pycurl.OPT_FILETIME, 1)  # MDTM: the validator of an FTP file
+    if is_ftp(url) or is_sftp(url):
+        curl.setopt(pycurl.OPT_FILETIME, 1)  # MDTM / stat: the validator of the file
+    if is_sftp(url):
+        _set_ssh(curl, config)
 
 
 def is_ftp(url: str) -> bool:
     return url.lower().startswith(("ftp:", "ftps:"))
+
+
+def is_sftp(url: str) -> bool:
+    return url.lower().startswith("sftp:")
+
+
+def _set_ssh(curl: Any, config: TransferConfig) -> None:
+    """SFTP trusts only host keys listed in known_hosts: without the file, nothing."""
+    known = os.path.expanduser(config.ssh_known_hosts)
+    if not os.path.isfile(known):
+        raise InvalidRequestError(
+            f"SFTP needs a known_hosts file to verify the server ({known} does not exist)"
+        )
+    curl.setopt(pycurl.SSH_KNOWNHOSTS, known)
+    if config.ssh_private_key:
+        curl.setopt(pycurl.SSH_PRIVATE_KEYFILE, os.path.expanduser(config.ssh_private_key))
+
+
+def file_time(curl: Any) -> str:
+    """The remote file's time (FTP MDTM, SFTP stat) as an HTTP date, "" when unknown."""
+    stamp = curl.getinfo(pycurl.INFO_FILETIME)
+    return email.utils.formatdate(stamp, usegmt=True) if stamp and stamp > 0 else ""
 
 
 def set_range(curl: Any, start: int, end: int | None) -> None:

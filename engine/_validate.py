@@ -24,9 +24,7 @@ def check_header(name: str, value: str) -> None:
 def check_uri(uri: str) -> None:
     """Schemes the engine speaks; anything else is refused before it is stored."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme.lower() == "sftp":
-        raise InvalidRequestError(f"sftp is not supported yet: {uri!r}")
-    if parts.scheme.lower() not in ("http", "https", "ftp", "ftps") or not parts.netloc:
+    if parts.scheme.lower() not in ("http", "https", "ftp", "ftps", "sftp") or not parts.netloc:
         raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r}")
     if any(c in uri for c in "\r\n\0 "):
         raise InvalidRequestError(f"URL contains whitespace or control characters: {uri!r}")

@@ -379,3 +379,55 @@ class FtpServer:
         self._proc.wait(10)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+class SshServer:
+    """OpenSSH's sshd on a loopback port, for SFTP: key login as the current user.
+
+    ``known_hosts`` lists its host key and ``client_key`` logs in; skip the test
+    when no sshd is installed (``.ci/run`` installs openssh-server).
+    """
+
+    def __init__(self, root: Path) -> None:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not os.path.exists(sshd):
+            raise FileNotFoundError("no sshd: apt-get install -y openssh-server")
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        host_key, self.client_key = root / "host_key", root / "client_key"
+        for key in (host_key, self.client_key):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+            )
+        (root / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
+        host_pub = Path(f"{host_key}.pub").read_text().split()
+        self.known_hosts = root / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        config = root / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {root}/authorized_keys\nPasswordAuthentication no\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+            f"Subsystem sftp internal-sftp\nPidFile {root}/sshd.pid\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        self.proc = subprocess.Popen([sshd, "-D", "-f", str(config), "-E", str(root / "log")])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError((root / "log").read_text()) from None
+                time.sleep(0.05)
+
+    def url(self, path: Path) -> str:
+        import getpass
+
+        return f"sftp://{getpass.getuser()}@127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

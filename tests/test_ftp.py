@@ -1,4 +1,4 @@
-"""FTP through pyftpdlib: ranged connections, resume after a pause, errors; SFTP refused."""
+"""FTP through pyftpdlib and SFTP through OpenSSH's sshd: ranged connections, resume, errors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from polling import wait_for
-from servers import FtpServer
+from servers import FtpServer, SshServer
 
 from engine import (
     BackgroundDownloader,
     BackgroundTransferStatus,
     Credential,
     HttpError,
-    InvalidRequestError,
     TransferConfig,
     TransferError,
     WebErrorStatus,
@@ -106,10 +105,64 @@ def test_ftp_login_and_missing_file(
     assert not (tmp_path / "m").exists()
 
 
-def test_sftp_is_refused_clearly(make_downloader: Make, tmp_path: Path) -> None:
-    """SFTP is in the wheel's libcurl but not wired into the engine: a clear error, at once."""
-    with pytest.raises(InvalidRequestError, match="sftp"):
-        make_downloader().create_download("sftp://127.0.0.1/x", tmp_path / "x")
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    try:
+        server = SshServer(tmp_path / "sshd")
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_sftp_download_and_resume(
+    sshd: SshServer, served: Path, make_downloader: Make, tmp_path: Path
+) -> None:
+    """SFTP with a key, the host key checked: 4 ranged connections; a pause, then resume."""
+    config = TransferConfig(
+        ssh_private_key=str(sshd.client_key), ssh_known_hosts=str(sshd.known_hosts)
+    )
+    source = served / "large.bin"
+    with source.open("wb") as fh:
+        for i in range(128):
+            fh.write(os.urandom(16) * (MIB // 16) if i % 2 else os.urandom(MIB))
+    d = make_downloader(config=config, max_connections_per_file=4, block_size=1 << 16)
+    op = d.create_download(sshd.url(source), tmp_path / "s")
+    op.start()
+    wait_for(control_path(tmp_path / "s").exists)
+    op.pause()
+    time.sleep(0.2)
+    assert op.progress.bytes_received < source.stat().st_size  # paused mid-file
+    op.resume()
+    op.wait(60)
+    assert (tmp_path / "s").read_bytes() == source.read_bytes()
+    d.create_download(sshd.url(served / "empty.bin"), tmp_path / "e").start().wait(30)
+    assert (tmp_path / "e").read_bytes() == b""
+
+
+def test_sftp_refuses_an_unknown_host_key(
+    sshd: SshServer, served: Path, make_downloader: Make, tmp_path: Path
+) -> None:
+    """A host key not in known_hosts, or no known_hosts at all: refused, nothing written."""
+    other = tmp_path / "other_known_hosts"
+    other.write_text(
+        f"[127.0.0.1]:{sshd.port} ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIEo7h6Y5XaLNFqoBC8BOW4kP0m5vTBkV0N8a8n8r8r8r\n"
+    )
+    for known in (str(other), str(tmp_path / "missing")):
+        config = TransferConfig(
+            ssh_private_key=str(sshd.client_key), ssh_known_hosts=known, retries=0
+        )
+        op = make_downloader(config=config).create_download(
+            sshd.url(served / "small.bin"), tmp_path / "x"
+        )
+        with pytest.raises(TransferError):
+            op.start().wait(30)
+        assert op.status is S.ERROR
+        assert not (tmp_path / "x").exists()
+        op.cancel()
 
 
 def test_http_error_type_is_not_used_for_ftp(
