@@ -34,7 +34,7 @@ http {{
     scgi_temp_path {root}/tmp;
     sendfile on;
     keepalive_requests 100000;
-    log_format proto '$request $status $server_protocol $http_accept_encoding';
+    log_format proto '$request $status $server_protocol c$connection $http_accept_encoding';
     access_log {root}/proto.log proto;
     {tls}
     server {{
@@ -105,7 +105,7 @@ class Nginx:
         return f"https://{host}:{self.tls_port}/{name}"
 
     def protocols(self) -> list[str]:
-        """'$request $status $server_protocol $http_accept_encoding' per request served."""
+        """'$request $status $server_protocol c$connection $http_accept_encoding' per request."""
         return (self.root / "proto.log").read_text().splitlines()
 
     def requests(self) -> list[str]:

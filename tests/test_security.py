@@ -91,6 +91,8 @@ def test_http2_with_the_callers_ca_multiplexes_ranges(
     assert len(served) >= 3
     assert all(" HTTP/2.0" in line for line in served)
     assert sum(" 206 " in line for line in served) >= 3
+    connections = [next(f for f in line.split() if f.startswith("c")) for line in served]
+    assert len(set(connections)) < len(connections)  # streams multiplexed on a connection
 
 
 def test_https_to_http_redirect_is_refused(
