@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import enum
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +29,7 @@ import pycurl
 
 from engine._config import TransferConfig
 from engine._core import RangeFile, part_path, peek, remove_partial
+from engine._segments import Segments, Stop, Stream
 from engine._transport import (
     FtpReplies,
     HandlePool,
@@ -50,37 +50,10 @@ from engine.errors import ControlFileError, StorageError, TransferError, Transpo
 _MAX_RESTARTS = 3
 
 
-class _Stop(enum.Enum):
-    """Why a write callback stopped its own request."""
-
-    RANGE_END = "range end reached"
-    BAD_RANGE = "Content-Range is not the range asked for"
-    NO_RANGES = "server ignores ranges"
-    CHANGED = "content changed on the server"
-    HTTP = "error status"
-    STORAGE = "storage failed"
-    UNSUPPORTED = "random access needs ranges and a length"
-
-
 class _Restart(Exception):
     def __init__(self, changed: bool) -> None:
         super().__init__("restart")
         self.changed = changed
-
-
-@dataclasses.dataclass(eq=False)
-class _Stream:
-    """One request in flight: asked ``[start, end)``, written up to ``pos``."""
-
-    start: int
-    end: int | None
-    pos: int
-    head: ResponseHead = dataclasses.field(default_factory=ResponseHead)
-    checked: bool = False
-    retire: bool = False
-    """Its worker ends with it: a reader's connection took its place."""
-    stop: _Stop | None = None
-    error: TransferError | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,14 +136,10 @@ class SegmentedDownload:
         self._grow_fd = -1  # unknown length: a plain growing partial file
         self._grow_pos = 0
         self._body_ended = False  # unknown length: a response ended cleanly
-        self._inflight: list[_Stream] = []
+        self.segments = Segments(self.config)
         self._tasks: set[asyncio.Future[None]] = set()
-        self._urgent: list[int] = []
-        """Offsets readers wait for, to be fetched before anything else."""
         self._stat_result: tuple[str, int | None] = ("", None)
         """SFTP: (time, size) of the file, from the stat at the start of a round."""
-        self._readers: list[int] = []
-        """Offsets that reads wait for right now."""
         self.on_blocks: Callable[[], None] | None = None
         """Called when writes complete blocks (a reader may be waiting for them)."""
         self._failures = 0
@@ -189,7 +158,7 @@ class SegmentedDownload:
             self.size or 0,
             self.has_restarted,
             self.has_response_changed,
-            len(self._inflight),
+            len(self.segments.inflight),
         )
 
     async def run(self) -> Path:
@@ -280,50 +249,13 @@ class SegmentedDownload:
 
     # -- read-driven prioritisation ---------------------------------------------
     def prioritize(self, offset: int) -> None:
-        """Fetch ``offset`` next: a reader waits for it (random access).
-
-        A connection already heading there within ``readahead_slack`` is left alone.
-        Otherwise the stream whose range holds the offset is cut there, and the offset
-        goes to the front of the queue: a new connection takes it when the cap allows,
-        else the stream with most left that no waiting reader needs is stopped and its
-        connection takes it.  That connection then reads on from the offset (read-ahead
-        for the reader) until its chunk ends; the holes are filled afterwards as usual.
-        Call ``reader_done`` when the read no longer waits.
-        """
-        self._readers.append(offset)
-        if self.rf is None or not self.ranges_ok or not self._tasks or offset >= (self.size or 0):
-            return
-        start = offset - offset % self.rf.block_size
-        for st in self._inflight:
-            end = st.end if st.end is not None else self.size or 0
-            if st.pos <= start < end:
-                if start - st.pos <= self.config.readahead_slack:
-                    return  # arrives soon anyway
-                st.end = start  # its write callback stops there
-                break
-        if start in self._urgent:
-            return
-        self._urgent.append(start)
-        if len(self._inflight) >= self.config.connections:
-            # Stop the stream with most left that no reader needs, and retire its
-            # worker; the new worker starts now rather than after the victim's next
-            # piece, which a rate-limited server may send 100 ms later.
-            victims = [st for st in self._inflight if st.end is not None and not self._needed(st)]
-            if not victims:
-                return  # every connection serves a reader: this one queues
-            victim = max(victims, key=lambda st: (st.end or 0) - st.pos)
-            victim.end = victim.pos
-            victim.retire = True
-        self._tasks.add(asyncio.ensure_future(self._worker(None)))
+        """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""
+        wanted = self.segments.prioritize(offset, self.rf, self.size if self.ranges_ok else None)
+        if wanted and self._tasks:  # a round runs: the new connection starts now
+            self._tasks.add(asyncio.ensure_future(self._worker(None)))
 
     def reader_done(self, offset: int) -> None:
-        if offset in self._readers:
-            self._readers.remove(offset)
-
-    def _needed(self, st: _Stream) -> bool:
-        """Whether a waiting reader's offset lies ahead of this stream, within its range."""
-        end = st.end if st.end is not None else self.size or 0
-        return any(st.pos <= o < end for o in self._readers)
+        self.segments.reader_done(offset)
 
     def _useful_connections(self) -> int:
         left = (self.size or 0) - (self.rf.bytes_complete if self.rf else 0)
@@ -338,68 +270,25 @@ class SegmentedDownload:
             segment = self._next_segment()
 
     def _next_segment(self) -> tuple[int, int | None] | None:
-        """The next range to ask for: free missing bytes first, else half of a busy range."""
+        """The next range to ask for (see ``Segments.next``)."""
         if self.rf is None:
             return self._next_plain()
         if not self.ranges_ok:
-            return None if self._inflight or self.rf.is_complete else (0, self.size)
-        while self._urgent:
-            start = self._urgent.pop(0)
-            gap = self.rf.next_missing(start)
-            free = gap and self._subtract_inflight(gap[0], gap[0] + gap[1])
-            if free and free[0] - start < self.config.readahead_slack:
-                return free[0], min(free[1], free[0] + self.config.chunk_size)
-        pos = 0
-        while (gap := self.rf.next_missing(pos)) is not None:
-            start, length = gap
-            free = self._subtract_inflight(start, start + length)
-            if free is not None:
-                return free[0], min(free[1], free[0] + self.config.chunk_size)
-            pos = start + length
-        return self._steal()
+            return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
+        return self.segments.next(self.rf)
 
     def _next_plain(self) -> tuple[int, int | None] | None:
         """A small file of known size broke off: go on from where it stopped (or from 0)."""
-        if self._grow_fd < 0 or self.size is None or self._inflight or self._complete():
+        if self._grow_fd < 0 or self.size is None or self.segments.inflight or self._complete():
             return None
         return (self._grow_pos if self.ranges_ok else 0), self.size
 
-    def _subtract_inflight(self, start: int, end: int) -> tuple[int, int] | None:
-        cuts = sorted((s.start, s.end or end) for s in self._inflight)
-        for a, b in cuts:
-            if b <= start or a >= end:
-                continue
-            if a > start:
-                return start, a
-            start = max(start, b)
-            if start >= end:
-                return None
-        return (start, end) if start < end else None
-
-    def _steal(self) -> tuple[int, int] | None:
-        victims = [s for s in self._inflight if s.end is not None]
-        if not victims:
-            return None
-        victim = max(victims, key=lambda s: (s.end or 0) - s.pos)
-        assert victim.end is not None
-        left = victim.end - victim.pos
-        if left < 2 * self.config.min_split:
-            return None
-        assert self.rf is not None
-        block = self.rf.block_size
-        mid = (victim.pos + left // 2 + block - 1) // block * block
-        if mid >= victim.end:
-            return None
-        stolen = (mid, victim.end)
-        victim.end = mid  # its write callback stops there
-        return stolen
-
     # -- one request ------------------------------------------------------------
-    async def _fetch(self, start: int, end: int | None) -> _Stream:
+    async def _fetch(self, start: int, end: int | None) -> Stream:
         """One request for ``[start, end)``; returns its stream once settled."""
         multi, pool = _multi_for_loop()
         curl = pool.take()
-        stream = _Stream(start, end, start)
+        stream = Stream(start, end, start)
         configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
         if is_ftp(self.url):
             stream.head.ftp = FtpReplies()
@@ -409,15 +298,15 @@ class SegmentedDownload:
             set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
-        self._inflight.append(stream)
+        self.segments.inflight.append(stream)
         code, message = 0, ""
         try:
             await multi.perform(curl)
         except pycurl.error as exc:
             code, message = exc.args[0], exc.args[1]
         finally:
-            self._inflight.remove(stream)
-        if stream.checked and stream.stop in (None, _Stop.RANGE_END):
+            self.segments.inflight.remove(stream)
+        if stream.checked and stream.stop in (None, Stop.RANGE_END):
             self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)
         if not stream.checked and code == 0 and stream.stop is None:
@@ -435,12 +324,12 @@ class SegmentedDownload:
             headers.append(f"If-Range: {validator}")
         return headers
 
-    async def _settle(self, stream: _Stream, code: int, message: str) -> None:
+    async def _settle(self, stream: Stream, code: int, message: str) -> None:
         """Decide what a finished request means: done, retry later, restart or fail."""
         progressed = stream.pos > stream.start
         if progressed and self.ranges_ok:
             self._failures = 0  # without ranges a retry throws the bytes away: no progress
-        if stream.stop is _Stop.RANGE_END or (code == 0 and stream.stop is None):
+        if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
             if stream.end is None:
                 self._body_ended = True  # unknown length: the body ends when the server says
                 return
@@ -452,19 +341,19 @@ class SegmentedDownload:
             )
             await self._transient(err, None)
             return
-        if stream.stop in (_Stop.CHANGED, _Stop.NO_RANGES):
-            raise _Restart(changed=stream.stop is _Stop.CHANGED)
-        if stream.stop in (_Stop.STORAGE, _Stop.UNSUPPORTED):
+        if stream.stop in (Stop.CHANGED, Stop.NO_RANGES):
+            raise _Restart(changed=stream.stop is Stop.CHANGED)
+        if stream.stop in (Stop.STORAGE, Stop.UNSUPPORTED):
             assert stream.error is not None
             raise stream.error
-        if stream.stop is _Stop.BAD_RANGE:
+        if stream.stop is Stop.BAD_RANGE:
             err = TransportError(
                 f"{self.url}: {stream.stop.value} ({stream.head.get('Content-Range')})",
                 web_error_status=WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE,
             )
             await self._transient(err, None)
             return
-        if stream.stop is _Stop.HTTP:
+        if stream.stop is Stop.HTTP:
             herr, transient = http_error(stream.head.status, self.url)
             if not transient:
                 raise herr
@@ -487,7 +376,7 @@ class SegmentedDownload:
         await asyncio.sleep(delay)
 
     # -- the data path --------------------------------------------------------
-    def _writer(self, st: _Stream) -> Callable[[memoryview], int | None]:
+    def _writer(self, st: Stream) -> Callable[[memoryview], int | None]:
         def on_write(mv: memoryview) -> int | None:
             n = len(mv)
             try:
@@ -498,11 +387,11 @@ class SegmentedDownload:
                     if end > pos:
                         self._write(pos, mv[: end - pos])
                     st.pos = end
-                    st.stop = _Stop.RANGE_END
+                    st.stop = Stop.RANGE_END
                     return 0
                 self._write(pos, mv)
             except StorageError as exc:
-                st.stop, st.error = _Stop.STORAGE, exc
+                st.stop, st.error = Stop.STORAGE, exc
                 return 0
             st.pos = pos + n
             return None
@@ -520,7 +409,7 @@ class SegmentedDownload:
             raise StorageError(exc.errno, exc.strerror, str(self.result)) from exc
         self._grow_pos = offset + len(data)
 
-    def _check_head(self, st: _Stream) -> bool:
+    def _check_head(self, st: Stream) -> bool:
         """Validate a response before its first byte is written; False stops the request."""
         st.checked = True
         st.head.as_http(st.start, st.end)
@@ -533,14 +422,14 @@ class SegmentedDownload:
                     if self.size is None
                     else WebErrorStatus.INSUFFICIENT_RANGE_SUPPORT
                 )
-                st.stop = _Stop.UNSUPPORTED
+                st.stop = Stop.UNSUPPORTED
                 st.error = TransportError(
-                    f"{self.url}: {_Stop.UNSUPPORTED.value}", web_error_status=status
+                    f"{self.url}: {Stop.UNSUPPORTED.value}", web_error_status=status
                 )
                 return False
         return accepted
 
-    def _accept_head(self, st: _Stream) -> bool:
+    def _accept_head(self, st: Stream) -> bool:
         head = st.head
         status = head.status
         if status == 206:
@@ -558,23 +447,23 @@ class SegmentedDownload:
                     self.restarts += 1
                 st.end = self.size
                 return True
-            st.stop = _Stop.CHANGED if changed else _Stop.NO_RANGES
+            st.stop = Stop.CHANGED if changed else Stop.NO_RANGES
             return False
-        st.stop = _Stop.HTTP if status >= 300 else _Stop.BAD_RANGE
+        st.stop = Stop.HTTP if status >= 300 else Stop.BAD_RANGE
         return False
 
-    def _check_partial(self, st: _Stream) -> bool:
+    def _check_partial(self, st: Stream) -> bool:
         rng = st.head.content_range
         if rng is None or rng[0] != st.start or rng[1] < rng[0]:
-            st.stop = _Stop.BAD_RANGE
+            st.stop = Stop.BAD_RANGE
             return False
         if self.size is None:
             if rng[2] is None:
-                st.stop = _Stop.BAD_RANGE
+                st.stop = Stop.BAD_RANGE
                 return False
             self._adopt(st.head, rng[2], ranges=True)
         elif self._changed(st.head, rng[2]):
-            st.stop = _Stop.CHANGED
+            st.stop = Stop.CHANGED
             return False
         last = rng[1] + 1
         st.end = last if st.end is None else min(st.end, last)

@@ -1,0 +1,152 @@
+"""Which bytes each request asks for: free ranges first, stealing, and readers' offsets.
+
+Theory of operation
+-------------------
+``inflight`` holds the requests on the wire, each asking ``[start, end)`` and written
+up to ``pos``.  ``next`` hands a connection the first missing bytes of the bitmap that
+no request covers (at most ``chunk_size``); when none are left it steals the second
+half of the request with most left (``min_split`` at least), whose write callback then
+stops at the new end.  Offsets readers wait for (``prioritize``) go first.  All of it
+runs on the engine loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from engine._config import TransferConfig
+from engine._core import RangeFile
+from engine._transport import ResponseHead
+from engine.errors import TransferError
+
+
+class Stop(enum.Enum):
+    """Why a write callback stopped its own request."""
+
+    RANGE_END = "range end reached"
+    BAD_RANGE = "Content-Range is not the range asked for"
+    NO_RANGES = "server ignores ranges"
+    CHANGED = "content changed on the server"
+    HTTP = "error status"
+    STORAGE = "storage failed"
+    UNSUPPORTED = "random access needs ranges and a length"
+
+
+@dataclasses.dataclass(eq=False)
+class Stream:
+    """One request in flight: asked ``[start, end)``, written up to ``pos``."""
+
+    start: int
+    end: int | None
+    pos: int
+    head: ResponseHead = dataclasses.field(default_factory=ResponseHead)
+    checked: bool = False
+    retire: bool = False
+    """Its worker ends with it: a reader's connection took its place."""
+    stop: Stop | None = None
+    error: TransferError | None = None
+
+
+class Segments:
+    """The requests in flight for one file and the plan for the next ones."""
+
+    def __init__(self, config: TransferConfig) -> None:
+        self.config = config
+        self.inflight: list[Stream] = []
+        self.urgent: list[int] = []
+        """Offsets readers wait for, to be fetched before anything else."""
+        self.readers: list[int] = []
+        """Offsets that reads wait for right now."""
+
+    def next(self, rf: RangeFile) -> tuple[int, int] | None:
+        """The next range to ask for: readers' offsets, free missing bytes, else a steal."""
+        while self.urgent:
+            start = self.urgent.pop(0)
+            gap = rf.next_missing(start)
+            free = gap and self._subtract_inflight(gap[0], gap[0] + gap[1])
+            if free and free[0] - start < self.config.readahead_slack:
+                return free[0], min(free[1], free[0] + self.config.chunk_size)
+        pos = 0
+        while (gap := rf.next_missing(pos)) is not None:
+            start, length = gap
+            free = self._subtract_inflight(start, start + length)
+            if free is not None:
+                return free[0], min(free[1], free[0] + self.config.chunk_size)
+            pos = start + length
+        return self._steal(rf.block_size)
+
+    def prioritize(self, offset: int, rf: RangeFile | None, size: int | None) -> bool:
+        """Fetch ``offset`` next: a reader waits for it (random access).
+
+        A connection already heading there within ``readahead_slack`` is left alone.
+        Otherwise the stream whose range holds the offset is cut there, and the offset
+        goes to the front of the queue: a new connection takes it when the cap allows,
+        else the stream with most left that no waiting reader needs is stopped and its
+        connection takes it.  That connection then reads on from the offset (read-ahead
+        for the reader) until its chunk ends; the holes are filled afterwards as usual.
+        Call ``reader_done`` when the read no longer waits.  ``size`` is None when ranges
+        do not work.  Returns True when a new connection should start for the offset.
+        """
+        self.readers.append(offset)
+        if rf is None or size is None or offset >= size:
+            return False
+        start = offset - offset % rf.block_size
+        for st in self.inflight:
+            end = st.end if st.end is not None else size
+            if st.pos <= start < end:
+                if start - st.pos <= self.config.readahead_slack:
+                    return False  # arrives soon anyway
+                st.end = start  # its write callback stops there
+                break
+        if start in self.urgent:
+            return False
+        self.urgent.append(start)
+        if len(self.inflight) >= self.config.connections:
+            # Stop the stream with most left that no reader needs, and retire its
+            # worker; the new worker starts now rather than after the victim's next
+            # piece, which a rate-limited server may send 100 ms later.
+            victims = [st for st in self.inflight if st.end is not None and not self._needed(st)]
+            if not victims:
+                return False  # every connection serves a reader: this one queues
+            victim = max(victims, key=lambda st: (st.end or 0) - st.pos)
+            victim.end = victim.pos
+            victim.retire = True
+        return True
+
+    def reader_done(self, offset: int) -> None:
+        if offset in self.readers:
+            self.readers.remove(offset)
+
+    def _needed(self, st: Stream) -> bool:
+        """Whether a waiting reader's offset lies ahead of this stream, within its range."""
+        end = st.end if st.end is not None else 1 << 62
+        return any(st.pos <= o < end for o in self.readers)
+
+    def _subtract_inflight(self, start: int, end: int) -> tuple[int, int] | None:
+        cuts = sorted((s.start, s.end or end) for s in self.inflight)
+        for a, b in cuts:
+            if b <= start or a >= end:
+                continue
+            if a > start:
+                return start, a
+            start = max(start, b)
+            if start >= end:
+                return None
+        return (start, end) if start < end else None
+
+    def _steal(self, block: int) -> tuple[int, int] | None:
+        victims = [s for s in self.inflight if s.end is not None]
+        if not victims:
+            return None
+        victim = max(victims, key=lambda s: (s.end or 0) - s.pos)
+        assert victim.end is not None
+        left = victim.end - victim.pos
+        if left < 2 * self.config.min_split:
+            return None
+        mid = (victim.pos + left // 2 + block - 1) // block * block
+        if mid >= victim.end:
+            return None
+        stolen = (mid, victim.end)
+        victim.end = mid  # its write callback stops there
+        return stolen
