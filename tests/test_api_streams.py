@@ -212,3 +212,41 @@ def test_streams_across_a_reattach_in_a_new_process(tmp_path: Path) -> None:
         assert sha256(result) == sha256(body)
     finally:
         server.close()
+
+
+def test_several_readers_at_once_are_each_served(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Four threads, each with its own random access stream, read at far apart offsets
+    while a slow download runs: every read gets the right bytes, none waits for the end."""
+    fault_server.rate = MIB // 4
+    op = make_downloader(max_connections_per_file=2).create_download(
+        fault_server.url, tmp_path / "m"
+    )
+    op.is_random_access_required = True
+    op.start()
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def reader(offset: int) -> None:
+        try:
+            with op.get_result_random_access_stream_reference(timeout=30) as stream:
+                stream.seek(offset)
+                data = b""
+                while len(data) < 65536:
+                    data += stream.read(65536 - len(data))
+                results[offset] = data
+        except BaseException as exc:
+            errors.append(exc)
+
+    offsets = [MIB + 123, 3 * MIB + 7, 5 * MIB + 99, 7 * MIB + 1]
+    threads = [threading.Thread(target=reader, args=(off,)) for off in offsets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert op.status is S.RUNNING  # the reads were served long before the end
+    for off in offsets:
+        assert results[off] == body[off : off + 65536]
+    op.cancel()
