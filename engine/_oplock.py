@@ -1,51 +1,78 @@
-"""One process at a time drives an operation: an flock on ``locks/<guid>.lock``.
+"""One process at a time drives an operation: a record lock in ``operations.lock``.
 
 Two shells running ``bgtransfer get`` for the same file, or an app and
 ``bgtransfer resume``, would otherwise both write the same partial file and race
-on its final rename.  The lock is taken by the runner for as long as it drives the
-operation and dies with its process, so a killed owner never blocks a re-attach.
+on its final rename.  The runner locks one byte of a shared lock file, at an
+offset taken from the operation's guid, for as long as it drives the operation.
+Record locks die with their process, so a killed owner never blocks a re-attach,
+and they cost two fcntl calls per run: a lock file per operation cost 25% of a
+5000-file mirror in file creation alone.
+
+POSIX record locks belong to the process, not to a descriptor, and closing any
+descriptor of the file drops them all: so the file is opened once per process
+and state directory and never closed, and the offsets this process holds are
+remembered here (testing one of our own would release it).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
+import uuid
 from pathlib import Path
+from typing import ClassVar
 
 
 class OpLock:
+    _files: ClassVar[dict[Path, int]] = {}
+    _held: ClassVar[set[tuple[Path, int]]] = set()
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self, state_dir: Path, guid: str) -> None:
-        self.path = state_dir / "locks" / f"{guid}.lock"
-        self._fd: int | None = None
+        self._path = state_dir / "operations.lock"
+        self._offset = uuid.UUID(guid).int & ((1 << 62) - 1)
+
+    def _fd(self) -> int:
+        fd = self._files.get(self._path)
+        if fd is None:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            self._files[self._path] = fd
+        return fd
+
+    def _try(self) -> bool:
+        try:
+            fcntl.lockf(self._fd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self._offset)
+        except (BlockingIOError, PermissionError):
+            return False
+        return True
 
     def acquire(self) -> bool:
         """Take the lock for this process; False when another process holds it."""
-        if self._fd is not None:
+        with self._guard:
+            key = (self._path, self._offset)
+            if key in self._held:
+                return True
+            if not self._try():
+                return False
+            self._held.add(key)
             return True
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
 
-    def release(self, *, forget: bool = False) -> None:
-        """Let go; ``forget`` also removes the file (the operation has ended)."""
-        if self._fd is None:
-            return
-        if forget:
-            self.path.unlink(missing_ok=True)  # still ours: nobody can hold it meanwhile
-        os.close(self._fd)
-        self._fd = None
+    def release(self) -> None:
+        """Let go (the run ended, or the process is going)."""
+        with self._guard:
+            key = (self._path, self._offset)
+            if key not in self._held:
+                return
+            self._held.discard(key)
+            fcntl.lockf(self._fd(), fcntl.LOCK_UN, 1, self._offset)
 
     def held_elsewhere(self) -> bool:
         """Whether another process drives the operation right now."""
-        if self._fd is not None or not self.path.exists():
+        with self._guard:
+            if (self._path, self._offset) in self._held or not self._path.exists():
+                return False
+            if not self._try():
+                return True
+            fcntl.lockf(self._fd(), fcntl.LOCK_UN, 1, self._offset)
             return False
-        if not self.acquire():
-            return True
-        self.release()
-        return False

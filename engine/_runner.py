@@ -87,7 +87,7 @@ class Runner:
                 op._outcome.set_exception(exc)
             raise
         finally:
-            op._oplock.release(forget=op.status in TERMINAL)
+            op._oplock.release()
 
     async def _wait_for_conditions(self) -> bool:
         """True when the network, its cost or the disk hold the operation back (it paused)."""
