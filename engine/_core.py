@@ -228,13 +228,22 @@ class RangeFile:
         """Whether every block under ``[offset, offset + length)`` is complete."""
         return check(lib.rf_is_complete(self._f, offset, length), self.result) == 1
 
-    def view(self) -> memoryview:
-        """A read-only view of the mapped data (valid until the file is closed)."""
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the partial file from ``offset`` (complete or not).
+
+        A pread, not a view of the mapping: a view would outlive ``close()`` and
+        crash the process when read afterwards.
+        """
         if self.closed:
             raise InvalidStateError(f"{self.result}: the result file is already closed")
-        if self.size == 0:
-            return memoryview(b"")
-        return memoryview(ffi.buffer(self._f.data, self.size)).toreadonly()
+        try:
+            fd = os.open(part_path(self.result), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(exc.errno or _errno.EIO, exc.strerror, str(self.result)) from exc
+        try:
+            return os.pread(fd, max(0, min(length, self.size - offset)), offset)
+        finally:
+            os.close(fd)
 
     # -- life cycle --------------------------------------------------------------
     def verify(self) -> int:

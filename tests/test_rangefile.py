@@ -76,7 +76,7 @@ def test_random_orders_give_right_ranges_and_bytes(
     assert rf.ranges() == want
     assert rf.bytes_complete == sum(n for _, n in want)
     for off, n in want:
-        assert rf.view()[off : off + n] == data[off : off + n]
+        assert rf.read(off, n) == data[off : off + n]
     for off, n in order[n_first:]:
         rf.write(off, data[off : off + n])
     assert rf.ranges() == ([(0, size)] if size else [])
@@ -139,7 +139,7 @@ def test_scattered_pieces_never_over_report(tmp_path: Path) -> None:
         for off, n in pieces[: len(pieces) // 2]:
             rf.write(off, data[off : off + n])
         for off, n in rf.ranges():
-            assert rf.view()[off : off + n] == data[off : off + n]
+            assert rf.read(off, n) == data[off : off + n]
         assert rf.verify() == 0
         rf.write(0, data)
         assert rf.ranges() == [(0, len(data))]
@@ -250,7 +250,7 @@ def test_a_later_write_over_a_staged_run_wins(tmp_path: Path) -> None:
         rf.write(100_000, old[100_000:400_000])  # large: straight to the file
         rf.write(150_000, new[150_000:160_000])  # staged over it
         rf.drain()
-        got = bytes(rf.view())
+        got = rf.read(0, size)
     want = bytearray(old)
     want[0:8192] = new[:8192]
     want[20_000:30_000] = new[20_000:30_000]
@@ -269,3 +269,13 @@ def test_close_writes_staged_pieces_and_reopen_sees_them(tmp_path: Path) -> None
     with RangeFile(result, len(data), 4096, create=False) as again:
         assert again.ranges() == [(0, 16384)]
         assert again.verify() == 0
+
+
+def test_read_after_close_is_a_clear_error(tmp_path: Path) -> None:
+    """read() of a closed file raises InvalidStateError instead of touching an unmapped view."""
+    rf = RangeFile(tmp_path / "f", 8192, BLOCK)
+    rf.write(0, b"x" * 8192)
+    assert rf.read(4096, 10) == b"x" * 10
+    rf.close()
+    with pytest.raises(InvalidStateError):
+        rf.read(0, 10)
