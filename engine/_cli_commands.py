@@ -60,6 +60,22 @@ def go_on(op: DownloadOperation, progress: Any) -> None:
         op.resume()
 
 
+def follow(ops: list[DownloadOperation], quiet: bool) -> list[TransferError]:
+    """Drive operations to their end under a progress view: start new ones, let the
+    ones found in the state directory go on; the errors they ended with."""
+    view = FileView(quiet)
+    try:
+        for op in ops:
+            view.watch(op)
+            if op.status is S.IDLE:
+                op.start(view.update)
+            else:
+                go_on(op, view.update)
+        return wait_all(ops)
+    finally:
+        view.close()
+
+
 def wait_all(ops: list[DownloadOperation]) -> list[TransferError]:
     """Wait for every operation; pause the running ones on Ctrl-C (Interrupted)."""
     errors = []
@@ -92,26 +108,17 @@ def get(args: argparse.Namespace) -> int:
     output = Path(os.path.abspath(args.output or name_from_url(args.url)))
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
-    view = FileView(args.quiet)
     op = _current(d).get(output)
-    try:
-        if op is not None and op.requested_uri != args.url:
-            raise InvalidRequestError(
-                f"{output} is being downloaded from {op.requested_uri} "
-                f"(bgtransfer cancel {op.guid} first)"
-            )
-        if op is None:
-            op = d.create_download(args.url, output)
-        if args.checksum:
-            op.expected_checksum = args.checksum
-        view.watch(op)
-        if op.status is S.IDLE:
-            op.start(view.update)
-        else:
-            go_on(op, view.update)
-        errors = wait_all([op])
-    finally:
-        view.close()
+    if op is not None and op.requested_uri != args.url:
+        raise InvalidRequestError(
+            f"{output} is being downloaded from {op.requested_uri} "
+            f"(bgtransfer cancel {op.guid} first)"
+        )
+    if op is None:
+        op = d.create_download(args.url, output)
+    if args.checksum:
+        op.expected_checksum = args.checksum
+    errors = follow([op], args.quiet)
     if errors:
         raise errors[0]
     if not args.quiet:
@@ -250,14 +257,7 @@ def resume(args: argparse.Namespace) -> int:
     if args.all == bool(args.guid):
         raise InvalidRequestError("resume takes one GUID or --all")
     ops = d.get_current_downloads() if args.all else [_find(d, args.guid)]
-    view = FileView(args.quiet)
-    try:
-        for op in ops:
-            view.watch(op)
-            go_on(op, view.update)
-        errors = wait_all(ops)
-    finally:
-        view.close()
+    errors = follow(ops, args.quiet)
     for exc in errors:
         print(f"bgtransfer: error: {exc}", file=sys.stderr)
     return 1 if errors else 0
@@ -286,14 +286,8 @@ def demo(args: argparse.Namespace) -> int:
                 state_dir=Path(tmp) / "state", max_connections_per_file=args.connections
             )
             op = d.create_download(server.url, out)
-            view = FileView(args.quiet)
-            view.watch(op)
             start = time.perf_counter()
-            try:
-                op.start(view.update)
-                errors = wait_all([op])
-            finally:
-                view.close()
+            errors = follow([op], args.quiet)
             took = time.perf_counter() - start
             if errors:
                 raise errors[0]
