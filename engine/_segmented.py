@@ -290,11 +290,9 @@ class SegmentedDownload:
         curl = pool.take()
         stream = Stream(start, end, start)
         configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
-        if is_ftp(self.url):
-            stream.head.ftp = FtpReplies()
-            set_range(curl, start, end)
-        elif is_sftp(self.url):  # no head at all: what the stat said stands in for one
-            stream.head.ftp = FtpReplies(*self._stat_result)
+        if is_ftp(self.url) or is_sftp(self.url):
+            # FTP's replies make the head; SFTP has none: what the stat said stands in.
+            stream.head.ftp = FtpReplies() if is_ftp(self.url) else FtpReplies(*self._stat_result)
             set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)

@@ -167,18 +167,13 @@ class FaultHandler(RangeHandler):
         if not self._authorized():
             return
         modes = set(srv.fault.split("+"))
-        if "503-once" in modes and n == 1:
-            self.send_response(503)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if "429-once" in modes and n == 1:
-            self.send_response(429)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+        for busy in (503, 429):
+            if f"{busy}-once" in modes and n == 1:
+                self.send_response(busy)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         if "404" in modes:
             self.send_error(404)
             return
