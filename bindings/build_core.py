@@ -24,13 +24,13 @@ _flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 if os.environ.get("BGTRANSFER_WERROR") == "1":
     _flags.append("-Werror")
 
-_sources = [CSRC / "rangefile.c"]
+_sources = [CSRC / "rangefile.c", CSRC / "filer.c"]
 if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
     _sources.append(CSRC / "third_party" / "xxhash" / "xxh_x86dispatch.c")
 
 ffibuilder.set_source(
     "engine._native",
-    '#include "rangefile.h"',
+    '#include "rangefile.h"\n#include "filer.h"',
     sources=[os.path.relpath(src, Path.cwd()) for src in _sources],
     include_dirs=[os.path.relpath(CSRC, Path.cwd())],
     extra_compile_args=_flags,

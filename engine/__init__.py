@@ -1,11 +1,13 @@
 """bgtransfer: background downloads with the Windows DownloadOperation API, in Python.
 
-Everything ../shared/API.md lists is importable from here; the submodules with a
-leading underscore are private.
+Everything ../shared/API.md lists is importable from here, and ``run`` (drive many
+operations from a coroutine on the engine's own loop); the submodules with a leading
+underscore are private.
 """
 
 from engine._conditions import LinuxNetworkMonitor, NetworkMonitor
 from engine._config import TransferConfig
+from engine._loop import run
 from engine._values import (
     BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
@@ -69,4 +71,5 @@ __all__ = [
     "TransferTimeoutError",
     "TransportError",
     "WebErrorStatus",
+    "run",
 ]

@@ -2,19 +2,21 @@
 
 Downloads are started with the blocking API (``start``/``attach`` + ``wait``), never
 by awaiting ``start_async``: cancelling an awaiting task cancels its download, and a
-Ctrl-C must pause instead, so that running the command again resumes.
+Ctrl-C must pause instead, so that running the command again resumes.  ``mirror``
+runs its loop on the engine's own (``engine.run``), waiting on progress callbacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import os
-import queue
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,11 @@ from engine import (
     DownloadOperation,
     InvalidRequestError,
     TransferError,
+    run,
 )
 from engine._checksum import file_digest, parse
 from engine._cli_names import name_from_url, parse_list, unique_names
-from engine._cli_views import ENDED, FileView, MirrorView
+from engine._cli_views import FileView, MirrorView
 
 S = BackgroundTransferStatus
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
@@ -142,9 +145,10 @@ def mirror(args: argparse.Namespace) -> int:
     current = _current(d)
     todo: collections.deque[tuple[Any, Path, DownloadOperation | None]] = collections.deque()
     skipped = 0
+    present = set(os.listdir(target))  # one read of the folder, not a stat a name
     for entry in entries:
         path = target / entry.name
-        if path not in current and _complete(path, entry.checksum):
+        if path not in current and entry.name in present and _complete(path, entry.checksum):
             skipped += 1
         else:
             todo.append((entry, path, current.get(path)))
@@ -186,46 +190,58 @@ def _run_mirror(
     parallel: int,
     view: MirrorView,
 ) -> tuple[list[DownloadOperation], list[tuple[DownloadOperation, TransferError]]]:
-    ended: queue.Queue[DownloadOperation] = queue.Queue()
-    running: dict[object, DownloadOperation] = {}
+    """Up to ``parallel`` downloads at a time, driven from the engine's own loop
+    (``engine.run``): thousands of small files cost a few calls each, and from this
+    thread every call would hand the GIL over to the engine and wait for it back."""
+    running: dict[uuid.UUID, DownloadOperation] = {}
+    try:
+        return run(_mirror(d, todo, parallel, view, running))
+    except KeyboardInterrupt:
+        raise Interrupted from None
+
+
+async def _mirror(
+    d: BackgroundDownloader,
+    todo: collections.deque[tuple[Any, Path, DownloadOperation | None]],
+    parallel: int,
+    view: MirrorView,
+    running: dict[uuid.UUID, DownloadOperation],
+) -> tuple[list[DownloadOperation], list[tuple[DownloadOperation, TransferError]]]:
+    slots = asyncio.Semaphore(parallel)
     done: list[DownloadOperation] = []
     failed: list[tuple[DownloadOperation, TransferError]] = []
 
-    def progress(op: DownloadOperation) -> None:
-        view.update(op)
-        if op.status in ENDED:
-            ended.put(op)
+    async def one(op: DownloadOperation) -> None:
+        try:
+            done.append(await op.wait_async())
+        except TransferError as exc:
+            failed.append((op, exc))
+        # cancelled (Ctrl-C): the download goes on, and stays in running to be paused
+        del running[op.guid]
+        slots.release()
 
+    tasks = []
     try:
-        while todo or running:
-            while todo and len(running) < parallel:
-                entry, path, op = todo.popleft()
-                if op is None:
-                    op = d.create_download(entry.url, path)
-                    if entry.checksum:
-                        op.expected_checksum = entry.checksum
-                    view.watch(op)
-                    op.start(progress)
-                else:
-                    view.watch(op)
-                    go_on(op, progress)
-                running[op.guid] = op
-                if op.status in ENDED:
-                    ended.put(op)
-            try:
-                op = ended.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if running.pop(op.guid, None) is None:
-                continue  # told twice
-            try:
-                op.wait()
-                done.append(op)
-            except TransferError as exc:
-                failed.append((op, exc))
-    except KeyboardInterrupt:
+        while todo:
+            await slots.acquire()
+            entry, path, op = todo.popleft()
+            if op is None:
+                op = d.create_download(entry.url, path)
+                if entry.checksum:
+                    op.expected_checksum = entry.checksum
+            view.watch(op)
+            running[op.guid] = op
+            # the blocking API's start/attach: awaiting start_async would cancel the
+            # download if this task were cancelled, and a Ctrl-C must pause instead
+            if op.status is S.IDLE:
+                op.start(view.update)
+            else:
+                go_on(op, view.update)
+            tasks.append(asyncio.ensure_future(one(op)))
+        await asyncio.gather(*tasks)  # cancelling these cancels waits, not downloads
+    except asyncio.CancelledError:  # Ctrl-C in the command's thread
         pause_all(list(running.values()))
-        raise Interrupted from None
+        raise
     return done, failed
 
 

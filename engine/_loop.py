@@ -12,10 +12,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from engine._once import PerProcess
 
-_lock = threading.Lock()
-_engine: EngineLoop | None = None
+T = TypeVar("T")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -47,10 +46,40 @@ class EngineLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
+_engine = PerProcess(EngineLoop)
+
+
 def engine_loop() -> EngineLoop:
     """The process's engine loop, started on first use."""
-    global _engine
-    with _lock:
-        if _engine is None:
-            _engine = EngineLoop()
-        return _engine
+    return _engine.get()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the engine's own loop and block until it returns.
+
+    Code that drives many operations (a mirror of thousands of small files) is mostly
+    calls into the engine and callbacks out of it.  From another thread every one of
+    them hands the GIL over and waits to get it back; on the engine's loop they are
+    plain calls.  Like ``asyncio.run``, a Ctrl-C (KeyboardInterrupt) cancels ``main``,
+    waits for it to unwind, and is raised again.  Note that cancelling a task that
+    awaits ``start_async`` cancels its download: code that must pause instead awaits
+    something else (see ``bgtransfer mirror``).
+    """
+    engine = engine_loop()
+    if threading.current_thread() is engine.thread:
+        raise RuntimeError("run() cannot be called from the engine loop itself")
+    unwound = threading.Event()
+
+    async def guarded() -> T:
+        try:
+            return await main
+        finally:
+            unwound.set()
+
+    future = engine.submit(guarded())
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        unwound.wait()
+        raise

@@ -29,6 +29,7 @@ import pycurl
 
 from engine._config import TransferConfig
 from engine._core import RangeFile, part_path, peek, remove_partial
+from engine._files import filer
 from engine._segments import Segments, Stop, Stream
 from engine._transport import (
     FtpReplies,
@@ -81,9 +82,11 @@ async def _plain_finish(finish: Callable[[], Awaitable[Path]]) -> Path:
     return await finish()
 
 
-_DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-fsync")
-"""fsync and rename off the engine loop: concurrent fsyncs share journal commits (ext4's
-jbd2 groups them), and the loop keeps the other transfers moving meanwhile."""
+_DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
+"""Finishing and reopening a large result file (fsync, rename, verify) off the engine
+loop; small files go through the C filer (``engine._files``) instead."""
+
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _storable(validator: str | None, limit: int) -> str:
@@ -134,6 +137,7 @@ class SegmentedDownload:
         self.finished = False
         self.rf: RangeFile | None = None
         self._grow_fd = -1  # unknown length: a plain growing partial file
+        self._spare_fd = -1  # the empty partial file made before the first response
         self._grow_pos = 0
         self._body_ended = False  # unknown length: a response ended cleanly
         self.segments = Segments(self.config)
@@ -163,10 +167,10 @@ class SegmentedDownload:
 
     async def run(self) -> Path:
         """Download until the result file is complete and renamed into place."""
-        self._reopen()
         restarts = 0
         ticker = asyncio.ensure_future(self._tick())
         try:
+            await self._prepare()
             while True:
                 try:
                     await self._round()
@@ -483,16 +487,16 @@ class SegmentedDownload:
         self.last_modified = _storable(head.get("Last-Modified"), 128)
         self.ranges_ok = ranges
         self._body_ended = False
-        remove_partial(self.result)
+        spare, self._spare_fd = self._spare_fd, -1
+        if spare < 0:  # a restart: the file thread's empty partial file was used
+            remove_partial(self.result)
         if size is None or size <= self.config.first_request:
             # Unknown length, or a body the first response carries whole: a plain file,
             # no bitmap (a broken small body costs at most first_request again).
-            self._grow_fd = os.open(
-                part_path(self.result),
-                os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o666,
-            )
+            self._grow_fd = spare if spare >= 0 else os.open(part_path(self.result), _CREATE, 0o666)
         else:
+            if spare >= 0:
+                os.close(spare)  # the core truncates and maps the same partial file
             self.rf = RangeFile(
                 self.result,
                 size,
@@ -503,19 +507,37 @@ class SegmentedDownload:
         if self._head_ready is not None:
             self._head_ready.set()
 
-    def _reopen(self) -> None:
-        """Continue a download an earlier run left: verify its blocks, keep its validators."""
+    async def _prepare(self) -> None:
+        """A new empty partial file, made by the filer while the loop moves other
+        transfers; or the download an earlier run left, verified on a thread."""
+        while True:
+            fd = await filer().create_partial(self.result)
+            if fd is not None:
+                self._spare_fd = fd
+                return
+            loop = asyncio.get_running_loop()
+            rf = await loop.run_in_executor(_DURABLE, self._reopen)
+            if rf is not None:
+                self.rf = rf
+                self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
+                return  # else a damaged control file was removed: start afresh
+
+    def _reopen(self) -> RangeFile | None:
+        """The RangeFile an earlier run left, its blocks verified; None when damaged."""
         try:
             found = peek(self.result)
         except ControlFileError:
-            remove_partial(self.result)
-            return
+            found = None
         if found is None:
-            return
-        size, block = found
-        self.rf = RangeFile(self.result, size, block, create=False)
-        self.rf.verify()  # after a power loss a set bit may not match the disk
-        self.size, self.etag, self.last_modified = size, self.rf.etag, self.rf.last_modified
+            remove_partial(self.result)
+            return None
+        rf = RangeFile(self.result, found[0], found[1], create=False)
+        try:
+            rf.verify()  # after a power loss a set bit may not match the disk
+        except BaseException:
+            rf.close()
+            raise
+        return rf
 
     def _start_over(self, *, changed: bool) -> None:
         self._close()
@@ -536,26 +558,12 @@ class SegmentedDownload:
         return self._body_ended or (self.size is not None and self._grow_pos >= self.size)
 
     async def _finish_durably(self) -> Path:
+        """fsync, rename onto the final name, fsync the directory."""
         self.finishing = True  # readers leave the result file to the finishing thread
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_DURABLE, self._finish)
-
-    def _finish(self) -> Path:
-        """fsync, rename onto the final name, fsync the directory (in a _DURABLE thread)."""
         if self.rf is not None:
-            return self.rf.finish()
-        try:
-            os.fsync(self._grow_fd)
-        except OSError as exc:
-            raise StorageError(exc.errno or 5, exc.strerror, str(self.result)) from exc
-        os.close(self._grow_fd)
-        self._grow_fd = -1
-        os.replace(part_path(self.result), self.result)
-        fd = os.open(self.result.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            return await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
+        fd, self._grow_fd = self._grow_fd, -1
+        await filer().finish(fd, self.result)
         self.size = self._grow_pos
         return self.result
 
@@ -565,6 +573,10 @@ class SegmentedDownload:
         if self._grow_fd >= 0:
             os.close(self._grow_fd)
             self._grow_fd = -1
+        if self._spare_fd >= 0:  # no response came: the empty partial file goes too
+            os.close(self._spare_fd)
+            self._spare_fd = -1
+            part_path(self.result).unlink(missing_ok=True)
 
     async def _tick(self) -> None:
         """Throttled progress reports and periodic write-back of data and bitmap."""

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import IO
@@ -135,6 +136,7 @@ class Settings:
     proxy: str | None = None
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
+    _free: dict[Path, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.free_space_reserve < 0:
@@ -148,10 +150,20 @@ class Settings:
         return dataclasses.replace(self.config, connections=rec.max_connections, block_size=block)
 
     def disk_reserve_exceeded(self, result: Path) -> bool:
-        try:
-            return free_bytes(result.parent) < self.free_space_reserve
-        except OSError:
-            return False  # the write itself will report what is wrong with the path
+        """Free space under the reserve.  Many operations start at once into one folder
+        (a mirror): a statvfs younger than half a poll interval answers for all of them."""
+        folder = result.parent
+        now = time.monotonic()
+        seen = self._free.get(folder)
+        if seen is None or now - seen[0] > min(0.25, self.config.poll_interval / 2):
+            try:
+                seen = (now, free_bytes(folder))
+            except OSError:
+                return False  # the write itself will report what is wrong with the path
+            if len(self._free) > 64:
+                self._free.clear()
+            self._free[folder] = seen
+        return seen[1] < self.free_space_reserve
 
     def ended(self, op: DownloadOperation) -> None:
         """An operation reached COMPLETED, CANCELED or ERROR."""

@@ -44,6 +44,7 @@ from engine._validate import check_header, check_uri
 from engine._values import (
     BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferBehavior,
     BackgroundTransferCostPolicy,
     BackgroundTransferFileRange,
     BackgroundTransferPriority,
@@ -210,8 +211,6 @@ class DownloadOperation:
 
     @property
     def serial_group(self) -> str | None:
-        from engine._values import BackgroundTransferBehavior
-
         name = self._rec.group_name
         if name is None:
             return None
@@ -245,6 +244,15 @@ class DownloadOperation:
             return self._outcome.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
+        except TransferError:
+            self._acknowledge()
+            raise
+
+    async def wait_async(self) -> DownloadOperation:
+        """*Beyond*: ``wait()`` for asyncio.  Unlike awaiting ``start_async``, cancelling
+        the awaiting task leaves the download as it is (running, or paused)."""
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self._outcome))
         except TransferError:
             self._acknowledge()
             raise

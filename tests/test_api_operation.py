@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from polling import wait_for
 from servers import FaultServer, Nginx, ProxyServer, sha256
 
+import engine
 from engine import (
     BackgroundDownloader,
     BackgroundDownloadProgress,
@@ -177,6 +179,63 @@ def test_cancelling_the_awaiting_task_cancels_the_download(
     run(go())
     assert op.status is S.CANCELED
     wait_for(lambda: no_partial(out))
+
+
+def test_cancelling_a_task_in_wait_async_leaves_the_download(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path, run: Run
+) -> None:
+    """wait_async() is wait() for asyncio: cancelling its task cancels the waiting only."""
+    fault_server.rate = 1 << 20
+    out = tmp_path / "f.bin"
+    op = make_downloader().create_download(fault_server.url, out)
+    op.start()
+
+    async def go() -> None:
+        task = asyncio.ensure_future(op.wait_async())
+        while op.progress.bytes_received == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(go())
+    assert op.status is S.RUNNING
+    fault_server.rate = 0
+    assert run(op.wait_async()) is op
+    assert out.read_bytes() == body
+
+
+def test_run_drives_operations_from_the_engine_loop(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path
+) -> None:
+    """engine.run(main): main runs on the engine's own thread; its result or exception
+    comes back; run() from inside the engine loop is refused."""
+    d = make_downloader()
+
+    async def main() -> tuple[str, DownloadOperation]:
+        op = d.create_download(nginx.url("small.bin"), tmp_path / "small.bin")
+        return threading.current_thread().name, await op.start_async()
+
+    thread, op = engine.run(main())
+    assert thread == "bgtransfer-engine"
+    assert op.status is S.COMPLETED
+    assert (tmp_path / "small.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
+
+    async def fails() -> None:
+        d.create_download("ftp://", tmp_path / "x")
+
+    with pytest.raises(InvalidRequestError):
+        engine.run(fails())
+
+    async def nested() -> None:
+        inner = fails()
+        try:
+            engine.run(inner)
+        finally:
+            inner.close()
+
+    with pytest.raises(RuntimeError, match="engine loop"):
+        engine.run(nested())
 
 
 def test_illegal_calls_raise_and_change_nothing(

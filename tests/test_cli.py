@@ -269,3 +269,32 @@ def test_progress_bar_on_a_terminal_and_ctrl_c_pauses(body: bytes, tmp_path: Pat
         assert (tmp_path / "t.bin").read_bytes() == body
     finally:
         server.close()
+
+
+def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path: Path) -> None:
+    """SIGINT during a mirror: exit 130, every running download paused with its data;
+    running the same command again completes them all, byte-exact."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    names = [f"m{i}.bin" for i in range(4)]
+    (tmp_path / "list.txt").write_text("".join(f"{server.url} {n}\n" for n in names))
+    command = ("mirror", "-q", "-i", "list.txt", "-d", "out", "-j", "4", "-c", "1")
+    try:
+        proc = subprocess.Popen(
+            argv(*command, "--state-dir", str(state)), cwd=tmp_path, stderr=subprocess.PIPE
+        )
+        wait_for(lambda: all(control_path(tmp_path / "out" / n).exists() for n in names))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        listed = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
+        assert len(listed) == 4
+        assert all("PAUSED_BY_APPLICATION" in line for line in listed), listed
+        assert not any((tmp_path / "out" / n).exists() for n in names)
+        server.rate = 0
+        done = bgt(*command, cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert all((tmp_path / "out" / n).read_bytes() == body for n in names)
+    finally:
+        server.close()

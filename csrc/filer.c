@@ -1,0 +1,357 @@
+/* filer: see filer.h for the theory of operation. */
+#define _GNU_SOURCE
+#include "filer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct fl_job {
+    struct fl_job *next;
+    struct fl_channel *ch;
+    uint64_t id;
+    int64_t result;
+    int kind;
+    int fd;
+    int dir; /* FINISH: index of its directory in the namer's group */
+    char *b;
+    char a[];
+} fl_job;
+
+typedef struct {
+    fl_job *head, *tail;
+    pthread_cond_t ready;
+} fl_queue;
+
+#define GROUP_DIRS 16
+
+/* Where finished jobs wait for their owner (one per event loop). */
+struct fl_channel {
+    fl_job *head, *tail;
+    int efd;
+    int refs;   /* the owner's, and one per job not yet taken */
+    int closed; /* the owner is gone: finished jobs are undone and freed */
+};
+
+struct fl_filer {
+    pthread_mutex_t lock;
+    fl_queue syncing, naming, dirsyncing;
+};
+
+static void push(fl_filer *f, fl_queue *q, fl_job *j)
+{
+    j->next = NULL;
+    pthread_mutex_lock(&f->lock);
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+    pthread_cond_signal(&q->ready);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* Everything queued (the whole list), or one job; waits while there is none. */
+static fl_job *take(fl_filer *f, fl_queue *q, int all)
+{
+    pthread_mutex_lock(&f->lock);
+    while (q->head == NULL)
+        pthread_cond_wait(&q->ready, &f->lock);
+    fl_job *j = q->head;
+    if (all) {
+        q->head = q->tail = NULL;
+    } else {
+        q->head = j->next;
+        if (q->head == NULL)
+            q->tail = NULL;
+        j->next = NULL;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return j;
+}
+
+static void channel_unref(fl_channel *ch)
+{
+    if (--ch->refs == 0) {
+        close(ch->efd);
+        free(ch);
+    }
+}
+
+/* A job nobody will take: what it made goes again. */
+static void undo(fl_job *j)
+{
+    if (j->kind == FL_PREPARE && j->result >= 0) {
+        close((int)j->result);
+        unlink(j->a);
+    }
+}
+
+static void finished(fl_filer *f, fl_job *j, int64_t result)
+{
+    j->result = result;
+    j->next = NULL;
+    pthread_mutex_lock(&f->lock);
+    fl_channel *ch = j->ch;
+    if (ch->closed) {
+        undo(j);
+        free(j);
+        channel_unref(ch);
+    } else {
+        if (ch->tail) {
+            ch->tail->next = j;
+        } else {
+            ch->head = j;
+            uint64_t one = 1; /* the list was empty: wake the owner */
+            ssize_t w = write(ch->efd, &one, sizeof one);
+            (void)w; /* fails only when the counter is full: a wake-up is pending */
+        }
+        ch->tail = j;
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+static int64_t prepare(const fl_job *j)
+{
+    struct stat st;
+    if (lstat(j->b, &st) == 0)
+        return FL_RESUMABLE;
+    if (errno != ENOENT)
+        return -errno;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(j->a, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd >= 0)
+            return fd;
+        /* A stale partial file, or a link someone planted: never write through it. */
+        if (errno != EEXIST || unlink(j->a) != 0)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+static void *syncer(void *arg)
+{
+    fl_filer *f = arg;
+    for (;;) {
+        fl_job *j = take(f, &f->syncing, 0);
+        int rc = fsync(j->fd) == 0 ? 0 : -errno;
+        if (close(j->fd) != 0 && rc == 0)
+            rc = -errno;
+        if (rc != 0)
+            finished(f, j, rc);
+        else
+            push(f, &f->naming, j);
+    }
+    return NULL;
+}
+
+/* The directory part of ``path`` ("." for a bare name), into ``out``. */
+static void parent_of(const char *path, char *out)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        strcpy(out, ".");
+    } else if (slash == path) {
+        strcpy(out, "/");
+    } else {
+        memcpy(out, path, (size_t)(slash - path));
+        out[slash - path] = '\0';
+    }
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+static void *namer(void *arg)
+{
+    fl_filer *f = arg;
+    for (;;) {
+        fl_job *j = take(f, &f->naming, 0);
+        if (j->kind == FL_PREPARE)
+            finished(f, j, prepare(j)); /* at once: a create waits for no flush */
+        else if (rename(j->a, j->b) != 0)
+            finished(f, j, -errno);
+        else
+            push(f, &f->dirsyncing, j);
+    }
+    return NULL;
+}
+
+/* Makes renames durable: takes every rename queued meanwhile and fsyncs each
+ * directory they touched once, while the namer goes on creating files. */
+static void *dirsyncer(void *arg)
+{
+    fl_filer *f = arg;
+    char(*dirs)[PATH_MAX] = malloc(GROUP_DIRS * sizeof *dirs);
+    int rcs[GROUP_DIRS];
+    char dir[PATH_MAX];
+    for (;;) {
+        fl_job *group = take(f, &f->dirsyncing, 1);
+        int ndirs = 0;
+        for (fl_job *j = group; j; j = j->next) {
+            parent_of(j->b, dir);
+            j->dir = -1;
+            for (int d = 0; d < ndirs && j->dir < 0; d++)
+                if (strcmp(dirs[d], dir) == 0)
+                    j->dir = d;
+            if (j->dir < 0 && dirs != NULL && ndirs < GROUP_DIRS) {
+                strcpy(dirs[ndirs], dir);
+                rcs[ndirs] = fsync_dir(dir);
+                j->dir = ndirs++;
+            }
+        }
+        while (group) {
+            fl_job *j = group;
+            group = j->next;
+            if (j->dir >= 0) {
+                finished(f, j, rcs[j->dir]);
+            } else { /* more directories than a group tracks: on its own */
+                parent_of(j->b, dir);
+                finished(f, j, fsync_dir(dir));
+            }
+        }
+    }
+    return NULL;
+}
+
+static int start(fl_filer *f, void *(*fn)(void *))
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int rc = pthread_create(&t, &attr, fn, f);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+fl_filer *fl_new(int syncers)
+{
+    if (syncers < 1 || syncers > 64)
+        return NULL;
+    fl_filer *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->syncing.ready, NULL);
+    pthread_cond_init(&f->naming.ready, NULL);
+    pthread_cond_init(&f->dirsyncing.ready, NULL);
+    if (start(f, namer) != 0 || start(f, dirsyncer) != 0)
+        return NULL; /* leaked on purpose: a thread may not be told to stop */
+    for (int i = 0; i < syncers; i++)
+        if (start(f, syncer) != 0)
+            return i == 0 ? NULL : f;
+    return f;
+}
+
+int fl_submit(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
+              const char *b)
+{
+    if (f == NULL || ch == NULL || a == NULL || b == NULL ||
+        (kind != FL_PREPARE && kind != FL_FINISH))
+        return -EINVAL;
+    size_t la = strlen(a), lb = strlen(b);
+    if (la >= PATH_MAX || lb >= PATH_MAX)
+        return -ENAMETOOLONG;
+    fl_job *j = malloc(sizeof *j + la + lb + 2);
+    if (j == NULL)
+        return -ENOMEM;
+    j->id = id;
+    j->ch = ch;
+    j->kind = kind;
+    j->fd = fd;
+    j->result = 0;
+    j->dir = -1;
+    memcpy(j->a, a, la + 1);
+    j->b = j->a + la + 1;
+    memcpy(j->b, b, lb + 1);
+    pthread_mutex_lock(&f->lock);
+    ch->refs++;
+    pthread_mutex_unlock(&f->lock);
+    push(f, kind == FL_FINISH ? &f->syncing : &f->naming, j);
+    return 0;
+}
+
+fl_channel *fl_channel_new(void)
+{
+    fl_channel *ch = calloc(1, sizeof *ch);
+    if (ch == NULL)
+        return NULL;
+    ch->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ch->efd < 0) {
+        free(ch);
+        return NULL;
+    }
+    ch->refs = 1;
+    return ch;
+}
+
+int fl_channel_fd(const fl_channel *ch)
+{
+    return ch->efd;
+}
+
+int fl_take(fl_filer *f, fl_channel *ch, uint64_t *ids, int64_t *results, int cap)
+{
+    if (cap < 1)
+        return -EINVAL;
+    uint64_t count;
+    /* Reset the wake-up first: a job finishing after this read wakes the owner again. */
+    ssize_t r = read(ch->efd, &count, sizeof count);
+    (void)r; /* EAGAIN: nothing was signalled, the list may still hold jobs */
+    int n = 0;
+    fl_job *freed = NULL;
+    pthread_mutex_lock(&f->lock);
+    while (n < cap && ch->head) {
+        fl_job *j = ch->head;
+        ch->head = j->next;
+        ids[n] = j->id;
+        results[n] = j->result;
+        n++;
+        j->next = freed;
+        freed = j;
+        ch->refs--; /* never the last: the owner holds one */
+    }
+    if (ch->head == NULL)
+        ch->tail = NULL;
+    else
+        eventfd_write(ch->efd, 1); /* more than cap: come back */
+    pthread_mutex_unlock(&f->lock);
+    while (freed) {
+        fl_job *j = freed;
+        freed = j->next;
+        free(j);
+    }
+    return n;
+}
+
+void fl_channel_close(fl_filer *f, fl_channel *ch)
+{
+    pthread_mutex_lock(&f->lock);
+    ch->closed = 1;
+    while (ch->head) {
+        fl_job *j = ch->head;
+        ch->head = j->next;
+        undo(j);
+        free(j);
+        ch->refs--;
+    }
+    ch->tail = NULL;
+    channel_unref(ch);
+    pthread_mutex_unlock(&f->lock);
+}
