@@ -160,6 +160,16 @@ def test_cancel_removes_partial_data(
         op.resume()
 
 
+async def cancel_once_bytes_arrive(op: DownloadOperation, awaiting: Any) -> None:
+    """Await ``awaiting`` in a task, and cancel that task once the first bytes are in."""
+    task = asyncio.ensure_future(awaiting)
+    while op.progress.bytes_received == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_cancelling_the_awaiting_task_cancels_the_download(
     fault_server: FaultServer, make_downloader: Make, tmp_path: Path, run: Run
 ) -> None:
@@ -167,16 +177,7 @@ def test_cancelling_the_awaiting_task_cancels_the_download(
     fault_server.rate = 1 << 20
     out = tmp_path / "f.bin"
     op = make_downloader().create_download(fault_server.url, out)
-
-    async def go() -> None:
-        task = asyncio.ensure_future(op.start_async())
-        while op.progress.bytes_received == 0:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run(go())
+    run(cancel_once_bytes_arrive(op, op.start_async()))
     assert op.status is S.CANCELED
     wait_for(lambda: no_partial(out))
 
@@ -189,16 +190,7 @@ def test_cancelling_a_task_in_wait_async_leaves_the_download(
     out = tmp_path / "f.bin"
     op = make_downloader().create_download(fault_server.url, out)
     op.start()
-
-    async def go() -> None:
-        task = asyncio.ensure_future(op.wait_async())
-        while op.progress.bytes_received == 0:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run(go())
+    run(cancel_once_bytes_arrive(op, op.wait_async()))
     assert op.status is S.RUNNING
     fault_server.rate = 0
     assert run(op.wait_async()) is op
