@@ -155,14 +155,13 @@ def mirror(args: argparse.Namespace) -> int:
     started = time.monotonic()
     view = MirrorView(args.quiet, len(entries))
     try:
-        done, failed = _run_mirror(d, todo, max(1, args.parallel), view)
-        view.finished(len(done) + skipped, len(entries))
+        (count, size), failed = _run_mirror(d, todo, max(1, args.parallel), view)
+        view.finished(count + skipped, len(entries))
     finally:
         view.close()
     took = time.monotonic() - started
-    size = sum(op.progress.bytes_received for op in done)
     print(
-        f"{len(done)} downloaded, {skipped} already complete, {len(failed)} failed; "
+        f"{count} downloaded, {skipped} already complete, {len(failed)} failed; "
         f"{size / 1e6:.1f} MB in {took:.1f} s ({size / max(took, 1e-9) / 1e6:.0f} MB/s)",
         file=sys.stderr,
     )
@@ -184,12 +183,16 @@ def _complete(path: Path, checksum: str | None) -> bool:
     return False
 
 
+Outcome = tuple[tuple[int, int], list[tuple[DownloadOperation, TransferError]]]
+"""(files and bytes downloaded), and the failures: no list of every operation."""
+
+
 def _run_mirror(
     d: BackgroundDownloader,
     todo: collections.deque[tuple[Any, Path, DownloadOperation | None]],
     parallel: int,
     view: MirrorView,
-) -> tuple[list[DownloadOperation], list[tuple[DownloadOperation, TransferError]]]:
+) -> Outcome:
     """Up to ``parallel`` downloads at a time, driven from the engine's own loop
     (``engine.run``): thousands of small files cost a few calls each, and from this
     thread every call would hand the GIL over to the engine and wait for it back."""
@@ -206,21 +209,23 @@ async def _mirror(
     parallel: int,
     view: MirrorView,
     running: dict[uuid.UUID, DownloadOperation],
-) -> tuple[list[DownloadOperation], list[tuple[DownloadOperation, TransferError]]]:
+) -> Outcome:
     slots = asyncio.Semaphore(parallel)
-    done: list[DownloadOperation] = []
+    done = [0, 0]
     failed: list[tuple[DownloadOperation, TransferError]] = []
 
     async def one(op: DownloadOperation) -> None:
         try:
-            done.append(await op.wait_async())
+            await op.wait_async()
+            done[0] += 1
+            done[1] += op.progress.bytes_received
         except TransferError as exc:
             failed.append((op, exc))
         # cancelled (Ctrl-C): the download goes on, and stays in running to be paused
         del running[op.guid]
         slots.release()
 
-    tasks = []
+    tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
     try:
         while todo:
             await slots.acquire()
@@ -237,12 +242,14 @@ async def _mirror(
                 op.start(view.update)
             else:
                 go_on(op, view.update)
-            tasks.append(asyncio.ensure_future(one(op)))
+            task = asyncio.ensure_future(one(op))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)  # cancelling these cancels waits, not downloads
     except asyncio.CancelledError:  # Ctrl-C in the command's thread
         pause_all(list(running.values()))
         raise
-    return done, failed
+    return (done[0], done[1]), failed
 
 
 # -- list, resume, cancel ----------------------------------------------------------------

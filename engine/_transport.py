@@ -315,6 +315,9 @@ class HandlePool:
 
     def give(self, curl: Any) -> None:
         if len(self._free) < 256:
+            # an idle handle must not keep the last download (and its operation) alive
+            curl.unsetopt(pycurl.WRITEFUNCTION)
+            curl.unsetopt(pycurl.HEADERFUNCTION)
             self._free.append(curl)
         else:
             curl.close()

@@ -9,6 +9,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import IO
@@ -32,7 +33,11 @@ RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
 _ERROR = BackgroundTransferStatus.ERROR
 RANDOM_ACCESS_BLOCK = 1 << 16
 _live_lock = threading.RLock()
-_live: dict[tuple[Path, str], DownloadOperation] = {}
+_live: weakref.WeakValueDictionary[tuple[Path, str], DownloadOperation] = (
+    weakref.WeakValueDictionary()
+)
+"""One object per operation while anyone holds it (a running one is held by its task):
+not every operation a long-lived process ever made."""
 """Operations this process holds, by (state dir, guid): one object per operation."""
 
 
