@@ -3,7 +3,8 @@
 Downloads are started with the blocking API (``start``/``attach`` + ``wait``), never
 by awaiting ``start_async``: cancelling an awaiting task cancels its download, and a
 Ctrl-C must pause instead, so that running the command again resumes.  ``mirror``
-runs its loop on the engine's own (``engine.run``), waiting on progress callbacks.
+runs its loop on the engine's own (``engine.run``) and waits with ``wait_async``,
+whose cancellation leaves the download be.
 """
 
 from __future__ import annotations

@@ -46,9 +46,8 @@ class _Channel:
             future, result, kind = self.waiting.pop(int(self._ids[i]))
             rc = int(self._results[i])
             if future.cancelled():
-                if kind == lib.FL_PREPARE and rc >= 0:  # a partial file nobody will use
-                    os.close(rc)
-                    part_path(result).unlink(missing_ok=True)
+                if kind == lib.FL_PREPARE and rc >= 0:
+                    drop_partial(rc, result)
             elif rc < 0 and rc != lib.FL_RESUMABLE:
                 future.set_exception(StorageError(-rc, os.strerror(-rc), str(result)))
             else:
@@ -92,6 +91,12 @@ class Filer:
             raise StorageError(-rc, os.strerror(-rc), str(result))
         channel.waiting[job] = (future, result, kind)
         return await future
+
+
+def drop_partial(fd: int, result: Path) -> None:
+    """Close and remove an empty partial file that no download will use."""
+    os.close(fd)
+    part_path(result).unlink(missing_ok=True)
 
 
 _filer = PerProcess(Filer)

@@ -29,7 +29,7 @@ import pycurl
 
 from engine._config import TransferConfig
 from engine._core import RangeFile, part_path, peek, remove_partial
-from engine._files import filer
+from engine._files import drop_partial, filer
 from engine._segments import Segments, Stop, Stream
 from engine._transport import (
     FtpReplies,
@@ -488,7 +488,7 @@ class SegmentedDownload:
         self.ranges_ok = ranges
         self._body_ended = False
         spare, self._spare_fd = self._spare_fd, -1
-        if spare < 0:  # a restart: the file thread's empty partial file was used
+        if spare < 0:  # a restart: the filer's empty partial file was used already
             remove_partial(self.result)
         if size is None or size <= self.config.first_request:
             # Unknown length, or a body the first response carries whole: a plain file,
@@ -574,9 +574,8 @@ class SegmentedDownload:
             os.close(self._grow_fd)
             self._grow_fd = -1
         if self._spare_fd >= 0:  # no response came: the empty partial file goes too
-            os.close(self._spare_fd)
+            drop_partial(self._spare_fd, self.result)
             self._spare_fd = -1
-            part_path(self.result).unlink(missing_ok=True)
 
     async def _tick(self) -> None:
         """Throttled progress reports and periodic write-back of data and bitmap."""

@@ -36,9 +36,9 @@ _live_lock = threading.RLock()
 _live: weakref.WeakValueDictionary[tuple[Path, str], DownloadOperation] = (
     weakref.WeakValueDictionary()
 )
-"""One object per operation while anyone holds it (a running one is held by its task):
-not every operation a long-lived process ever made."""
-"""Operations this process holds, by (state dir, guid): one object per operation."""
+"""Operations this process holds, by (state dir, guid): one object per operation while
+anyone holds it (a running one is held by its task), not every one a long-lived process
+ever made."""
 
 
 class BackgroundTransferGroup:

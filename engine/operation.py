@@ -258,14 +258,13 @@ class DownloadOperation:
             raise
 
     async def _await_outcome(self) -> DownloadOperation:
+        """``wait_async``, except that cancelling the awaiting task cancels the download
+        (as cancelling the IAsyncOperation does in Windows)."""
         try:
-            return await asyncio.wrap_future(self._outcome)
+            return await self.wait_async()
         except asyncio.CancelledError:
             if self.status not in TERMINAL:
                 self.cancel()
-            raise
-        except TransferError:
-            self._acknowledge()
             raise
 
     def _begin(
