@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from contenders import alternate, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
-from served import benchmarks_disabled, serve_big_file
+from served import benchmarks_disabled
 from servers import Nginx
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[tuple[Nginx, int]]:
-    yield from serve_big_file(tmp_path_factory.mktemp("bench-nginx"), request.config)
 
 
 def _aria2c(*args: str) -> list[str]:

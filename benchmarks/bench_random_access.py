@@ -12,25 +12,15 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
-from served import serve_big_file
 from servers import Nginx
 from sidebyside import record
 
 from engine import BackgroundDownloader, BackgroundTransferStatus
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[tuple[Nginx, int]]:
-    yield from serve_big_file(tmp_path_factory.mktemp("bench-ra"), request.config)
 
 
 def _percentile(values: list[float], q: float) -> float:
