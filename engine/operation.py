@@ -258,13 +258,18 @@ class DownloadOperation:
             raise
 
     async def _await_outcome(self) -> DownloadOperation:
-        """``wait_async``, except that cancelling the awaiting task cancels the download
-        (as cancelling the IAsyncOperation does in Windows)."""
+        """Like ``wait_async``, except that cancelling the awaiting task cancels the
+        download (as cancelling the IAsyncOperation does in Windows).  Not built on
+        ``wait_async``: its shield would leave the outcome's exception unretrieved here
+        once the download is cancelled (asyncio logs that)."""
         try:
-            return await self.wait_async()
+            return await asyncio.wrap_future(self._outcome)
         except asyncio.CancelledError:
             if self.status not in TERMINAL:
                 self.cancel()
+            raise
+        except TransferError:
+            self._acknowledge()
             raise
 
     def _begin(
