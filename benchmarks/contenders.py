@@ -80,10 +80,14 @@ def alternate(
     after: Callable[[str], None],
     cwd: Path | None = None,
 ) -> dict[str, list[Run]]:
-    """Round-robin: every contender once per round, so drift hits all alike."""
+    """Round-robin: every contender once per round, so drift hits all alike, and each
+    round starts one further along, so no contender always follows the same one (on
+    this VM the run right after aria2c's took 2 s more, whoever made it)."""
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, argv in contenders.items():
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            argv = contenders[name]
             before(name)
             os.sync()  # nobody pays for the previous contender's dirty pages
             runs[name].append(measure(argv, cwd))
