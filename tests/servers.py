@@ -306,18 +306,20 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         with srv.lock:
             srv.relayed.append(self.path)
         conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-")}
-        conn.request("GET", target.path or "/", headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
-        self.send_response(resp.status)
-        for key, value in resp.getheaders():
-            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        conn.close()
+        try:  # closed even when the client hangs up mid-body (a leaked socket fails a test)
+            headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-")}
+            conn.request("GET", target.path or "/", headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            self.send_response(resp.status)
+            for key, value in resp.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            conn.close()
 
 
 class ProxyServer(http.server.ThreadingHTTPServer):
