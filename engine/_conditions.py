@@ -9,6 +9,7 @@ their own to ``BackgroundDownloader(network_monitor=...)``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ class NetworkMonitor(Protocol):
         """Whether reaching ``host`` costs money (a metered connection)."""
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True

@@ -32,6 +32,7 @@ class EngineLoop:
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run, name="bgtransfer-engine", daemon=True)
         self._thread.start()
+        self.ident = self._thread.ident
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -52,6 +53,14 @@ _engine = PerProcess(EngineLoop)
 def engine_loop() -> EngineLoop:
     """The process's engine loop, started on first use."""
     return _engine.get()
+
+
+def engine_here() -> asyncio.AbstractEventLoop | None:
+    """The engine loop when called on the engine thread, else None (never starts it)."""
+    engine = _engine.peek()
+    if engine is None or threading.get_ident() != engine.ident:
+        return None
+    return engine.loop
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

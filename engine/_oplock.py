@@ -70,8 +70,10 @@ class OpLock:
     def held_elsewhere(self) -> bool:
         """Whether another process drives the operation right now."""
         with self._guard:
-            if (self._path, self._offset) in self._held or not self._path.exists():
+            if (self._path, self._offset) in self._held:
                 return False
+            if self._path not in self._files and not self._path.exists():
+                return False  # no process ever locked anything here
             if not self._try():
                 return True
             fcntl.lockf(self._fd(), fcntl.LOCK_UN, 1, self._offset)

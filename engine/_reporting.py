@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine._loop import engine_loop
+from engine._loop import engine_here, engine_loop
 from engine._values import (
     BackgroundDownloadRangesDownloadedEventArgs,
     BackgroundTransferFileRange,
@@ -82,7 +82,10 @@ class Reporter:
         target = loop or engine_loop().loop
         if target.is_closed():
             return
-        target.call_soon_threadsafe(fn, *args)
+        if engine_here() is target:
+            target.call_soon(fn, *args)  # no wake-up write: the loop is the caller
+        else:
+            target.call_soon_threadsafe(fn, *args)
 
     def flush_ranges(self, *, final: bool) -> None:
         op = self.op

@@ -48,11 +48,36 @@ class _Pause(Exception):
         self.event = event
 
 
+class _Watch:
+    """Every poll interval, look at the conditions while the download runs; when they
+    turn, remember why and cancel it (the runner then pauses).  A timer, not a task:
+    a small file ends long before the first look."""
+
+    def __init__(self, runner: Runner, run: asyncio.Future[Path]) -> None:
+        self._runner = runner
+        self._run = run
+        self._interval = runner.op._settings.config.poll_interval
+        self._loop = asyncio.get_running_loop()
+        self.blocked: Event | None = None
+        self._timer = self._loop.call_later(self._interval, self._look)
+
+    def _look(self) -> None:
+        self.blocked = self._runner._blocked()
+        if self.blocked is not None:
+            self._run.cancel()
+        else:
+            self._timer = self._loop.call_later(self._interval, self._look)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 class Runner:
     """Runs ``op`` on the engine loop until it completes, fails, or pauses."""
 
     def __init__(self, op: DownloadOperation) -> None:
         self.op = op
+        self._host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
 
     async def run(self) -> None:
         op = self.op
@@ -102,7 +127,7 @@ class Runner:
 
     def _blocked(self) -> Event | None:
         op = self.op
-        host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
+        host = self._host
         monitor = op._settings.network_monitor
         if not monitor.is_connected(host):
             return Event.NO_NETWORK
@@ -129,19 +154,19 @@ class Runner:
         job.on_blocks = op._wake_readers
         op._job = job
         run = asyncio.ensure_future(job.run())
-        watch = asyncio.ensure_future(self._watch())
+        watch = _Watch(self, run)
         try:
-            done, _ = await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if watch in done:
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                watch.result()  # raises the _Pause
-            await run
+            try:
+                await run
+            except asyncio.CancelledError:
+                if watch.blocked is None or op.status is not S.RUNNING:
+                    raise  # pause() or cancel() (they move the status first)
+                raise _Pause(watch.blocked) from None
         except TransferError as exc:
             self._settle_error(exc)
             return
         finally:
-            watch.cancel()
+            watch.stop()
             if not run.done():
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
@@ -149,8 +174,7 @@ class Runner:
             op._ranges = None
             op._job = None
         op._flush_ranges_event(final=True)
-        if not op._outcome.done():
-            op._outcome.set_result(op)
+        op._settle_outcome(None)
 
     async def _finish_verified(self, finish: Callable[[], Awaitable[Path]]) -> Path:
         """Check the expected checksum on the partial file, then rename and complete.
@@ -184,15 +208,6 @@ class Runner:
         op._move(Event.COMPLETE)
         return done
 
-    async def _watch(self) -> None:
-        """Raise _Pause when the conditions turn while the download runs."""
-        op = self.op
-        while True:
-            await asyncio.sleep(op._settings.config.poll_interval)
-            blocked = self._blocked()
-            if blocked is not None:
-                raise _Pause(blocked)
-
     def _settle_error(self, exc: TransferError) -> None:
         op = self.op
         exc.guid = op.guid
@@ -200,7 +215,7 @@ class Runner:
         if status is not None and status in op.recoverable_web_error_statuses:
             op._move(Event.RECOVERABLE_ERROR, exc)
             return
-        host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
+        host = self._host
         if status in _NETWORK_FAILURES and not op._settings.network_monitor.is_connected(host):
             raise _Pause(Event.NO_NETWORK)
         op._move(Event.FAIL, exc)

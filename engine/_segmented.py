@@ -86,7 +86,15 @@ _DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtrans
 """Finishing and reopening a large result file (fsync, rename, verify) off the engine
 loop; small files go through the C filer (``engine._files``) instead."""
 
+_TICK = 0.2
+"""Seconds between progress reports (and looks at whether a write-back is due)."""
+
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _set(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 def _storable(validator: str | None, limit: int) -> str:
@@ -147,7 +155,9 @@ class SegmentedDownload:
         self.on_blocks: Callable[[], None] | None = None
         """Called when writes complete blocks (a reader may be waiting for them)."""
         self._failures = 0
-        self._head_ready: asyncio.Event | None = None
+        self._head_ready: asyncio.Future[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._flushed = 0.0
 
     # -- public ---------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -168,7 +178,7 @@ class SegmentedDownload:
     async def run(self) -> Path:
         """Download until the result file is complete and renamed into place."""
         restarts = 0
-        ticker = asyncio.ensure_future(self._tick())
+        self._tick_soon()
         try:
             await self._prepare()
             while True:
@@ -184,7 +194,7 @@ class SegmentedDownload:
                     self._start_over(changed=again.changed)
                     continue
                 if self._complete():
-                    ticker.cancel()  # no flush may race the finish in its thread
+                    self._stop_ticks()  # no flush may race the finish in its thread
                     done = await self.finisher(self._finish_durably)
                     self.finished = True
                     return done
@@ -192,28 +202,32 @@ class SegmentedDownload:
             self._close()
             raise
         finally:
-            ticker.cancel()
+            self._stop_ticks()
             self._report()
 
     # -- rounds and workers ---------------------------------------------------
     async def _round(self) -> None:
-        self._head_ready = asyncio.Event()
         if is_sftp(self.url):
             await self._stat()
         first = self._next_segment() if self.size is not None else self._first_request()
         if first is None:
             return
-        tasks = self._tasks = {asyncio.ensure_future(self._worker(first))}
+        worker = asyncio.ensure_future(self._worker(first))
+        tasks = self._tasks = {worker}
         try:
-            if self.size is None:
-                ready: asyncio.Future[Any] = asyncio.ensure_future(self._head_ready.wait())
-                waiting: set[asyncio.Future[Any]] = {*tasks, ready}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                ready.cancel()
+            if self.size is None:  # the first response decides how many more connections
+                ready = self._head_ready = asyncio.get_running_loop().create_future()
+                worker.add_done_callback(lambda _: _set(ready))
+                await ready
             if self.ranges_ok and self.rf is not None:
                 more = min(self.config.connections, self._useful_connections()) - 1
                 tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
             while tasks:  # prioritize() may add workers while the round runs
+                if len(tasks) == 1:  # a small file's one request: no wait() set-up
+                    (task,) = tasks
+                    await task
+                    tasks.discard(task)
+                    continue
                 done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     tasks.discard(task)
@@ -505,7 +519,7 @@ class SegmentedDownload:
                 last_modified=self.last_modified,
             )
         if self._head_ready is not None:
-            self._head_ready.set()
+            _set(self._head_ready)
 
     async def _prepare(self) -> None:
         """A new empty partial file, made by the filer while the loop moves other
@@ -577,17 +591,24 @@ class SegmentedDownload:
             drop_partial(self._spare_fd, self.result)
             self._spare_fd = -1
 
-    async def _tick(self) -> None:
-        """Throttled progress reports and periodic write-back of data and bitmap."""
-        flushed = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(0.2)
-            self._report()
-            due = loop.time() - flushed >= self.config.durable_every
-            if self.rf is not None and not self.rf.closed and due:
-                self.rf.flush(durable=False)
-                flushed = loop.time()
+    def _tick_soon(self) -> None:
+        self._ticker = asyncio.get_running_loop().call_later(_TICK, self._tick)
+
+    def _stop_ticks(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        """Throttled progress reports and periodic write-back of data and bitmap (a
+        timer, not a task: most small files end before the first tick)."""
+        self._report()
+        now = asyncio.get_running_loop().time()
+        due = now - self._flushed >= self.config.durable_every
+        if due and self.rf is not None and not self.rf.closed:
+            self.rf.flush(durable=False)
+            self._flushed = now
+        self._tick_soon()
 
     def _report(self) -> None:
         if self.on_progress is not None:

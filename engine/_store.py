@@ -5,21 +5,32 @@ process being killed, and a partial unique index makes "one live operation per
 result file" hold across processes, not only inside one.  The directory is created
 0700 and the database 0600: it holds URIs and request headers.  Credentials are
 never written here (they live in memory only; see README).
+
+Group commit: on the engine thread, the writes of one pass of the loop share one
+transaction, committed as soon as the loop gets back to its queue (``call_soon``).
+A mirror writes three rows a file, and a commit each cost more than the statements
+(79 against 32 us a file, measured).  Every statement still runs at once, so a
+refusal (the unique index) raises at the call; what must not be seen before it is
+durable (a status reported, an outcome resolved) waits in ``when_durable``.  A
+write from any other thread commits at once, and the open group with it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine._loop import engine_here
 from engine.errors import ResultFileInUseError, StorageError
 
 _SCHEMA = """
@@ -156,6 +167,8 @@ class Store:
                 getattr(exc, "errno", None) or 5, f"state database unusable: {exc}", str(state_dir)
             ) from exc
         self._lock = threading.Lock()
+        self._group_open = False
+        self._after_commit: list[Callable[[], None]] = []
         (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM operations").fetchone()
         self._seq = int(last)
 
@@ -169,6 +182,47 @@ class Store:
             except sqlite3.Error as exc:
                 raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write: on the engine thread it joins the pass's group (see the module)."""
+        with self._cursor() as db:
+            loop = engine_here()
+            if loop is not None and not self._group_open:
+                db.execute("BEGIN IMMEDIATE")
+                self._group_open = True
+                loop.call_soon(self.commit)
+            yield db
+            if loop is None and self._group_open:
+                db.execute("COMMIT")  # durable on return, and the group's writes with it
+                self._group_open = False
+
+    def commit(self) -> None:
+        """End the open group, then run what waited for it to be durable."""
+        failure: sqlite3.Error | None = None
+        with self._lock:
+            if self._group_open:
+                self._group_open = False
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    failure = exc
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+            waiting, self._after_commit = self._after_commit, []
+        for fn in waiting:
+            fn()
+        if failure is not None:  # the engine loop logs it; the statuses live on in memory
+            raise StorageError(5, f"state database: {failure}", str(self.state_dir))
+
+    def when_durable(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once every write made so far is committed: now, or after the
+        open group (in order, behind whatever already waits)."""
+        with self._lock:
+            if self._group_open or self._after_commit:
+                self._after_commit.append(fn)
+                return
+        fn()
+
     def next_seq(self) -> int:
         """Queue position of a new operation (creation order; another process's may tie)."""
         with self._lock:
@@ -181,7 +235,7 @@ class Store:
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
         try:
-            with self._cursor() as db:
+            with self._writing() as db:
                 db.execute(f"INSERT INTO operations ({cols}) VALUES ({marks})", row)
         except sqlite3.IntegrityError:
             raise ResultFileInUseError(
@@ -196,7 +250,7 @@ class Store:
                 fields[key] = json.dumps(fields[key])
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         try:
-            with self._cursor() as db:
+            with self._writing() as db:
                 db.execute(
                     f"UPDATE operations SET {sets} WHERE guid = :guid", {**fields, "guid": guid}
                 )
@@ -207,7 +261,7 @@ class Store:
 
     def delete(self, guid: str) -> None:
         """Forget a finished operation: nothing is left to resume or report."""
-        with self._cursor() as db:
+        with self._writing() as db:
             db.execute("DELETE FROM operations WHERE guid = ?", (guid,))
 
     def get(self, guid: str) -> OpRecord | None:
@@ -228,7 +282,7 @@ class Store:
 
     def group_behavior(self, name: str, behavior: int | None) -> int:
         """The stored behaviour of group ``name``, creating it with ``behavior`` if new."""
-        with self._cursor() as db:
+        with self._writing() as db:
             row = db.execute("SELECT behavior FROM groups WHERE name = ?", (name,)).fetchone()
             if row is not None and behavior is None:
                 return int(row[0])
@@ -239,3 +293,10 @@ class Store:
                 (name, value),
             )
             return value
+
+
+@atexit.register
+def _commit_open_groups() -> None:
+    """The engine thread is a daemon: what its last pass wrote is committed at exit."""
+    for store in list(Store._open.values()):
+        store.commit()

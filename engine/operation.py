@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine._checksum import parse
 from engine._core import RangeFile, control_path, peek, remove_partial
-from engine._loop import engine_loop
+from engine._loop import engine_here, engine_loop
 from engine._oplock import OpLock
 from engine._reading import Readers
 from engine._reporting import ProgressCallback, Reporter
@@ -469,11 +469,18 @@ class DownloadOperation:
                 self._store.update(self._rec.guid, **fields)
             for key, value in fields.items():
                 setattr(self._rec, key, value)
+        self._store.when_durable(lambda: self._announce(new))
+        return new
+
+    def _announce(self, new: BackgroundTransferStatus) -> None:
+        """Tell about a status change, now that the state database has it."""
         self._report()
-        engine_loop().loop.call_soon_threadsafe(self._wake_readers)
+        if engine_here() is None:  # parking is atomic on the engine loop only
+            engine_loop().loop.call_soon_threadsafe(self._wake_readers)
+        elif self._readers.waiters:
+            self._wake_readers()
         if new in (S.COMPLETED, S.CANCELED, S.ERROR):
             self._settings.ended(self)
-        return new
 
     def _stored_error(self) -> TransferError:
         status = self.current_web_error_status
@@ -483,8 +490,22 @@ class DownloadOperation:
         return TransportError(message, web_error_status=status, guid=self.guid)
 
     def _fail_outcome(self, exc: BaseException) -> None:
-        if not self._outcome.done():
-            self._outcome.set_exception(exc)
+        self._settle_outcome(exc)
+
+    def _settle_outcome(self, exc: BaseException | None) -> None:
+        """Resolve the outcome (once) when the status that goes with it is durable:
+        a ``wait()`` that returned never sees an older status after a crash."""
+        outcome = self._outcome
+
+        def settle() -> None:
+            if outcome.done():
+                return
+            if exc is None:
+                outcome.set_result(self)
+            else:
+                outcome.set_exception(exc)
+
+        self._store.when_durable(settle)
 
     def _acknowledge(self) -> None:
         """The error reached the application: the operation is not current any more.

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from servers import FaultServer
+from servers import FaultServer, Nginx
 
-from engine import BackgroundDownloader, BackgroundTransferStatus, ResultFileInUseError
+import engine
+from engine import (
+    BackgroundDownloader,
+    BackgroundTransferStatus,
+    DownloadOperation,
+    ResultFileInUseError,
+)
 from engine._core import control_path, part_path
+from engine._store import Store
 
 S = BackgroundTransferStatus
 CHILD = str(Path(__file__).with_name("attach_child.py"))
@@ -143,3 +153,52 @@ def test_one_process_at_a_time_drives_an_operation(tmp_path: Path) -> None:
         assert result.read_bytes() == body
     finally:
         server.close()
+
+
+def test_engine_thread_writes_commit_together_and_waiters_see_them_durable(
+    tmp_path: Path, make_downloader: Callable[..., BackgroundDownloader], nginx: Nginx
+) -> None:
+    """On the engine thread one pass of the loop writes in one transaction: another
+    connection (another process) sees none of it until the pass ends, and what waits
+    for durability (``when_durable``: reports, outcomes) runs only after the commit.
+    A write from another thread is committed before it returns, the open group too."""
+    d = make_downloader()
+    state = tmp_path / "state"
+    other = sqlite3.connect(state / "operations.sqlite3", check_same_thread=False)
+    store = Store.at(state)
+
+    def rows() -> list[tuple[str, int]]:
+        return other.execute("SELECT guid, status FROM operations ORDER BY seq").fetchall()
+
+    async def pass_() -> tuple[list[tuple[str, int]], bool, list[list[tuple[str, int]]]]:
+        seen: list[list[tuple[str, int]]] = []
+        op = d.create_download("http://127.0.0.1:9/never", tmp_path / "a.bin")
+        store.when_durable(lambda: seen.append(rows()))
+        during, ran = rows(), bool(seen)
+        await asyncio.sleep(0)
+        assert [g for g, _ in seen[0]] == [str(op.guid)]
+        return during, ran, seen
+
+    during, ran, _ = engine.run(pass_())
+    assert during == []  # nothing visible inside the pass
+    assert not ran  # and nothing told
+
+    def elsewhere() -> None:
+        d.create_download("http://127.0.0.1:9/never", tmp_path / "c.bin")
+
+    async def open_group() -> None:
+        d.create_download("http://127.0.0.1:9/never", tmp_path / "b.bin")
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()  # blocks the loop: the group stays open but for that thread
+        assert len(rows()) == 3  # the other thread's commit took the group's write along
+
+    engine.run(open_group())
+
+    async def download() -> DownloadOperation:
+        op = d.create_download(nginx.url("small.bin"), tmp_path / "small.bin")
+        return await op.start_async()
+
+    op = engine.run(download())
+    assert str(op.guid) not in [g for g, _ in rows()]  # completed: its row is gone
+    other.close()
