@@ -18,12 +18,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from engine._core import control_path, part_path
+from engine._core import CONTROL_SUFFIX, PART_SUFFIX, part_path
 from engine._native import ffi, lib
 from engine._once import PerProcess
 from engine.errors import StorageError
 
 _BATCH = 256
+_PART, _CONTROL = os.fsencode(PART_SUFFIX), os.fsencode(CONTROL_SUFFIX)
 
 
 class _Channel:
@@ -69,22 +70,24 @@ class Filer:
     async def create_partial(self, result: Path) -> int | None:
         """A new empty partial file for ``result`` (its descriptor), or None when a
         control file says an earlier run left a download to resume."""
-        fd = await self._submit(lib.FL_PREPARE, result, -1, part_path(result), control_path(result))
+        name = os.fsencode(result)
+        fd = await self._submit(lib.FL_PREPARE, result, -1, name + _PART, name + _CONTROL)
         return None if fd == lib.FL_RESUMABLE else fd
 
     async def finish(self, fd: int, result: Path) -> None:
         """fsync and close ``fd`` (the partial file), rename it to ``result``, and
         fsync the directory.  ``fd`` is closed whatever happens."""
-        await self._submit(lib.FL_FINISH, result, fd, part_path(result), result)
+        name = os.fsencode(result)
+        await self._submit(lib.FL_FINISH, result, fd, name + _PART, name)
 
-    async def _submit(self, kind: int, result: Path, fd: int, a: Path, b: Path) -> int:
+    async def _submit(self, kind: int, result: Path, fd: int, a: bytes, b: bytes) -> int:
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
         if channel is None:
             channel = self._channels[loop] = _Channel(self._f, loop)
         future: asyncio.Future[int] = loop.create_future()
         job = next(self._ids)
-        rc = lib.fl_submit(self._f, channel.ch, kind, job, fd, os.fsencode(a), os.fsencode(b))
+        rc = lib.fl_submit(self._f, channel.ch, kind, job, fd, a, b)
         if rc != 0:
             if kind == lib.FL_FINISH:
                 os.close(fd)

@@ -117,6 +117,10 @@ class OpRecord:
 
 
 _FIELDS = dataclasses.fields(OpRecord)
+_INSERT = (
+    f"INSERT INTO operations ({', '.join(f.name for f in _FIELDS)}) "
+    f"VALUES ({', '.join(f':{f.name}' for f in _FIELDS)})"
+)
 
 
 def default_state_dir() -> Path:
@@ -231,12 +235,9 @@ class Store:
 
     def insert(self, rec: OpRecord) -> None:
         """Persist a new operation; a live one on the same result file refuses it."""
-        row = rec.to_row()
-        cols = ", ".join(row)
-        marks = ", ".join(f":{k}" for k in row)
         try:
             with self._writing() as db:
-                db.execute(f"INSERT INTO operations ({cols}) VALUES ({marks})", row)
+                db.execute(_INSERT, rec.to_row())
         except sqlite3.IntegrityError:
             raise ResultFileInUseError(
                 f"{rec.result_file}: another operation is already downloading to this file"

@@ -142,6 +142,9 @@ class Settings:
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
     _free: dict[Path, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
+    _configs: dict[tuple[TransferConfig, int, int], TransferConfig] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.free_space_reserve < 0:
@@ -152,7 +155,16 @@ class Settings:
         a read waits for the whole block under its offset, and at 20 MB/s a 1 MiB block
         alone would take 50 ms."""
         block = min(rec.block_size, RANDOM_ACCESS_BLOCK) if rec.random_access else rec.block_size
-        return dataclasses.replace(self.config, connections=rec.max_connections, block_size=block)
+        key = (self.config, rec.max_connections, block)
+        config = self._configs.get(key)
+        if config is None:
+            if len(self._configs) > 64:
+                self._configs.clear()
+            config = dataclasses.replace(
+                self.config, connections=rec.max_connections, block_size=block
+            )
+            self._configs[key] = config
+        return config
 
     def disk_reserve_exceeded(self, result: Path) -> bool:
         """Free space under the reserve.  Many operations start at once into one folder
@@ -255,11 +267,12 @@ class BackgroundDownloader:
     ) -> DownloadOperation:
         """A new operation in IDLE, persisted at once; refused when its file is taken."""
         check_uri(uri)
-        result = absolute(result_file)
-        if result.is_dir() or not result.name:
-            raise InvalidRequestError(f"{result}: the result must be a file path")
-        if not result.parent.is_dir():
-            raise InvalidRequestError(f"{result.parent}: no such directory")
+        name = os.path.abspath(os.fspath(result_file))
+        folder, leaf = os.path.split(name)
+        if not leaf or os.path.isdir(name):
+            raise InvalidRequestError(f"{name}: the result must be a file path")
+        if not os.path.isdir(folder):
+            raise InvalidRequestError(f"{folder}: no such directory")
         body = str(absolute(request_body_file)) if request_body_file is not None else None
         if body is not None and not Path(body).is_file():
             raise InvalidRequestError(f"{body}: the request body file does not exist")
@@ -268,7 +281,7 @@ class BackgroundDownloader:
             guid=new_guid(),
             seq=self._store.next_seq(),
             uri=uri,
-            result_file=str(result),
+            result_file=name,
             method=method,
             body_file=body,
             group_name=self.transfer_group.name if self.transfer_group else None,

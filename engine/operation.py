@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from engine.downloader import Settings
 
 S = BackgroundTransferStatus
+_STATUS = {s.value: s for s in S}
 
 
 class DownloadOperation:
@@ -75,6 +76,7 @@ class DownloadOperation:
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec
+        self._guid = uuid.UUID(rec.guid)
         self._result = Path(rec.result_file)
         self._settings = settings
         self._store: Store = settings.store
@@ -103,7 +105,7 @@ class DownloadOperation:
     # -- what it is ---------------------------------------------------------------
     @property
     def guid(self) -> uuid.UUID:
-        return uuid.UUID(self._rec.guid)
+        return self._guid
 
     @property
     def requested_uri(self) -> str:
@@ -190,7 +192,7 @@ class DownloadOperation:
 
     @property
     def status(self) -> BackgroundTransferStatus:
-        return S(self._rec.status)
+        return _STATUS[self._rec.status]  # read everywhere: a lookup, not an Enum call
 
     @property
     def current_web_error_status(self) -> WebErrorStatus | None:
@@ -281,23 +283,33 @@ class DownloadOperation:
         """Start or attach.  Attaching to an operation this process already runs (or
         just resumed) only adds the callback: there is one download, many watchers."""
         with self._lock:
-            self._refuse_if_elsewhere()
-            if event is Event.START and (self._started or self.status is not S.IDLE):
-                raise InvalidStateError(
-                    f"start needs an IDLE operation not yet started (this one is "
-                    f"{self.status.name}); use attach_async for one found again"
-                )
-            self._reporter.watch(progress, loop)
             if self._started:
-                return
-            self._started = True
-            if self.status is S.ERROR:
-                self._fail_outcome(self._stored_error())
-                return
-            if event is Event.ATTACH and self.status is not S.IDLE:
-                self._move(Event.ATTACH)
-            if self.status in (S.IDLE, S.RUNNING, *ENGINE_PAUSE_FOR.values()):
-                self._spawn()
+                self._refuse_if_elsewhere()
+            elif not self._oplock.acquire():  # held from here: the runner takes it over
+                raise self._elsewhere_error()
+            spawned = False
+            try:
+                if event is Event.START and (self._started or self.status is not S.IDLE):
+                    raise InvalidStateError(
+                        f"start needs an IDLE operation not yet started (this one is "
+                        f"{self.status.name}); use attach_async for one found again"
+                    )
+                self._reporter.watch(progress, loop)
+                if self._started:
+                    spawned = True  # a runner of ours holds the lock: leave it
+                    return
+                self._started = True
+                if self.status is S.ERROR:
+                    self._fail_outcome(self._stored_error())
+                    return
+                if event is Event.ATTACH and self.status is not S.IDLE:
+                    self._move(Event.ATTACH)
+                if self.status in (S.IDLE, S.RUNNING, *ENGINE_PAUSE_FOR.values()):
+                    self._spawn()
+                    spawned = True
+            finally:
+                if not spawned:
+                    self._oplock.release()
 
     # -- application control ---------------------------------------------------------
     def pause(self) -> None:
