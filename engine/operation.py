@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -254,18 +255,16 @@ class DownloadOperation:
         """*Beyond*: ``wait()`` for asyncio.  Unlike awaiting ``start_async``, cancelling
         the awaiting task leaves the download as it is (running, or paused)."""
         try:
-            return await asyncio.shield(asyncio.wrap_future(self._outcome))
+            return await self._outcome_here()
         except TransferError:
             self._acknowledge()
             raise
 
     async def _await_outcome(self) -> DownloadOperation:
         """Like ``wait_async``, except that cancelling the awaiting task cancels the
-        download (as cancelling the IAsyncOperation does in Windows).  Not built on
-        ``wait_async``: its shield would leave the outcome's exception unretrieved here
-        once the download is cancelled (asyncio logs that)."""
+        download (as cancelling the IAsyncOperation does in Windows)."""
         try:
-            return await asyncio.wrap_future(self._outcome)
+            return await self._outcome_here()
         except asyncio.CancelledError:
             if self.status not in TERMINAL:
                 self.cancel()
@@ -273,6 +272,36 @@ class DownloadOperation:
         except TransferError:
             self._acknowledge()
             raise
+
+    def _outcome_here(self) -> asyncio.Future[DownloadOperation]:
+        """The outcome, copied one way into a future of the running loop: cancelling
+        it touches nothing else (no shield needed), and an outcome settled on this
+        loop's own thread (the engine's) is copied at once, without a wake-up write."""
+        loop = asyncio.get_running_loop()
+        here: asyncio.Future[DownloadOperation] = loop.create_future()
+        owner = threading.get_ident()
+
+        def copy(done: concurrent.futures.Future[DownloadOperation]) -> None:
+            if here.cancelled():
+                return
+            if done.cancelled():
+                here.cancel()
+                return
+            exc = done.exception()
+            if exc is None:
+                here.set_result(done.result())
+            else:
+                here.set_exception(exc)
+
+        def settled(done: concurrent.futures.Future[DownloadOperation]) -> None:
+            if threading.get_ident() == owner:
+                copy(done)
+            else:
+                with contextlib.suppress(RuntimeError):  # the waiting loop was closed
+                    loop.call_soon_threadsafe(copy, done)
+
+        self._outcome.add_done_callback(settled)
+        return here
 
     def _begin(
         self,
@@ -561,8 +590,10 @@ class DownloadOperation:
             await Runner(self).run()
 
         engine = engine_loop()
-        handle = engine.submit(start())
-        del handle  # outcome and status carry the result
+        if engine_here() is engine.loop:
+            engine.loop.create_task(start())  # no wake-up write from the engine thread
+        else:
+            engine.submit(start())  # outcome and status carry the result
 
     def _stop_runner(self) -> None:
         task = self._task
