@@ -227,6 +227,7 @@ async def _mirror(
         slots.release()
 
     tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
+    progress = view.update if view.shown else None  # quiet: no callback to schedule
     try:
         while todo:
             await slots.acquire()
@@ -240,9 +241,9 @@ async def _mirror(
             # the blocking API's start/attach: awaiting start_async would cancel the
             # download if this task were cancelled, and a Ctrl-C must pause instead
             if op.status is S.IDLE:
-                op.start(view.update)
+                op.start(progress)
             else:
-                go_on(op, view.update)
+                go_on(op, progress)
             task = asyncio.ensure_future(one(op))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

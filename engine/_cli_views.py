@@ -53,6 +53,11 @@ class FileView:
         if self._progress is not None:
             self._progress.start()
 
+    @property
+    def shown(self) -> bool:
+        """Whether there are bars at all (not quiet, and a terminal)."""
+        return self._progress is not None
+
     def watch(self, op: DownloadOperation) -> None:
         if self._progress is None:
             return

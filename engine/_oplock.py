@@ -29,9 +29,9 @@ class OpLock:
     _held: ClassVar[set[tuple[Path, int]]] = set()
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, state_dir: Path, guid: str) -> None:
+    def __init__(self, state_dir: Path, guid: uuid.UUID) -> None:
         self._path = state_dir / "operations.lock"
-        self._offset = uuid.UUID(guid).int & ((1 << 62) - 1)
+        self._offset = guid.int & ((1 << 62) - 1)
 
     def _fd(self) -> int:
         fd = self._files.get(self._path)

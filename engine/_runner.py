@@ -152,6 +152,7 @@ class Runner:
         )
         job.finisher = self._finish_verified
         job.on_blocks = op._wake_readers
+        job.on_resumable = lambda: op._save_running(now=True)
         op._job = job
         run = asyncio.ensure_future(job.run())
         watch = _Watch(self, run)

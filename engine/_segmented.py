@@ -154,6 +154,9 @@ class SegmentedDownload:
         """SFTP: (time, size) of the file, from the stat at the start of a round."""
         self.on_blocks: Callable[[], None] | None = None
         """Called when writes complete blocks (a reader may be waiting for them)."""
+        self.on_resumable: Callable[[], None] | None = None
+        """Called just before a control file is made or found: from then on, a crash
+        leaves a download to resume."""
         self._failures = 0
         self._head_ready: asyncio.Future[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -511,6 +514,8 @@ class SegmentedDownload:
         else:
             if spare >= 0:
                 os.close(spare)  # the core truncates and maps the same partial file
+            if self.on_resumable is not None:
+                self.on_resumable()
             self.rf = RangeFile(
                 self.result,
                 size,
@@ -532,6 +537,8 @@ class SegmentedDownload:
             loop = asyncio.get_running_loop()
             rf = await loop.run_in_executor(_DURABLE, self._reopen)
             if rf is not None:
+                if self.on_resumable is not None:
+                    self.on_resumable()
                 self.rf = rf
                 self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
                 return  # else a damaged control file was removed: start afresh

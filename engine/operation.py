@@ -41,6 +41,7 @@ from engine._segmented import SegmentedDownload, Snapshot
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
 from engine._store import OpRecord, Store
 from engine._streams import ResultStream
+from engine._transport import ResponseHead
 from engine._validate import check_header, check_uri
 from engine._values import (
     BackgroundDownloadProgress,
@@ -95,13 +96,15 @@ class DownloadOperation:
         self._total = rec.total
         self._restarted = False
         self._response_changed = False
-        self._response: ResponseInformation | None = None
+        self._response_from: tuple[str, ResponseHead, bool] | None = None
+        self._response: tuple[object, ResponseInformation] | None = None
         self._ranges: list[tuple[int, int]] | None = None
         self._restarts_seen = 0
+        self._unsaved_running = False
         self._connections = 0
         self._reporter = Reporter(self)
         self._readers = Readers(self)
-        self._oplock = OpLock(self._store.state_dir, rec.guid)
+        self._oplock = OpLock(self._store.state_dir, self._guid)
 
     # -- what it is ---------------------------------------------------------------
     @property
@@ -455,7 +458,17 @@ class DownloadOperation:
 
     # -- what arrived ------------------------------------------------------------------
     def get_response_information(self) -> ResponseInformation | None:
-        return self._response
+        source = self._response_from
+        if source is None:
+            return None
+        made = self._response
+        if made is None or made[0] is not source:
+            url, head, ranges = source
+            headers: dict[str, str] = {}
+            for key, value in head.headers:
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            made = self._response = (source, ResponseInformation(url, headers, ranges, head.status))
+        return made[1]
 
     def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
         return [BackgroundTransferFileRange(o, n) for o, n in self._current_ranges()]
@@ -490,9 +503,16 @@ class DownloadOperation:
 
     # -- transitions ---------------------------------------------------------------------
     def _move(self, event: Event, error: TransferError | None = None) -> BackgroundTransferStatus:
-        """Apply the table, persist, then report; the only place a status changes."""
+        """Apply the table, persist, then report; the only place a status changes.
+
+        One exception: IDLE -> RUNNING is written (``_save_running``) before the
+        download makes a control file, else at the first progress tick or with the
+        next change.  Most small files end before any of these, so it would be
+        written only to be deleted; a crash before it leaves the row IDLE with no
+        partial data worth a word, which a later attach treats the same way."""
         with self._lock:
-            new = next_status(self.status, event)
+            old = self.status
+            new = next_status(old, event)
             fields: dict[str, Any] = {"status": new.value}
             if error is not None:
                 fields["web_error"] = (
@@ -504,9 +524,10 @@ class DownloadOperation:
                 fields["error_message"] = None
             if new is S.ERROR:
                 fields["acknowledged"] = 0
+            self._unsaved_running = old is S.IDLE and new is S.RUNNING
             if new in TERMINAL:
                 self._store.delete(self._rec.guid)  # finished: no row left to find again
-            else:
+            elif not self._unsaved_running:
                 self._store.update(self._rec.guid, **fields)
             for key, value in fields.items():
                 setattr(self._rec, key, value)
@@ -601,7 +622,19 @@ class DownloadOperation:
             engine_loop().loop.call_soon_threadsafe(task.cancel)
 
     # -- progress and events -----------------------------------------------------------------
+    def _save_running(self, *, now: bool = False) -> None:
+        """Write the RUNNING that ``_move`` left unwritten; ``now``: committed before
+        this returns (a control file follows, and list must say RUNNING by then)."""
+        with self._lock:
+            if self._unsaved_running and self.status is S.RUNNING:
+                self._store.update(self._rec.guid, status=S.RUNNING.value)
+            self._unsaved_running = False
+        if now:
+            self._store.commit()
+
     def _on_tick(self, snap: Snapshot) -> None:
+        if self._unsaved_running:
+            self._save_running()
         job = self._job
         self._bytes = snap.bytes_received
         self._connections = snap.connections
@@ -613,13 +646,11 @@ class DownloadOperation:
                 self._restarts_seen = job.restarts
                 self._restarted = True
                 self._reporter.restarted()
-            if job.last_head is not None:
-                head = job.last_head
-                headers: dict[str, str] = {}
-                for key, value in head.headers:
-                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
-                self._response = ResponseInformation(
-                    job.actual_url, headers, bool(job.ranges_ok and job.size), head.status
+            if job.last_head is not None:  # made into ResponseInformation when asked
+                self._response_from = (
+                    job.actual_url,
+                    job.last_head,
+                    bool(job.ranges_ok and job.size),
                 )
             if job.rf is not None and not job.rf.closed:
                 self._ranges = job.rf.ranges()
