@@ -45,17 +45,24 @@ struct fl_filer {
     fl_queue syncing, naming, dirsyncing;
 };
 
-static void push(fl_filer *f, fl_queue *q, fl_job *j)
+static void append(fl_queue *q, fl_job *j)
 {
     j->next = NULL;
-    pthread_mutex_lock(&f->lock);
     if (q->tail)
         q->tail->next = j;
     else
         q->head = j;
     q->tail = j;
-    pthread_cond_signal(&q->ready);
+}
+
+/* Signalled after unlocking: the woken thread does not block at once on the lock
+ * its waker still holds (a submit from the engine loop cost twice the futex calls). */
+static void push(fl_filer *f, fl_queue *q, fl_job *j)
+{
+    pthread_mutex_lock(&f->lock);
+    append(q, j);
     pthread_mutex_unlock(&f->lock);
+    pthread_cond_signal(&q->ready);
 }
 
 /* Everything queued (the whole list), or one job; waits while there is none. */
@@ -280,10 +287,12 @@ int fl_submit(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const 
     memcpy(j->a, a, la + 1);
     j->b = j->a + la + 1;
     memcpy(j->b, b, lb + 1);
+    fl_queue *q = kind == FL_FINISH ? &f->syncing : &f->naming;
     pthread_mutex_lock(&f->lock);
     ch->refs++;
+    append(q, j);
     pthread_mutex_unlock(&f->lock);
-    push(f, kind == FL_FINISH ? &f->syncing : &f->naming, j);
+    pthread_cond_signal(&q->ready);
     return 0;
 }
 
