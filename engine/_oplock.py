@@ -28,9 +28,13 @@ class OpLock:
     _files: ClassVar[dict[Path, int]] = {}
     _held: ClassVar[set[tuple[Path, int]]] = set()
     _guard: ClassVar[threading.Lock] = threading.Lock()
+    _paths: ClassVar[dict[Path, Path]] = {}
 
     def __init__(self, state_dir: Path, guid: uuid.UUID) -> None:
-        self._path = state_dir / "operations.lock"
+        path = self._paths.get(state_dir)
+        if path is None:
+            path = self._paths[state_dir] = state_dir / "operations.lock"
+        self._path = path
         self._offset = guid.int & ((1 << 62) - 1)
 
     def _fd(self) -> int:

@@ -50,10 +50,10 @@ class _Pause(Exception):
 
 class _Watch:
     """Every poll interval, look at the conditions while the download runs; when they
-    turn, remember why and cancel it (the runner then pauses).  A timer, not a task:
-    a small file ends long before the first look."""
+    turn, remember why and cancel it (the runner's task, which then pauses).  A timer,
+    not a task: a small file ends long before the first look."""
 
-    def __init__(self, runner: Runner, run: asyncio.Future[Path]) -> None:
+    def __init__(self, runner: Runner, run: asyncio.Task[None]) -> None:
         self._runner = runner
         self._run = run
         self._interval = runner.op._settings.config.poll_interval
@@ -154,23 +154,24 @@ class Runner:
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
         op._job = job
-        run = asyncio.ensure_future(job.run())
-        watch = _Watch(self, run)
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(self, task)
         try:
             try:
-                await run
+                await job.run()
             except asyncio.CancelledError:
                 if watch.blocked is None or op.status is not S.RUNNING:
                     raise  # pause() or cancel() (they move the status first)
+                uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+                if uncancel is not None:
+                    uncancel()
                 raise _Pause(watch.blocked) from None
         except TransferError as exc:
             self._settle_error(exc)
             return
         finally:
             watch.stop()
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
             op._on_tick(job.snapshot())
             op._ranges = None
             op._job = None

@@ -112,6 +112,31 @@ def test_no_network_pauses_and_resumes_by_itself(
     assert sha256(tmp_path / "n") == sha256(nginx.www / "big.bin")
 
 
+def test_network_lost_mid_download_pauses_then_goes_on(
+    fault_server: FaultServer,
+    body: bytes,
+    make_downloader: Make,
+    network: SwitchableNetwork,
+    tmp_path: Path,
+) -> None:
+    """The network goes while bytes flow: the running download stops in
+    PAUSED_NO_NETWORK (the runner's watch), keeps what it has, and finishes
+    byte-exact once the network is back."""
+    fault_server.rate = 1 << 20
+    op = make_downloader().create_download(fault_server.url, tmp_path / "m")
+    op.start()
+    wait_for(lambda: op.progress.bytes_received > 0)
+    network.connected = False
+    wait_for(lambda: op.status is S.PAUSED_NO_NETWORK)
+    kept = op.progress.bytes_received
+    assert 0 < kept < len(body)
+    fault_server.rate = 0
+    network.connected = True
+    op.wait(60)
+    assert op.status is S.COMPLETED
+    assert (tmp_path / "m").read_bytes() == body
+
+
 def test_unreachable_host_without_network_waits_instead_of_failing(
     make_downloader: Make, network: SwitchableNetwork, tmp_path: Path
 ) -> None:
