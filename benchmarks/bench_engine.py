@@ -78,8 +78,9 @@ def _many_files(server: Nginx, count: int, size: int) -> tuple[list[str], str]:
 # much in all.  Deleting thousands of files costs the next contender: on an ext4 without
 # a journal (this VM's), every inode freed in the last minute (five, while its table
 # block is dirty) is skipped one by one when a new file is made (ialloc.c,
-# recently_deleted).  That added about 3 s of kernel time to whichever tool ran next
-# after a 5000-file run was deleted: curl's 0.4 s became 3.4 s.
+# recently_deleted).  That added 2-3 s of kernel time to whichever tool ran next
+# after a 5000-file run was deleted: curl's 0.5-1 s became 2.5-3.5 s.  Deletes made
+# by anything else in the minutes before a run cost the same: measure on a quiet disk.
 _KEEP_BYTES = 8 << 30
 
 
