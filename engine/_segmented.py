@@ -132,7 +132,7 @@ class SegmentedDownload:
         """Random access: a server without ranges or a length fails at once."""
         self.restarts = 0
         """Times the download started over (content changed, or no ranges)."""
-        self.result = Path(result)
+        self.result = result if isinstance(result, Path) else Path(result)
         self.config = config or TransferConfig()
         self.headers = list(headers)
         self.on_progress = on_progress
@@ -237,9 +237,10 @@ class SegmentedDownload:
                     task.result()
         finally:
             self._tasks = set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:  # a failure or a cancel left some running
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""

@@ -141,7 +141,7 @@ class Settings:
     proxy: str | None = None
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
-    _free: dict[Path, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
+    _free: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
     _configs: dict[tuple[TransferConfig, int, int], TransferConfig] = dataclasses.field(
         default_factory=dict, repr=False
     )
@@ -169,12 +169,12 @@ class Settings:
     def disk_reserve_exceeded(self, result: Path) -> bool:
         """Free space under the reserve.  Many operations start at once into one folder
         (a mirror): a statvfs younger than half a poll interval answers for all of them."""
-        folder = result.parent
+        folder = os.path.dirname(result)  # a str: Path.parent makes a new Path a call
         now = time.monotonic()
         seen = self._free.get(folder)
         if seen is None or now - seen[0] > min(0.25, self.config.poll_interval / 2):
             try:
-                seen = (now, free_bytes(folder))
+                seen = (now, free_bytes(Path(folder)))
             except OSError:
                 return False  # the write itself will report what is wrong with the path
             if len(self._free) > 64:
@@ -185,8 +185,11 @@ class Settings:
     def ended(self, op: DownloadOperation) -> None:
         """An operation reached COMPLETED, CANCELED or ERROR."""
         body = op._rec.body_file
-        bodies = self.store.state_dir / "bodies"
-        if body is not None and Path(body).parent == bodies and op.status is not _ERROR:
+        if (
+            body is not None
+            and op.status is not _ERROR
+            and Path(body).parent == self.store.state_dir / "bodies"
+        ):
             Path(body).unlink(missing_ok=True)  # a body we kept only for re-sending
         if self.completion_group is not None:
             self.completion_group._check()
