@@ -24,7 +24,7 @@ _flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 if os.environ.get("BGTRANSFER_WERROR") == "1":
     _flags.append("-Werror")
 
-_sources = [CSRC / "rangefile.c", CSRC / "filer.c"]
+_sources = [CSRC / "rangefile.c", CSRC / "dio.c", CSRC / "filer.c"]
 if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
     _sources.append(CSRC / "third_party" / "xxhash" / "xxh_x86dispatch.c")
 

@@ -286,6 +286,26 @@ static void load_state(rf_file *f)
         f->slots[i].block = -1;
 }
 
+static uint64_t direct_stage_bytes; /* process-wide, against RF_DIRECT_BUDGET */
+
+/* Waits for the writer threads to give back every stage, then frees the buffers. */
+static void release_stages(rf_file *f)
+{
+    for (uint32_t i = 0; i < RF_DIRECT_STAGES; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->writing) {
+            dio_wait(&st->job);
+            st->writing = 0;
+        }
+        if (st->buf != NULL && f->direct)
+            __atomic_sub_fetch(&direct_stage_bytes, f->stage_size + DIO_ALIGN, __ATOMIC_RELAXED);
+        free(st->buf);
+        st->buf = NULL;
+        st->len = 0;
+    }
+    f->inflight = 0;
+}
+
 static void release(rf_file *f)
 {
     if (f->data)
@@ -296,11 +316,10 @@ static void release(rf_file *f)
         close(f->data_fd);
     if (f->ctl_fd >= 0)
         close(f->ctl_fd);
-    for (int i = 0; i < RF_STAGES; i++) {
-        free(f->stages[i].buf);
-        f->stages[i].buf = NULL;
-        f->stages[i].len = 0;
-    }
+    release_stages(f);
+    if (f->direct_fd >= 0)
+        close(f->direct_fd);
+    f->direct_fd = -1;
     f->data = NULL;
     f->ctl = NULL;
     f->data_fd = f->ctl_fd = -1;
@@ -312,7 +331,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
             const char *last_modified, int flags)
 {
     memset(f, 0, sizeof *f);
-    f->data_fd = f->ctl_fd = -1;
+    f->data_fd = f->ctl_fd = f->direct_fd = -1;
     size_t need = rf_workspace_size(size, block_shift);
     if (need == 0 || workspace_len < need || strlen(data_path) >= RF_PATH_MAX ||
         strlen(ctl_path) + 8 >= RF_PATH_MAX || strlen(etag) > RF_ETAG_MAX ||
@@ -325,6 +344,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     f->block_size = 1ull << block_shift;
     f->nblocks = nblocks_of(size, block_shift);
     f->staged = (flags & RF_OPEN_UNSTAGED) == 0;
+    f->nstages = RF_STAGES;
     f->slot_of = workspace;
     uintptr_t slots = ((uintptr_t)(f->slot_of + f->nblocks) + 63) & ~(uintptr_t)63;
     f->slots = (rf_slot *)slots;
@@ -344,6 +364,19 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     if (rc != 0) {
         release(f);
         return rc;
+    }
+    if ((flags & RF_OPEN_DIRECT) && f->staged && size > 0) {
+        /* Refused (tmpfs before Linux 6.6, some FUSE): the page cache it is. */
+        f->direct_fd = open(data_path, O_WRONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
+        f->direct = f->direct_fd >= 0;
+        if (f->direct) {
+            /* A stage a block: one hash from memory each, and a kill loses what a
+             * block-sized bitmap would lose anyway. */
+            f->nstages = RF_DIRECT_STAGES;
+            f->stage_size = (uint32_t)(f->block_size < RF_STAGE_SIZE          ? RF_STAGE_SIZE
+                                       : f->block_size > RF_DIRECT_STAGE_SIZE ? RF_DIRECT_STAGE_SIZE
+                                                                              : f->block_size);
+        }
     }
     load_state(f);
     f->open = 1;
@@ -452,6 +485,8 @@ static int64_t put(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len
 
 /* Writes one stage to the file and marks what it completes; the stage is empty after,
  * even on failure (its bytes were never marked, so they are simply fetched again). */
+static int64_t dstage_drain(rf_file *f, int wait);
+
 static int64_t stage_drain(rf_file *f, rf_stage *st)
 {
     if (st->len == 0)
@@ -465,8 +500,10 @@ int64_t rf_drain(rf_file *f)
 {
     if (!f->open)
         return RF_E_CLOSED;
+    if (f->direct)
+        return dstage_drain(f, 1);
     int64_t done = 0, err = 0;
-    for (int i = 0; i < RF_STAGES; i++) {
+    for (uint32_t i = 0; i < f->nstages; i++) {
         int64_t n = stage_drain(f, &f->stages[i]);
         if (n < 0)
             err = n;
@@ -480,7 +517,7 @@ int64_t rf_drain(rf_file *f)
 static int64_t drain_overlapping(rf_file *f, uint64_t offset, uint64_t end)
 {
     int64_t done = 0;
-    for (int i = 0; i < RF_STAGES; i++) {
+    for (uint32_t i = 0; i < f->nstages; i++) {
         rf_stage *st = &f->stages[i];
         if (st->len == 0 || st->offset >= end || st->offset + st->len <= offset)
             continue;
@@ -497,7 +534,7 @@ static int64_t drain_overlapping(rf_file *f, uint64_t offset, uint64_t end)
 static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint32_t len)
 {
     rf_stage *st = NULL;
-    for (int i = 0; i < RF_STAGES && st == NULL; i++) {
+    for (uint32_t i = 0; i < f->nstages && st == NULL; i++) {
         rf_stage *c = &f->stages[i];
         if (c->len != 0 && c->offset + c->len == offset)
             st = c;
@@ -507,7 +544,7 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
         if ((done = drain_overlapping(f, offset, offset + len)) < 0)
             return done;
         rf_stage *victim = &f->stages[0];
-        for (int i = 0; i < RF_STAGES; i++) {
+        for (uint32_t i = 0; i < f->nstages; i++) {
             rf_stage *c = &f->stages[i];
             int c_rank = c->len == 0 ? (c->buf != NULL ? 0 : 1) : 2;
             int v_rank = victim->len == 0 ? (victim->buf != NULL ? 0 : 1) : 2;
@@ -546,6 +583,228 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
     return done;
 }
 
+/* -- direct mode: stages written by the writer threads (see dio.h) ---------------
+ *
+ * A stage fills up to the next stage_size boundary of the file (or its
+ * end) and then goes to the writer threads whole; its blocks are accounted (hashed,
+ * marked) by the caller's thread when it comes back, in a later rf_write, rf_reap or
+ * drain.  The bits stay single-threaded, and each is set only after the write that
+ * holds its bytes returned. */
+
+/* Accounts a stage the writer threads are done with; the stage is empty after. */
+static int64_t dstage_settle(rf_file *f, rf_stage *st)
+{
+    st->writing = 0;
+    f->inflight--;
+    uint32_t len = st->len;
+    st->len = 0;
+    if (st->job.result != 0)
+        return st->job.result; /* never marked: fetched again */
+    return account(f, st->offset, st->buf + st->lead, len);
+}
+
+/* Whether the run just before this one is still with the writers.  Settled after it,
+ * this run extends its blocks' in-order hash (see account); settled first, a block it
+ * shares with that run would be hashed again from the file. */
+static int dstage_follows_inflight(const rf_file *f, const rf_stage *st)
+{
+    for (uint32_t i = 0; i < f->nstages; i++) {
+        const rf_stage *o = &f->stages[i];
+        if (o != st && o->writing && o->offset + o->len == st->offset)
+            return 1;
+    }
+    return 0;
+}
+
+/* Accounts every stage that came back (or, with wait, every one in flight), lowest
+ * offset first. */
+static int64_t dstage_collect(rf_file *f, int wait)
+{
+    _Static_assert(RF_DIRECT_STAGES <= 32, "one bit a stage in `passed`");
+    int any = wait;
+    for (uint32_t i = 0; i < f->nstages && !any; i++)
+        any = f->stages[i].writing && dio_done(&f->stages[i].job);
+    if (!any)
+        return 0; /* the common case on the data path: nothing came back */
+    int64_t done = 0, err = 0;
+    uint32_t passed = 0; /* stages not ready this time */
+    for (;;) {
+        rf_stage *st = NULL;
+        uint32_t at = 0;
+        for (uint32_t i = 0; i < f->nstages; i++) {
+            rf_stage *c = &f->stages[i];
+            if (c->writing && !(passed & (1u << i)) && (st == NULL || c->offset < st->offset)) {
+                st = c;
+                at = i;
+            }
+        }
+        if (st == NULL)
+            break;
+        if (wait) {
+            dio_wait(&st->job);
+        } else if (!dio_done(&st->job) || dstage_follows_inflight(f, st)) {
+            passed |= 1u << at;
+            continue;
+        }
+        int64_t n = dstage_settle(f, st);
+        if (n < 0)
+            err = n;
+        else
+            done += n;
+    }
+    return err ? err : done;
+}
+
+static void dstage_submit(rf_file *f, rf_stage *st)
+{
+    st->job.fd_direct = f->direct_fd;
+    st->job.fd_buffered = f->data_fd;
+    st->job.buf = st->buf + st->lead;
+    st->job.offset = st->offset;
+    st->job.len = st->len;
+    st->writing = 1;
+    f->inflight++;
+    dio_submit(&st->job);
+}
+
+static int64_t dstage_drain(rf_file *f, int wait)
+{
+    for (uint32_t i = 0; i < f->nstages; i++) {
+        rf_stage *st = &f->stages[i];
+        if (!st->writing && st->len > 0)
+            dstage_submit(f, st);
+    }
+    return dstage_collect(f, wait);
+}
+
+/* Waits for the stage longest with the writers, and accounts it. */
+static int64_t dstage_wait_oldest(rf_file *f)
+{
+    rf_stage *oldest = NULL;
+    for (uint32_t i = 0; i < f->nstages; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->writing && (oldest == NULL || st->used_at < oldest->used_at))
+            oldest = st;
+    }
+    if (oldest == NULL)
+        return 0;
+    dio_wait(&oldest->job);
+    return dstage_settle(f, oldest);
+}
+
+static int dstage_alloc(rf_file *f, rf_stage *st)
+{
+    uint64_t cost = f->stage_size + DIO_ALIGN;
+    if (__atomic_add_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED) > RF_DIRECT_BUDGET ||
+        posix_memalign((void **)&st->buf, DIO_ALIGN, cost) != 0) {
+        __atomic_sub_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED);
+        st->buf = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+/* A stage for a piece at offset: the one it continues, else an empty one (allocated
+ * ones first, a new one within the budget), else one handed to the writers to free
+ * it.  NULL when the budget allows none: the piece goes through the page cache. */
+static rf_stage *dstage_for(rf_file *f, uint64_t offset, uint64_t end, int64_t *done)
+{
+    rf_stage *empty = NULL, *unallocated = NULL, *lru = NULL;
+    for (uint32_t i = 0; i < f->nstages; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->writing)
+            continue;
+        if (st->len > 0 && st->offset + st->len == offset)
+            return st;
+        if (st->len == 0 && st->buf != NULL && empty == NULL)
+            empty = st;
+        if (st->buf == NULL && unallocated == NULL)
+            unallocated = st;
+        if (st->len > 0 && (lru == NULL || st->used_at < lru->used_at))
+            lru = st;
+    }
+    /* A rewrite of bytes with the writers must land after them. */
+    for (uint32_t i = 0; i < f->nstages; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->len == 0 || st->offset >= end || st->offset + st->len <= offset)
+            continue;
+        if (!st->writing)
+            dstage_submit(f, st);
+        dio_wait(&st->job);
+        int64_t n = dstage_settle(f, st);
+        if (n < 0) {
+            *done = n;
+            return NULL;
+        }
+        *done += n;
+        if (empty == NULL)
+            empty = st;
+        if (lru == st)
+            lru = NULL;
+    }
+    if (empty == NULL && unallocated != NULL && dstage_alloc(f, unallocated))
+        empty = unallocated;
+    while (empty == NULL && (lru != NULL || f->inflight > 0)) {
+        if (lru != NULL && lru->len > 0 && !lru->writing)
+            dstage_submit(f, lru);
+        int64_t n = dstage_wait_oldest(f);
+        if (n < 0) {
+            *done = n;
+            return NULL;
+        }
+        *done += n;
+        lru = NULL;
+        for (uint32_t i = 0; i < f->nstages && empty == NULL; i++)
+            if (!f->stages[i].writing && f->stages[i].len == 0 && f->stages[i].buf != NULL)
+                empty = &f->stages[i];
+    }
+    if (empty != NULL) {
+        empty->offset = offset;
+        empty->lead = (uint32_t)(offset & (DIO_ALIGN - 1));
+        empty->len = 0;
+    }
+    return empty;
+}
+
+static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
+{
+    int64_t done = f->inflight > 0 ? dstage_collect(f, 0) : 0;
+    if (done < 0)
+        return done;
+    while (len > 0) {
+        rf_stage *st = dstage_for(f, offset, offset + len, &done);
+        if (done < 0)
+            return done;
+        if (st == NULL) { /* over the budget: through the page cache, at once */
+            int rc = full_pwrite(f->data_fd, buf, (size_t)len, offset);
+            if (rc != 0)
+                return rc;
+            return done + account(f, offset, buf, len);
+        }
+        uint64_t boundary = (st->offset / f->stage_size + 1) * f->stage_size;
+        if (boundary > f->size)
+            boundary = f->size;
+        uint64_t room = boundary - (st->offset + st->len);
+        uint64_t n = len < room ? len : room;
+        memcpy(st->buf + st->lead + st->len, buf, (size_t)n);
+        st->len += (uint32_t)n;
+        st->used_at = ++f->stage_clock;
+        if (st->offset + st->len == boundary)
+            dstage_submit(f, st);
+        offset += n;
+        buf += n;
+        len -= n;
+    }
+    return done;
+}
+
+int64_t rf_reap(rf_file *f)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    return f->direct && f->inflight > 0 ? dstage_collect(f, 0) : 0;
+}
+
 int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
 {
     if (!f->open)
@@ -555,6 +814,8 @@ int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
     if (len == 0)
         return 0;
     f->bytes_written += len;
+    if (f->direct)
+        return dstage_write(f, offset, buf, len);
     if (f->staged && len < RF_PWRITE_MIN)
         return stage_write(f, offset, buf, (uint32_t)len);
     int64_t done = drain_overlapping(f, offset, offset + len);

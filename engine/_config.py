@@ -33,6 +33,10 @@ class TransferConfig:
     max_redirects: int = 10
     ca_file: str | None = None
     """A CA bundle to trust instead of the system's (TLS is always verified)."""
+    direct_io: bool = True
+    """Write whole pages of a file fetched over ranges with O_DIRECT, from the C core's
+    writer threads, where the file system allows it: no page-cache copy, and nothing
+    left to write back when the finished file is fsync'd (see csrc/dio.h)."""
     durable_every: float = 5.0
     """Seconds between flushes of data and bitmap while a download runs."""
     poll_interval: float = 2.0

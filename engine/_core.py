@@ -104,6 +104,7 @@ class RangeFile:
         last_modified: str = "",
         create: bool = True,
         staged: bool = True,
+        direct: bool = True,
     ) -> None:
         self.result = Path(result)
         if size < 0:
@@ -116,7 +117,11 @@ class RangeFile:
         ws_len = lib.rf_workspace_size(size, shift)
         self._workspace: Any = ffi.new("char[]", ws_len)
         self._f: Any = ffi.new("rf_file *")
-        flags = (lib.RF_OPEN_CREATE if create else 0) | (0 if staged else lib.RF_OPEN_UNSTAGED)
+        flags = (
+            (lib.RF_OPEN_CREATE if create else 0)
+            | (0 if staged else lib.RF_OPEN_UNSTAGED)
+            | (lib.RF_OPEN_DIRECT if direct and staged else 0)
+        )
         check(
             lib.rf_open(
                 self._f,
@@ -159,6 +164,12 @@ class RangeFile:
         return bool(self._f.staged)
 
     @property
+    def direct(self) -> bool:
+        """True when whole pages go to the disk with O_DIRECT from the core's writer
+        threads (asked for, and the file system allows it); see csrc/dio.h."""
+        return bool(self._f.direct)
+
+    @property
     def etag(self) -> str:
         return str(ffi.string(self._f.etag).decode("latin-1"))
 
@@ -194,8 +205,9 @@ class RangeFile:
     def write(self, offset: int, data: Any) -> int:
         """Write ``data`` (any buffer) at ``offset``; return how many blocks that completed.
 
-        A piece under 64 KiB may be staged (see csrc/rangefile.h) and complete its
-        blocks on a later call or on ``drain``.
+        A piece under 64 KiB may be staged (see csrc/rangefile.h), and with ``direct``
+        every piece is, its run written by the core's threads: its blocks complete on a
+        later call, on ``reap`` or on ``drain``.
 
         Replaced per instance by the closure from ``_writer`` (the hot path); this
         definition documents it for readers and type checkers.
@@ -224,12 +236,20 @@ class RangeFile:
         """Write every staged piece to the file; return how many blocks that completed."""
         return check(lib.rf_drain(self._f), self.result)
 
+    def reap(self) -> int:
+        """Account the runs the writer threads finished, without waiting; return how
+        many blocks that completed (0 unless ``direct``)."""
+        return check(lib.rf_reap(self._f), self.result)
+
     def range_complete(self, offset: int, length: int) -> bool:
         """Whether every block under ``[offset, offset + length)`` is complete."""
         return check(lib.rf_is_complete(self._f, offset, length), self.result) == 1
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of the partial file from ``offset`` (complete or not).
+
+        Bytes still staged are not in the file yet: complete blocks, or ``drain()``
+        first, say that they are.
 
         A pread, not a view of the mapping: a view would outlive ``close()`` and
         crash the process when read afterwards.

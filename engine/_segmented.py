@@ -523,6 +523,7 @@ class SegmentedDownload:
                 self.config.block_size,
                 etag=self.etag,
                 last_modified=self.last_modified,
+                direct=self.config.direct_io,
             )
         if self._head_ready is not None:
             _set(self._head_ready)
@@ -553,7 +554,7 @@ class SegmentedDownload:
         if found is None:
             remove_partial(self.result)
             return None
-        rf = RangeFile(self.result, found[0], found[1], create=False)
+        rf = RangeFile(self.result, found[0], found[1], create=False, direct=self.config.direct_io)
         try:
             rf.verify()  # after a power loss a set bit may not match the disk
         except BaseException:
@@ -610,6 +611,9 @@ class SegmentedDownload:
     def _tick(self) -> None:
         """Throttled progress reports and periodic write-back of data and bitmap (a
         timer, not a task: most small files end before the first tick)."""
+        rf = self.rf
+        if rf is not None and not rf.closed and rf.reap() and self.on_blocks is not None:
+            self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
         due = now - self._flushed >= self.config.durable_every

@@ -1,0 +1,62 @@
+/*
+ * dio: the writer threads of the range-file core, and the one write that
+ * sends whole pages past the page cache.
+ *
+ * Theory of operation
+ * -------------------
+ * A buffered write copies every byte into a page-cache page, and a fresh page
+ * can cost far more than the copy: on a VM whose host takes freed memory back
+ * (virtio-balloon free-page reporting) each one is a host fault, and the
+ * fsync that makes the finished file durable writes it all out again at the
+ * end.  O_DIRECT writes go from our buffer to the device and are durable data
+ * when they return, but each one waits for the device, so they are made here,
+ * by a few plain threads that never take the GIL, while the engine loop goes
+ * on receiving.  dio_write() writes the whole pages of a run with O_DIRECT
+ * and its ragged edges (and everything, when direct I/O is refused) through
+ * the page cache: a page is written one way or the other, never both, so the
+ * kernel keeps the two views coherent.
+ *
+ * A job is owned by its submitter until `done` reads 1 (acquire order): the
+ * thread stores `result` first.  After fork() the child has no writer threads:
+ * jobs in flight in the parent read as done with -ECANCELED there (their bytes
+ * were never marked, so they are fetched again).
+ */
+#ifndef BGT_DIO_H
+#define BGT_DIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIO_ALIGN 4096u
+#define DIO_THREADS 4
+
+typedef struct dio_job {
+    struct dio_job *next;     /* queue link: the pool's */
+    struct dio_job *all_next; /* every job in flight, for fork */
+    struct dio_job *all_prev;
+    int fd_direct;            /* -1: everything through fd_buffered */
+    int fd_buffered;
+    const uint8_t *buf;
+    uint64_t offset;
+    uint64_t len;
+    int result;               /* 0 or -errno, stored before done */
+    int done;
+} dio_job;
+
+/* Writes [offset, offset + len): whole pages through fd_direct when buf is aligned
+ * like the file offset, the rest (or all, on EINVAL) through fd_buffered.  0 or -errno. */
+int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len);
+
+/* Queues a job for the writer threads (started on first use); when no thread can be
+ * started the job is written at once, in the caller.  The job is done when done == 1. */
+void dio_submit(dio_job *job);
+
+/* Blocks until the job is done. */
+void dio_wait(dio_job *job);
+
+static inline int dio_done(const dio_job *job)
+{
+    return __atomic_load_n(&job->done, __ATOMIC_ACQUIRE);
+}
+
+#endif
