@@ -3,8 +3,10 @@
 #include "dio.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -49,6 +51,20 @@ int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offse
     if (rc == 0 && end > b)
         rc = write_all(fd_buffered, buf + (b - offset), end - b, b);
     return rc;
+}
+
+int dio_open_same(const char *path, int fd)
+{
+    int dfd = open(path, O_WRONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    struct stat a, b;
+    if (fstat(fd, &a) != 0 || fstat(dfd, &b) != 0 || a.st_dev != b.st_dev ||
+        a.st_ino != b.st_ino) {
+        close(dfd);
+        return -1;
+    }
+    return dfd;
 }
 
 static void unlink_all(dio_job *j)

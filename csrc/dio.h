@@ -47,6 +47,11 @@ typedef struct dio_job {
  * like the file offset, the rest (or all, on EINVAL) through fd_buffered.  0 or -errno. */
 int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len);
 
+/* Opens ``path`` again for O_DIRECT writes, only if it is still the file ``fd`` has
+ * open (same device and inode: a name swapped meanwhile gets no direct writes); -1
+ * when refused or not the same file. */
+int dio_open_same(const char *path, int fd);
+
 /* Queues a job for the writer threads (started on first use); when no thread can be
  * started the job is written at once, in the caller.  The job is done when done == 1. */
 void dio_submit(dio_job *job);

@@ -287,6 +287,9 @@ static void load_state(rf_file *f)
 }
 
 static uint64_t direct_stage_bytes; /* process-wide, against RF_DIRECT_BUDGET */
+static uint32_t direct_files;       /* open in direct mode, process-wide */
+
+static void dstage_free(rf_file *f, rf_stage *st);
 
 /* Waits for the writer threads to give back every stage, then frees the buffers. */
 static void release_stages(rf_file *f)
@@ -298,12 +301,14 @@ static void release_stages(rf_file *f)
             st->writing = 0;
         }
         if (st->buf != NULL && f->direct)
-            __atomic_sub_fetch(&direct_stage_bytes, f->stage_size + DIO_ALIGN, __ATOMIC_RELAXED);
+            dstage_free(f, st);
         free(st->buf);
         st->buf = NULL;
         st->len = 0;
     }
     f->inflight = 0;
+    if (f->direct && f->open)
+        __atomic_sub_fetch(&direct_files, 1, __ATOMIC_RELAXED);
 }
 
 static void release(rf_file *f)
@@ -367,9 +372,10 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     }
     if ((flags & RF_OPEN_DIRECT) && f->staged && size > 0) {
         /* Refused (tmpfs before Linux 6.6, some FUSE): the page cache it is. */
-        f->direct_fd = open(data_path, O_WRONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
+        f->direct_fd = dio_open_same(data_path, f->data_fd);
         f->direct = f->direct_fd >= 0;
         if (f->direct) {
+            __atomic_add_fetch(&direct_files, 1, __ATOMIC_RELAXED);
             /* A stage a block: one hash from memory each, and a kill loses what a
              * block-sized bitmap would lose anyway. */
             f->nstages = RF_DIRECT_STAGES;
@@ -585,7 +591,7 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
 
 /* -- direct mode: stages written by the writer threads (see dio.h) ---------------
  *
- * A stage fills up to the next stage_size boundary of the file (or its
+ * A stage fills up to the next boundary of its size in the file (or its
  * end) and then goes to the writer threads whole; its blocks are accounted (hashed,
  * marked) by the caller's thread when it comes back, in a later rf_write, rf_reap or
  * drain.  The bits stay single-threaded, and each is set only after the write that
@@ -692,16 +698,56 @@ static int64_t dstage_wait_oldest(rf_file *f)
     return dstage_settle(f, oldest);
 }
 
+/* This file's fair part of the budget: the budget over the direct files open now. */
+static uint64_t dstage_share(void)
+{
+    uint32_t files = __atomic_load_n(&direct_files, __ATOMIC_RELAXED);
+    return RF_DIRECT_BUDGET / (files ? files : 1);
+}
+
+static void dstage_free(rf_file *f, rf_stage *st)
+{
+    __atomic_sub_fetch(&direct_stage_bytes, st->cap + DIO_ALIGN, __ATOMIC_RELAXED);
+    f->stage_bytes -= st->cap + DIO_ALIGN;
+    free(st->buf);
+    st->buf = NULL;
+}
+
+/* A buffer for a stage, within the file's share: a block's worth while the share holds
+ * four, else smaller, down to RF_STAGE_SIZE (64 files at once: 64 KiB stages); 0 when
+ * the share or the budget is spent. */
 static int dstage_alloc(rf_file *f, rf_stage *st)
 {
-    uint64_t cost = f->stage_size + DIO_ALIGN;
+    uint64_t share = dstage_share();
+    uint32_t cap = f->stage_size;
+    while (cap > RF_STAGE_SIZE && 4 * ((uint64_t)cap + DIO_ALIGN) > share)
+        cap /= 4;
+    if (cap < RF_STAGE_SIZE)
+        cap = RF_STAGE_SIZE;
+    uint64_t cost = cap + DIO_ALIGN;
+    if (f->stage_bytes + cost > share && f->stage_bytes > 0)
+        return 0;
     if (__atomic_add_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED) > RF_DIRECT_BUDGET ||
         posix_memalign((void **)&st->buf, DIO_ALIGN, cost) != 0) {
         __atomic_sub_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED);
         st->buf = NULL;
         return 0;
     }
+    st->cap = cap;
+    f->stage_bytes += cost;
     return 1;
+}
+
+/* Gives back empty buffers past the file's share (more files opened since they were
+ * taken), so that the files opened later get theirs. */
+static void dstage_trim(rf_file *f)
+{
+    uint64_t share = dstage_share();
+    for (uint32_t i = 0; i < f->nstages && f->stage_bytes > share; i++) {
+        rf_stage *st = &f->stages[i];
+        if (st->buf != NULL && !st->writing && st->len == 0)
+            dstage_free(f, st);
+    }
 }
 
 /* A stage for a piece at offset: the one it continues, else an empty one (allocated
@@ -771,6 +817,8 @@ static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uin
     int64_t done = f->inflight > 0 ? dstage_collect(f, 0) : 0;
     if (done < 0)
         return done;
+    if (f->stage_bytes > RF_STAGE_SIZE)
+        dstage_trim(f);
     while (len > 0) {
         rf_stage *st = dstage_for(f, offset, offset + len, &done);
         if (done < 0)
@@ -781,7 +829,7 @@ static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uin
                 return rc;
             return done + account(f, offset, buf, len);
         }
-        uint64_t boundary = (st->offset / f->stage_size + 1) * f->stage_size;
+        uint64_t boundary = (st->offset / st->cap + 1) * st->cap;
         if (boundary > f->size)
             boundary = f->size;
         uint64_t room = boundary - (st->offset + st->len);

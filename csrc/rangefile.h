@@ -75,10 +75,11 @@ typedef struct rf_slot rf_slot;
 #define RF_DIRECT_STAGES 24 /* direct mode: one filling per connection, the rest in flight */
 /* Direct mode: runs of a block, 64 KiB to 1 MiB (2 GiB in 1 MiB O_DIRECT writes took
  * 1.2 s at queue depth 1 on this VM's disk, in 64 KiB writes 3.4 s); every direct stage
- * of the process counts against RF_DIRECT_BUDGET, past which a piece goes through the
- * page cache. */
+ * of the process counts against RF_DIRECT_BUDGET, shared evenly by the direct files
+ * open: a small share means smaller stages (down to 64 KiB), and a file with none
+ * writes through the page cache. */
 #define RF_DIRECT_STAGE_SIZE (1024u * 1024u)
-#define RF_DIRECT_BUDGET (32u * 1024u * 1024u)
+#define RF_DIRECT_BUDGET (24u * 1024u * 1024u)
 /* 64 KiB runs: 128 and 256 KiB won alone (bench_core) but made a download from
  * nginx 2x slower and erratic, on ext4 and tmpfs alike (page-cache folios that
  * large contend with the sender); 64 KiB runs doubled it over unstaged 16 KiB. */
@@ -89,6 +90,7 @@ typedef struct {
     uint32_t len;     /* 0 when the stage holds nothing */
     uint32_t used_at; /* for least-recently-used eviction */
     uint32_t lead;    /* direct mode: the bytes sit at buf + lead, lead = offset % 4096 */
+    uint32_t cap;     /* direct mode: runs end at multiples of this (stage_size or less) */
     int writing;      /* direct mode: `job` is with the writer threads */
     dio_job job;
 } rf_stage;
@@ -124,6 +126,7 @@ typedef struct {
     uint32_t nstages;        /* RF_STAGES, or RF_DIRECT_STAGES when direct */
     uint32_t stage_size;     /* direct: the block size, within [64 KiB, 1 MiB] */
     uint32_t inflight;       /* direct stages with the writer threads */
+    uint64_t stage_bytes;    /* direct stage buffers this file holds */
     rf_stage stages[RF_DIRECT_STAGES];
     uint32_t stage_clock;
     char data_path[RF_PATH_MAX];

@@ -57,11 +57,8 @@ def write_plans(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], int]:
     return size, list(order), draw(st.integers(0, len(order)))
 
 
-MODES = {
-    "direct": {"staged": True, "direct": True},
-    "buffered": {"staged": True, "direct": False},
-    "unstaged": {"staged": False, "direct": False},
-}
+MODES = {"direct": (True, True), "buffered": (True, False), "unstaged": (False, False)}
+"""(staged, direct) for each way the core can write."""
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -76,7 +73,8 @@ def test_random_orders_give_right_ranges_and_bytes(
     size, order, n_first = plan
     data = random.Random(seed).randbytes(size)
     result = tmp_path / f"r{seed}.bin"
-    rf = RangeFile(result, size, BLOCK, **MODES[mode])
+    staged, direct = MODES[mode]
+    rf = RangeFile(result, size, BLOCK, staged=staged, direct=direct)
     for off, n in order[:n_first]:
         rf.write(off, memoryview(data)[off : off + n])
     want = expected_ranges(size, order[:n_first], BLOCK)
