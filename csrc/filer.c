@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "filer.h"
 
+#include "dio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,6 +23,8 @@ typedef struct fl_job {
     int kind;
     int fd;
     int dir; /* FINISH: index of its directory in the namer's group */
+    uint8_t *data; /* FINISH: bytes still to write first (page-aligned copy), or NULL */
+    uint64_t data_len, data_off;
     char *b;
     char a[];
 } fl_job;
@@ -148,7 +152,19 @@ static void *syncer(void *arg)
     fl_filer *f = arg;
     for (;;) {
         fl_job *j = take(f, &f->syncing, 0);
-        int rc = fsync(j->fd) == 0 ? 0 : -errno;
+        int rc = 0;
+        if (j->data != NULL) {
+            /* Whole pages past the page cache: the fsync below then has no data to
+             * write back, and the loop never copied them into the cache itself. */
+            int dfd = dio_open_same(j->a, j->fd);
+            rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len);
+            if (dfd >= 0)
+                close(dfd);
+            free(j->data);
+            j->data = NULL;
+        }
+        if (rc == 0)
+            rc = fsync(j->fd) == 0 ? 0 : -errno;
         if (close(j->fd) != 0 && rc == 0)
             rc = -errno;
         if (rc != 0)
@@ -269,15 +285,34 @@ fl_filer *fl_new(int syncers)
 int fl_submit(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
               const char *b)
 {
+    return fl_submit_data(f, ch, kind, id, fd, a, b, NULL, 0, 0);
+}
+
+int fl_submit_data(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
+                   const char *b, const uint8_t *data, uint64_t len, uint64_t offset)
+{
     if (f == NULL || ch == NULL || a == NULL || b == NULL ||
         (kind != FL_PREPARE && kind != FL_FINISH))
         return -EINVAL;
     size_t la = strlen(a), lb = strlen(b);
     if (la >= PATH_MAX || lb >= PATH_MAX)
         return -ENAMETOOLONG;
+    if (len > 0 && kind != FL_FINISH)
+        return -EINVAL;
+    uint8_t *copy = NULL;
+    if (len > 0) {
+        if (posix_memalign((void **)&copy, DIO_ALIGN, (size_t)len) != 0)
+            return -ENOMEM;
+        memcpy(copy, data, (size_t)len);
+    }
     fl_job *j = malloc(sizeof *j + la + lb + 2);
-    if (j == NULL)
+    if (j == NULL) {
+        free(copy);
         return -ENOMEM;
+    }
+    j->data = copy;
+    j->data_len = len;
+    j->data_off = offset;
     j->id = id;
     j->ch = ch;
     j->kind = kind;

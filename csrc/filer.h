@@ -13,8 +13,10 @@
  *               download to resume (result FL_RESUMABLE, nothing touched); else the
  *               partial file is created empty with O_EXCL (a stale one, or a planted
  *               link, is unlinked first) and the result is its descriptor.
- *   FL_FINISH   fsync the partial file's descriptor and close it, rename the partial
- *               file onto the final name, fsync the directory: result 0.
+ *   FL_FINISH   write the body the caller kept in memory, if any (fl_submit_data:
+ *               the whole pages with O_DIRECT), fsync the partial file's descriptor
+ *               and close it, rename the partial file onto the final name, fsync
+ *               the directory: result 0.
  *
  * One "namer" thread does every create and rename, in submission order: they take
  * the directory's lock anyway, and threads contending for it only spin.  A create
@@ -60,6 +62,11 @@ void fl_channel_close(fl_filer *f, fl_channel *ch);
  * it, whatever happens).  0, or -ENAMETOOLONG / -ENOMEM / -EINVAL. */
 int fl_submit(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
               const char *b);
+
+/* FINISH with the last bytes of the body, [offset, offset + len) of the partial file:
+ * the filer copies them, writes them (whole pages with O_DIRECT) before the fsync. */
+int fl_submit_data(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
+                   const char *b, const uint8_t *data, uint64_t len, uint64_t offset);
 
 /* Finished jobs of ``ch``, without waiting: up to ``cap`` (id, result) pairs. */
 int fl_take(fl_filer *f, fl_channel *ch, uint64_t *ids, int64_t *results, int cap);

@@ -74,20 +74,37 @@ class Filer:
         fd = await self._submit(lib.FL_PREPARE, result, -1, name + _PART, name + _CONTROL)
         return None if fd == lib.FL_RESUMABLE else fd
 
-    async def finish(self, fd: int, result: Path) -> None:
-        """fsync and close ``fd`` (the partial file), rename it to ``result``, and
-        fsync the directory.  ``fd`` is closed whatever happens."""
+    async def finish(
+        self, fd: int, result: Path, body: bytes | bytearray = b"", offset: int = 0
+    ) -> None:
+        """Write ``body`` at ``offset`` (the end of the file, kept in memory until now),
+        fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync
+        the directory.  ``fd`` is closed whatever happens."""
         name = os.fsencode(result)
-        await self._submit(lib.FL_FINISH, result, fd, name + _PART, name)
+        await self._submit(lib.FL_FINISH, result, fd, name + _PART, name, body, offset)
 
-    async def _submit(self, kind: int, result: Path, fd: int, a: bytes, b: bytes) -> int:
+    async def _submit(
+        self,
+        kind: int,
+        result: Path,
+        fd: int,
+        a: bytes,
+        b: bytes,
+        body: bytes | bytearray = b"",
+        offset: int = 0,
+    ) -> int:
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
         if channel is None:
             channel = self._channels[loop] = _Channel(self._f, loop)
         future: asyncio.Future[int] = loop.create_future()
         job = next(self._ids)
-        rc = lib.fl_submit(self._f, channel.ch, kind, job, fd, a, b)
+        if body:  # copied by the filer before this returns
+            rc = lib.fl_submit_data(
+                self._f, channel.ch, kind, job, fd, a, b, ffi.from_buffer(body), len(body), offset
+            )
+        else:
+            rc = lib.fl_submit(self._f, channel.ch, kind, job, fd, a, b)
         if rc != 0:
             if kind == lib.FL_FINISH:
                 os.close(fd)

@@ -89,6 +89,12 @@ loop; small files go through the C filer (``engine._files``) instead."""
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
 
+_HOLD = 256 << 10
+"""Bytes of a plain (one-request) file's body kept in memory, then written by the C
+filer with O_DIRECT as the file is finished: the engine loop makes no write for a
+small file, and its fsync has no data left to write back.  Past this, written by the
+loop, a run at a time."""
+
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -147,6 +153,9 @@ class SegmentedDownload:
         self._grow_fd = -1  # unknown length: a plain growing partial file
         self._spare_fd = -1  # the empty partial file made before the first response
         self._grow_pos = 0
+        self._held = bytearray()
+        """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
+        self._held_at = 0
         self._body_ended = False  # unknown length: a response ended cleanly
         self.segments = Segments(self.config)
         self._tasks: set[asyncio.Future[None]] = set()
@@ -423,11 +432,30 @@ class SegmentedDownload:
             if self.rf.write(offset, data) and self.on_blocks is not None:
                 self.on_blocks()
             return
+        held = self._held
+        if offset == self._held_at + len(held) and len(held) + len(data) <= _HOLD:
+            held += data  # the filer writes it, past the page cache, when the file ends
+        else:
+            self._spill()
+            self._pwrite(data, offset)
+            self._held_at = offset + len(data)
+        self._grow_pos = offset + len(data)
+
+    def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
         try:
-            os.pwrite(self._grow_fd, data, offset)
+            while data:
+                n = os.pwrite(self._grow_fd, data, offset)
+                data, offset = data[n:], offset + n
         except OSError as exc:
             raise StorageError(exc.errno, exc.strerror, str(self.result)) from exc
-        self._grow_pos = offset + len(data)
+
+    def _spill(self) -> None:
+        """Write what is held in memory to the plain partial file."""
+        held = self._held
+        if held:
+            self._pwrite(held, self._held_at)
+            self._held_at += len(held)
+            self._held = bytearray()
 
     def _check_head(self, st: Stream) -> bool:
         """Validate a response before its first byte is written; False stops the request."""
@@ -505,6 +533,7 @@ class SegmentedDownload:
         self.last_modified = _storable(head.get("Last-Modified"), 128)
         self.ranges_ok = ranges
         self._body_ended = False
+        self._held, self._held_at = bytearray(), 0
         spare, self._spare_fd = self._spare_fd, -1
         if spare < 0:  # a restart: the filer's empty partial file was used already
             remove_partial(self.result)
@@ -586,7 +615,8 @@ class SegmentedDownload:
         if self.rf is not None:
             return await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
         fd, self._grow_fd = self._grow_fd, -1
-        await filer().finish(fd, self.result)
+        held, self._held = self._held, bytearray()
+        await filer().finish(fd, self.result, held, self._held_at)
         self.size = self._grow_pos
         return self.result
 
@@ -594,6 +624,10 @@ class SegmentedDownload:
         if self.rf is not None:
             self.rf.close()
         if self._grow_fd >= 0:
+            try:
+                self._spill()  # the partial file holds [0, _grow_pos), as it says
+            except StorageError:
+                self._grow_pos = self._held_at
             os.close(self._grow_fd)
             self._grow_fd = -1
         if self._spare_fd >= 0:  # no response came: the empty partial file goes too

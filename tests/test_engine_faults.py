@@ -154,3 +154,26 @@ def test_resume_fetches_only_what_is_missing(server: FaultServer, tmp_path: Path
     run(SegmentedDownload(server.url, out, config=cfg).run())
     assert sha256(out) == sha256(BODY)
     assert server.bytes_sent - sent_before <= SIZE - have + cfg.connections * cfg.block_size
+
+
+@pytest.mark.parametrize(
+    ("fault", "after"),
+    [("reset", 100_000), ("truncate", 400_000), ("no-ranges+reset", 300_000)],
+    ids=["reset-while-held", "truncate-past-the-hold", "no-ranges-reset"],
+)
+def test_a_small_body_broken_midway_is_byte_exact(
+    tmp_path: Path, run: Run, fault: str, after: int
+) -> None:
+    """A body the first response carries is kept in memory and written by the filer as
+    the file ends; a break before or after the part held spills it, and the retry
+    (ranged, or from zero without ranges) continues the file where it is."""
+    body = os.urandom(700_000)  # under first_request: one plain file, no bitmap
+    srv = FaultServer(body, fault, faults=2, after=after)
+    try:
+        out = tmp_path / "small.bin"
+        run(SegmentedDownload(srv.url, out, config=FAST).run())
+        assert out.read_bytes() == body
+        assert not part_path(out).exists()
+        assert srv.requests >= 2  # it broke, and the retry finished it
+    finally:
+        srv.close()
