@@ -79,7 +79,7 @@ typedef struct rf_slot rf_slot;
  * open: a small share means smaller stages (down to 64 KiB), and a file with none
  * writes through the page cache. */
 #define RF_DIRECT_STAGE_SIZE (1024u * 1024u)
-#define RF_DIRECT_BUDGET (24u * 1024u * 1024u)
+#define RF_DIRECT_BUDGET (16u * 1024u * 1024u)
 /* 64 KiB runs: 128 and 256 KiB won alone (bench_core) but made a download from
  * nginx 2x slower and erratic, on ext4 and tmpfs alike (page-cache folios that
  * large contend with the sender); 64 KiB runs doubled it over unstaged 16 KiB. */
