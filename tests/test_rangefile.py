@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,35 @@ def test_direct_runs_complete_their_blocks_once_written(tmp_path: Path) -> None:
         assert rf.read(0, size) == data
         rf.finish()
     assert result.read_bytes() == data
+
+
+def test_a_forked_child_gets_writer_threads_of_its_own(tmp_path: Path) -> None:
+    """Threads do not survive fork(): a child writing a direct file starts its own
+    writers (rather than queueing for threads that are not there), and the parent's
+    go on with the parent's file."""
+    if not _takes_direct_io(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    data = os.urandom(4 << 20)
+    piece = 16 * 1024
+    parent = RangeFile(tmp_path / "parent.bin", len(data), 1 << 20)
+    for off in range(0, 1 << 20, piece):  # the parent's writer threads are running
+        parent.write(off, data[off : off + piece])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only for a byte-exact file
+        code = 1
+        try:
+            child = RangeFile(tmp_path / "child.bin", len(data), 1 << 20)
+            for off in range(0, len(data), piece):
+                child.write(off, data[off : off + piece])
+            child.finish()
+            code = 0 if (tmp_path / "child.bin").read_bytes() == data else 2
+        finally:
+            os._exit(code)
+    for off in range(1 << 20, len(data), piece):
+        parent.write(off, data[off : off + piece])
+    parent.finish()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "parent.bin").read_bytes() == data
