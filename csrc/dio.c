@@ -17,7 +17,7 @@ static dio_job *all; /* queued or being written */
 static int started;  /* threads running; 0 again in a forked child */
 static int atfork_set;
 
-static int write_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
 {
     while (len > 0) {
         ssize_t n = pwrite(fd, buf, (size_t)len, (off_t)off);
@@ -41,15 +41,15 @@ int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offse
     uint64_t a = (offset + DIO_ALIGN - 1) & ~(uint64_t)(DIO_ALIGN - 1);
     uint64_t b = end & ~(uint64_t)(DIO_ALIGN - 1);
     if (fd_direct < 0 || a >= b || ((uintptr_t)(buf + (a - offset)) & (DIO_ALIGN - 1)) != 0)
-        return write_all(fd_buffered, buf, len, offset);
+        return dio_pwrite_all(fd_buffered, buf, len, offset);
     int rc = 0;
-    if (a > offset && (rc = write_all(fd_buffered, buf, a - offset, offset)) != 0)
+    if (a > offset && (rc = dio_pwrite_all(fd_buffered, buf, a - offset, offset)) != 0)
         return rc;
-    rc = write_all(fd_direct, buf + (a - offset), b - a, a);
+    rc = dio_pwrite_all(fd_direct, buf + (a - offset), b - a, a);
     if (rc == -EINVAL) /* this file system or device wants another alignment */
-        rc = write_all(fd_buffered, buf + (a - offset), b - a, a);
+        rc = dio_pwrite_all(fd_buffered, buf + (a - offset), b - a, a);
     if (rc == 0 && end > b)
-        rc = write_all(fd_buffered, buf + (b - offset), end - b, b);
+        rc = dio_pwrite_all(fd_buffered, buf + (b - offset), end - b, b);
     return rc;
 }
 

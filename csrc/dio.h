@@ -43,6 +43,9 @@ typedef struct dio_job {
     int done;
 } dio_job;
 
+/* pwrite until all of buf is written (EINTR retried, a write of 0 is -EIO); 0 or -errno. */
+int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off);
+
 /* Writes [offset, offset + len): whole pages through fd_direct when buf is aligned
  * like the file offset, the rest (or all, on EINVAL) through fd_buffered.  0 or -errno. */
 int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len);

@@ -83,22 +83,6 @@ size_t rf_workspace_size(uint64_t size, uint32_t block_shift)
            RF_SLOTS * sizeof(rf_slot) + 64;
 }
 
-static int full_pwrite(int fd, const uint8_t *buf, size_t len, uint64_t off)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        buf += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 /* Preallocate; 1 when the file system refused and the file is sparse. */
 static int preallocate(int fd, uint64_t len, int zero_fill)
 {
@@ -116,7 +100,7 @@ static int preallocate(int fd, uint64_t len, int zero_fill)
     static const uint8_t zeros[4096];
     for (uint64_t off = 0; off < len; off += sizeof zeros) {
         uint64_t n = len - off < sizeof zeros ? len - off : sizeof zeros;
-        if ((rc = full_pwrite(fd, zeros, (size_t)n, off)) != 0)
+        if ((rc = dio_pwrite_all(fd, zeros, n, off)) != 0)
             return rc;
     }
     return 0;
@@ -198,7 +182,7 @@ static int ctl_create(rf_file *f, const char *etag, const char *lm)
     header_fill(&h, f->size, f->block_shift, etag, lm);
     int rc = preallocate(fd, ctl_len_of(f->nblocks), 1);
     if (rc == 0)
-        rc = full_pwrite(fd, (const uint8_t *)&h, sizeof h, 0);
+        rc = dio_pwrite_all(fd, (const uint8_t *)&h, sizeof h, 0);
     if (rc == 0 && rename(tmp, f->ctl_path) != 0)
         rc = -errno;
     if (rc != 0) {
@@ -485,7 +469,7 @@ static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t
 
 static int64_t put(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
 {
-    int rc = full_pwrite(f->data_fd, buf, (size_t)len, offset);
+    int rc = dio_pwrite_all(f->data_fd, buf, len, offset);
     return rc != 0 ? rc : account(f, offset, buf, len);
 }
 
@@ -824,7 +808,7 @@ static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uin
         if (done < 0)
             return done;
         if (st == NULL) { /* over the budget: through the page cache, at once */
-            int rc = full_pwrite(f->data_fd, buf, (size_t)len, offset);
+            int rc = dio_pwrite_all(f->data_fd, buf, len, offset);
             if (rc != 0)
                 return rc;
             return done + account(f, offset, buf, len);
