@@ -592,6 +592,7 @@ class SegmentedDownload:
         return rf
 
     def _start_over(self, *, changed: bool) -> None:
+        self._held = bytearray()  # the partial file goes: nothing held is worth writing
         self._close()
         remove_partial(self.result)
         self.rf, self.size = None, None
