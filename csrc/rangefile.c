@@ -285,8 +285,9 @@ static void release_stages(rf_file *f)
             st->writing = 0;
         }
         if (st->buf != NULL && f->direct)
-            dstage_free(f, st);
-        free(st->buf);
+            dstage_free(f, st); /* gives its bytes back to the budget */
+        else
+            free(st->buf);
         st->buf = NULL;
         st->len = 0;
     }
@@ -753,6 +754,11 @@ static rf_stage *dstage_for(rf_file *f, uint64_t offset, uint64_t end, int64_t *
         if (st->len > 0 && (lru == NULL || st->used_at < lru->used_at))
             lru = st;
     }
+    if (f->stage_bytes > RF_STAGE_SIZE) { /* a new run: a file over its share gives back */
+        dstage_trim(f);
+        if (empty != NULL && empty->buf == NULL)
+            empty = NULL;
+    }
     /* A rewrite of bytes with the writers must land after them. */
     for (uint32_t i = 0; i < f->nstages; i++) {
         rf_stage *st = &f->stages[i];
@@ -801,17 +807,13 @@ static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uin
     int64_t done = f->inflight > 0 ? dstage_collect(f, 0) : 0;
     if (done < 0)
         return done;
-    if (f->stage_bytes > RF_STAGE_SIZE)
-        dstage_trim(f);
     while (len > 0) {
         rf_stage *st = dstage_for(f, offset, offset + len, &done);
         if (done < 0)
             return done;
         if (st == NULL) { /* over the budget: through the page cache, at once */
-            int rc = dio_pwrite_all(f->data_fd, buf, len, offset);
-            if (rc != 0)
-                return rc;
-            return done + account(f, offset, buf, len);
+            int64_t n = put(f, offset, buf, len);
+            return n < 0 ? n : done + n;
         }
         uint64_t boundary = (st->offset / st->cap + 1) * st->cap;
         if (boundary > f->size)
