@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from served import benchmarks_disabled
 from servers import Nginx
 
 MIB = 1 << 20
+_FLOOR = Path(__file__).resolve().parent / "pycurl_floor.py"
 
 
 def _aria2c(*args: str) -> list[str]:
@@ -92,7 +94,9 @@ def _many(
     size: int,
     parallel: int,
     connections: int,
+    floor: bool = False,
 ) -> None:
+    """``floor``: also the bare pycurl loop (it holds each body in memory: small files)."""
     urls, _ = _many_files(server, count, size)
     (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
     (tmp_path / "curl.cfg").write_text(
@@ -111,6 +115,10 @@ def _many(
             ],
         }
     )  # fmt: skip
+    if floor:
+        contenders[f"pycurl loop -j {parallel} (the design's floor)"] = [
+            sys.executable, str(_FLOOR), "list.txt", "out", str(parallel),
+        ]  # fmt: skip
     rounds = 1 if benchmark.disabled else 5
     spent = tmp_path / "spent"
     keep = count * size * rounds * len(contenders) <= _KEEP_BYTES
@@ -146,7 +154,7 @@ def test_5000_small_files(
 ) -> None:
     """5000 x 64 KiB, 16 at a time: bgtransfer mirror beside curl -Z and aria2c -j."""
     count = 200 if benchmarks_disabled(request.config) else 5000
-    _many(benchmark, served[0], tmp_path, count, 64 << 10, 16, 4)
+    _many(benchmark, served[0], tmp_path, count, 64 << 10, 16, 4, floor=True)
 
 
 def test_64_files_of_32_mib(
