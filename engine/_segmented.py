@@ -325,7 +325,7 @@ class SegmentedDownload:
             # FTP's replies make the head; SFTP has none: what the stat said stands in.
             stream.head.ftp = FtpReplies() if is_ftp(self.url) else FtpReplies(*self._stat_result)
             set_range(curl, start, end)
-        curl.setopt(pycurl.HEADERFUNCTION, stream.head.feed)
+        curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
         self.segments.inflight.append(stream)
         code, message = 0, ""
@@ -460,6 +460,7 @@ class SegmentedDownload:
     def _check_head(self, st: Stream) -> bool:
         """Validate a response before its first byte is written; False stops the request."""
         st.checked = True
+        st.head.parse()
         st.head.as_http(st.start, st.end)
         accepted = self._accept_head(st)
         if accepted:

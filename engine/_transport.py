@@ -111,6 +111,8 @@ class ResponseHead:
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     ftp: FtpReplies | None = None
     """Set for an FTP transfer: its replies stand in for a status line and headers."""
+    lines: list[bytes] = dataclasses.field(default_factory=list)
+    """Header lines not read yet (see ``parse``)."""
 
     def as_http(self, start: int, end: int | None) -> None:
         """Give an FTP transfer the head an HTTP server would have sent for ``[start, end)``.
@@ -179,17 +181,27 @@ class ResponseHead:
         return max(0.0, when.timestamp() - time.time())
 
     def feed(self, line: bytes) -> None:
-        """Take one header line from libcurl (a new status line starts a new head)."""
-        text = line.decode("latin-1").rstrip("\r\n")
-        if self.ftp is not None:
-            self.ftp.feed(text)
-        elif text.startswith("HTTP/"):
-            parts = text.split(None, 2)
-            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            self.headers = []
-        elif ":" in text:
-            name, _, value = text.partition(":")
-            self.headers.append((name.strip(), value.strip()))
+        """Take one header line (a new status line starts a new head)."""
+        self.lines.append(line)
+        self.parse()
+
+    def parse(self) -> None:
+        """Read the header lines gathered in ``lines``.  libcurl's header callback is
+        ``lines.append`` itself, parsed once the head is needed: a Python call from C
+        for each line cost more than parsing them all."""
+        lines = self.lines
+        for line in lines:
+            text = line.decode("latin-1").rstrip("\r\n")
+            if self.ftp is not None:
+                self.ftp.feed(text)
+            elif text.startswith("HTTP/"):
+                parts = text.split(None, 2)
+                self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                self.headers = []
+            elif ":" in text:
+                name, _, value = text.partition(":")
+                self.headers.append((name.strip(), value.strip()))
+        lines.clear()
 
 
 @dataclasses.dataclass(frozen=True)
