@@ -20,9 +20,10 @@ typedef struct fl_job {
     struct fl_channel *ch;
     uint64_t id;
     int64_t result;
-    int kind;
     int fd;
-    int dir; /* FINISH: index of its directory in the namer's group */
+    int dir; /* index of its directory in the dirsyncer's group */
+    int created; /* the namer made the partial file */
+    int written; /* the syncer is done with it: the namer renames it */
     uint8_t *data; /* FINISH: bytes still to write first (page-aligned copy), or NULL */
     uint64_t data_len, data_off;
     char *b;
@@ -41,13 +42,64 @@ struct fl_channel {
     fl_job *head, *tail;
     int efd;
     int refs;   /* the owner's, and one per job not yet taken */
-    int closed; /* the owner is gone: finished jobs are undone and freed */
+    int closed; /* the owner is gone: finished jobs are freed */
 };
+
+/* Page-aligned body buffers, kept for the next file instead of freed: a fresh one is
+ * new memory, and faulting its pages in cost more than copying the body (on a VM
+ * whose balloon takes freed pages back, each fault goes to the host).  Sizes are
+ * rounded up to POOL_UNIT; at most POOL_BYTES are kept. */
+#define POOL_UNIT (64 * 1024)
+#define POOL_CLASSES 4 /* 64 KiB .. 256 KiB: the bodies the engine holds */
+#define POOL_DEPTH 16
+#define POOL_BYTES (4u << 20)
 
 struct fl_filer {
     pthread_mutex_t lock;
     fl_queue syncing, naming, dirsyncing;
+    void *pool[POOL_CLASSES][POOL_DEPTH]; /* under lock */
+    int pooled[POOL_CLASSES];
+    size_t pool_bytes;
 };
+
+static size_t pool_class(uint64_t len)
+{
+    return (size_t)((len + POOL_UNIT - 1) / POOL_UNIT) - 1;
+}
+
+static uint8_t *buffer_take(fl_filer *f, uint64_t len)
+{
+    size_t c = pool_class(len);
+    void *buf = NULL;
+    if (c < POOL_CLASSES) {
+        pthread_mutex_lock(&f->lock);
+        if (f->pooled[c] > 0) {
+            buf = f->pool[c][--f->pooled[c]];
+            f->pool_bytes -= (c + 1) * POOL_UNIT;
+        }
+        pthread_mutex_unlock(&f->lock);
+        if (buf != NULL)
+            return buf;
+        len = (c + 1) * POOL_UNIT;
+    }
+    return posix_memalign(&buf, DIO_ALIGN, (size_t)len) == 0 ? buf : NULL;
+}
+
+static void buffer_give(fl_filer *f, uint8_t *buf, uint64_t len)
+{
+    size_t c = pool_class(len);
+    if (c < POOL_CLASSES) {
+        pthread_mutex_lock(&f->lock);
+        size_t size = (c + 1) * POOL_UNIT;
+        if (f->pooled[c] < POOL_DEPTH && f->pool_bytes + size <= POOL_BYTES) {
+            f->pool[c][f->pooled[c]++] = buf;
+            f->pool_bytes += size;
+            buf = NULL;
+        }
+        pthread_mutex_unlock(&f->lock);
+    }
+    free(buf);
+}
 
 static void append(fl_queue *q, fl_job *j)
 {
@@ -96,13 +148,11 @@ static void channel_unref(fl_channel *ch)
     }
 }
 
-/* A job nobody will take: what it made goes again. */
-static void undo(fl_job *j)
+static void free_data(fl_filer *f, fl_job *j)
 {
-    if (j->kind == FL_PREPARE && j->result >= 0) {
-        close((int)j->result);
-        unlink(j->a);
-    }
+    if (j->data != NULL)
+        buffer_give(f, j->data, j->data_len);
+    j->data = NULL;
 }
 
 static void finished(fl_filer *f, fl_job *j, int64_t result)
@@ -111,8 +161,7 @@ static void finished(fl_filer *f, fl_job *j, int64_t result)
     j->next = NULL;
     pthread_mutex_lock(&f->lock);
     fl_channel *ch = j->ch;
-    if (ch->closed) {
-        undo(j);
+    if (ch->closed) { /* nobody waits: what the job did stands (a finished file is whole) */
         free(j);
         channel_unref(ch);
     } else {
@@ -129,19 +178,15 @@ static void finished(fl_filer *f, fl_job *j, int64_t result)
     pthread_mutex_unlock(&f->lock);
 }
 
-static int64_t prepare(const fl_job *j)
+/* A new empty partial file: O_EXCL, so a stale one, or a link someone planted, is
+ * unlinked first and never written through. */
+static int create_fresh(const char *path)
 {
-    struct stat st;
-    if (lstat(j->b, &st) == 0)
-        return FL_RESUMABLE;
-    if (errno != ENOENT)
-        return -errno;
     for (int attempt = 0; attempt < 2; attempt++) {
-        int fd = open(j->a, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd >= 0)
             return fd;
-        /* A stale partial file, or a link someone planted: never write through it. */
-        if (errno != EEXIST || unlink(j->a) != 0)
+        if (errno != EEXIST || unlink(path) != 0)
             return -errno;
     }
     return -EEXIST;
@@ -160,13 +205,16 @@ static void *syncer(void *arg)
             rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len);
             if (dfd >= 0)
                 close(dfd);
-            free(j->data);
-            j->data = NULL;
+            free_data(f, j);
         }
         if (rc == 0)
             rc = fsync(j->fd) == 0 ? 0 : -errno;
         if (close(j->fd) != 0 && rc == 0)
             rc = -errno;
+        if (rc != 0 && j->created)
+            unlink(j->a); /* made here, never whole: nothing to resume from */
+        j->fd = -1;
+        j->written = 1;
         if (rc != 0)
             finished(f, j, rc);
         else
@@ -204,12 +252,23 @@ static void *namer(void *arg)
     fl_filer *f = arg;
     for (;;) {
         fl_job *j = take(f, &f->naming, 0);
-        if (j->kind == FL_PREPARE)
-            finished(f, j, prepare(j)); /* at once: a create waits for no flush */
-        else if (rename(j->a, j->b) != 0)
-            finished(f, j, -errno);
-        else
+        if (!j->written) { /* the partial file is made here, then written by a syncer */
+            j->fd = create_fresh(j->a);
+            j->created = j->fd >= 0;
+            if (j->fd < 0) {
+                free_data(f, j);
+                finished(f, j, j->fd);
+            } else {
+                push(f, &f->syncing, j);
+            }
+        } else if (rename(j->a, j->b) != 0) {
+            int rc = -errno;
+            if (j->created)
+                unlink(j->a);
+            finished(f, j, rc);
+        } else {
             push(f, &f->dirsyncing, j);
+        }
     }
     return NULL;
 }
@@ -282,32 +341,25 @@ fl_filer *fl_new(int syncers)
     return f;
 }
 
-int fl_submit(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
-              const char *b)
+int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part,
+              const char *final, const uint8_t *data, uint64_t len, uint64_t offset)
 {
-    return fl_submit_data(f, ch, kind, id, fd, a, b, NULL, 0, 0);
-}
-
-int fl_submit_data(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, const char *a,
-                   const char *b, const uint8_t *data, uint64_t len, uint64_t offset)
-{
-    if (f == NULL || ch == NULL || a == NULL || b == NULL ||
-        (kind != FL_PREPARE && kind != FL_FINISH))
+    if (f == NULL || ch == NULL || part == NULL || final == NULL || (fd < 0 && offset != 0))
         return -EINVAL;
-    size_t la = strlen(a), lb = strlen(b);
+    size_t la = strlen(part), lb = strlen(final);
     if (la >= PATH_MAX || lb >= PATH_MAX)
         return -ENAMETOOLONG;
-    if (len > 0 && kind != FL_FINISH)
-        return -EINVAL;
     uint8_t *copy = NULL;
     if (len > 0) {
-        if (posix_memalign((void **)&copy, DIO_ALIGN, (size_t)len) != 0)
+        copy = buffer_take(f, len);
+        if (copy == NULL)
             return -ENOMEM;
         memcpy(copy, data, (size_t)len);
     }
     fl_job *j = malloc(sizeof *j + la + lb + 2);
     if (j == NULL) {
-        free(copy);
+        if (copy != NULL)
+            buffer_give(f, copy, len);
         return -ENOMEM;
     }
     j->data = copy;
@@ -315,14 +367,15 @@ int fl_submit_data(fl_filer *f, fl_channel *ch, int kind, uint64_t id, int fd, c
     j->data_off = offset;
     j->id = id;
     j->ch = ch;
-    j->kind = kind;
     j->fd = fd;
     j->result = 0;
     j->dir = -1;
-    memcpy(j->a, a, la + 1);
+    j->created = 0;
+    j->written = 0;
+    memcpy(j->a, part, la + 1);
     j->b = j->a + la + 1;
-    memcpy(j->b, b, lb + 1);
-    fl_queue *q = kind == FL_FINISH ? &f->syncing : &f->naming;
+    memcpy(j->b, final, lb + 1);
+    fl_queue *q = fd < 0 ? &f->naming : &f->syncing; /* no file yet: the namer makes it */
     pthread_mutex_lock(&f->lock);
     ch->refs++;
     append(q, j);
@@ -391,7 +444,6 @@ void fl_channel_close(fl_filer *f, fl_channel *ch)
     while (ch->head) {
         fl_job *j = ch->head;
         ch->head = j->next;
-        undo(j);
         free(j);
         ch->refs--;
     }

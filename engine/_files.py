@@ -18,13 +18,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from engine._core import CONTROL_SUFFIX, PART_SUFFIX, part_path
+from engine._core import PART_SUFFIX
 from engine._native import ffi, lib
 from engine._once import PerProcess
 from engine.errors import StorageError
 
 _BATCH = 256
-_PART, _CONTROL = os.fsencode(PART_SUFFIX), os.fsencode(CONTROL_SUFFIX)
+_PART = os.fsencode(PART_SUFFIX)
 
 
 class _Channel:
@@ -35,7 +35,7 @@ class _Channel:
         self.ch = lib.fl_channel_new()
         if self.ch == ffi.NULL:
             raise OSError("the filer's channel could not be made")
-        self.waiting: dict[int, tuple[asyncio.Future[int], Path, int]] = {}
+        self.waiting: dict[int, tuple[asyncio.Future[None], Path]] = {}
         self._ids = ffi.new("uint64_t[]", _BATCH)
         self._results = ffi.new("int64_t[]", _BATCH)
         loop.add_reader(lib.fl_channel_fd(self.ch), self._take)
@@ -44,15 +44,14 @@ class _Channel:
     def _take(self) -> None:
         n = lib.fl_take(self._f, self.ch, self._ids, self._results, _BATCH)
         for i in range(n):
-            future, result, kind = self.waiting.pop(int(self._ids[i]))
+            future, result = self.waiting.pop(int(self._ids[i]))
             rc = int(self._results[i])
             if future.cancelled():
-                if kind == lib.FL_PREPARE and rc >= 0:
-                    drop_partial(rc, result)
-            elif rc < 0 and rc != lib.FL_RESUMABLE:
+                continue
+            if rc < 0:
                 future.set_exception(StorageError(-rc, os.strerror(-rc), str(result)))
             else:
-                future.set_result(rc)
+                future.set_result(None)
 
 
 class Filer:
@@ -67,56 +66,29 @@ class Filer:
             weakref.WeakKeyDictionary()
         )
 
-    async def create_partial(self, result: Path) -> int | None:
-        """A new empty partial file for ``result`` (its descriptor), or None when a
-        control file says an earlier run left a download to resume."""
-        name = os.fsencode(result)
-        fd = await self._submit(lib.FL_PREPARE, result, -1, name + _PART, name + _CONTROL)
-        return None if fd == lib.FL_RESUMABLE else fd
-
     async def finish(
         self, fd: int, result: Path, body: bytes | bytearray = b"", offset: int = 0
     ) -> None:
         """Write ``body`` at ``offset`` (the end of the file, kept in memory until now),
         fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync
-        the directory.  ``fd`` is closed whatever happens."""
-        name = os.fsencode(result)
-        await self._submit(lib.FL_FINISH, result, fd, name + _PART, name, body, offset)
-
-    async def _submit(
-        self,
-        kind: int,
-        result: Path,
-        fd: int,
-        a: bytes,
-        b: bytes,
-        body: bytes | bytearray = b"",
-        offset: int = 0,
-    ) -> int:
+        the directory.  ``fd`` is closed whatever happens; -1: there is no partial file
+        yet, and the filer creates it (``body`` is then the whole file)."""
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
         if channel is None:
             channel = self._channels[loop] = _Channel(self._f, loop)
-        future: asyncio.Future[int] = loop.create_future()
+        future: asyncio.Future[None] = loop.create_future()
         job = next(self._ids)
-        if body:  # copied by the filer before this returns
-            rc = lib.fl_submit_data(
-                self._f, channel.ch, kind, job, fd, a, b, ffi.from_buffer(body), len(body), offset
-            )
-        else:
-            rc = lib.fl_submit(self._f, channel.ch, kind, job, fd, a, b)
+        name = os.fsencode(result)
+        data = ffi.from_buffer(body) if body else ffi.NULL  # copied before fl_finish returns
+        part = name + _PART
+        rc = lib.fl_finish(self._f, channel.ch, job, fd, part, name, data, len(body), offset)
         if rc != 0:
-            if kind == lib.FL_FINISH:
+            if fd >= 0:
                 os.close(fd)
             raise StorageError(-rc, os.strerror(-rc), str(result))
-        channel.waiting[job] = (future, result, kind)
-        return await future
-
-
-def drop_partial(fd: int, result: Path) -> None:
-    """Close and remove an empty partial file that no download will use."""
-    os.close(fd)
-    part_path(result).unlink(missing_ok=True)
+        channel.waiting[job] = (future, result)
+        await future
 
 
 _filer = PerProcess(Filer)

@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine._checksum import file_digest
-from engine._core import part_path, remove_partial
+from engine._core import remove_partial
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
@@ -187,9 +186,10 @@ class Runner:
         """
         op = self.op
         expected = op.expected_checksum
-        if expected is not None:
+        job = op._job
+        if expected is not None and job is not None:
             algo, digest = expected
-            got = await asyncio.to_thread(file_digest, part_path(op.result_file), algo)
+            got = await job.digest(algo)
             if got != digest:
                 remove_partial(op.result_file)
                 raise IntegrityError(

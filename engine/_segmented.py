@@ -27,9 +27,10 @@ from typing import Any
 
 import pycurl
 
+from engine._checksum import ALGORITHMS, file_digest
 from engine._config import TransferConfig
-from engine._core import RangeFile, part_path, peek, remove_partial
-from engine._files import drop_partial, filer
+from engine._core import RangeFile, control_path, part_path, peek, remove_partial
+from engine._files import filer
 from engine._segments import Segments, Stop, Stream
 from engine._transport import (
     FtpReplies,
@@ -95,7 +96,17 @@ filer with O_DIRECT as the file is finished: the engine loop makes no write for 
 small file, and its fsync has no data left to write back.  Past this, written by the
 loop, a run at a time."""
 
-_CREATE = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _create_fresh(path: Path) -> int:
+    """A new empty partial file; a stale one, or a planted link, is unlinked first and
+    never written through (the filer's create_fresh, for a plain file that spills)."""
+    try:
+        return os.open(path, _CREATE, 0o666)
+    except FileExistsError:
+        path.unlink()
+        return os.open(path, _CREATE, 0o666)
 
 
 def _set(ready: asyncio.Future[None]) -> None:
@@ -150,8 +161,10 @@ class SegmentedDownload:
         self.has_response_changed = False
         self.finished = False
         self.rf: RangeFile | None = None
-        self._grow_fd = -1  # unknown length: a plain growing partial file
-        self._spare_fd = -1  # the empty partial file made before the first response
+        self._plain = False
+        """A plain file (small, or of unknown length): no bitmap, held in memory while
+        it fits (see _HOLD), its partial file made only when something must be written."""
+        self._grow_fd = -1  # the plain file's partial file, once made
         self._grow_pos = 0
         self._held = bytearray()
         """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
@@ -310,7 +323,7 @@ class SegmentedDownload:
 
     def _next_plain(self) -> tuple[int, int | None] | None:
         """A small file of known size broke off: go on from where it stopped (or from 0)."""
-        if self._grow_fd < 0 or self.size is None or self.segments.inflight or self._complete():
+        if not self._plain or self.size is None or self.segments.inflight or self._complete():
             return None
         return (self._grow_pos if self.ranges_ok else 0), self.size
 
@@ -443,6 +456,8 @@ class SegmentedDownload:
 
     def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
         try:
+            if self._grow_fd < 0:
+                self._grow_fd = _create_fresh(part_path(self.result))
             while data:
                 n = os.pwrite(self._grow_fd, data, offset)
                 data, offset = data[n:], offset + n
@@ -535,16 +550,17 @@ class SegmentedDownload:
         self.ranges_ok = ranges
         self._body_ended = False
         self._held, self._held_at = bytearray(), 0
-        spare, self._spare_fd = self._spare_fd, -1
-        if spare < 0:  # a restart: the filer's empty partial file was used already
-            remove_partial(self.result)
+        self._grow_pos = 0
+        if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
+            os.close(self._grow_fd)
+            self._grow_fd = -1
         if size is None or size <= self.config.first_request:
             # Unknown length, or a body the first response carries whole: a plain file,
             # no bitmap (a broken small body costs at most first_request again).
-            self._grow_fd = spare if spare >= 0 else os.open(part_path(self.result), _CREATE, 0o666)
+            self._plain = True
         else:
-            if spare >= 0:
-                os.close(spare)  # the core truncates and maps the same partial file
+            self._plain = False
+            remove_partial(self.result)  # a stale partial file is not written through
             if self.on_resumable is not None:
                 self.on_resumable()
             self.rf = RangeFile(
@@ -559,21 +575,19 @@ class SegmentedDownload:
             _set(self._head_ready)
 
     async def _prepare(self) -> None:
-        """A new empty partial file, made by the filer while the loop moves other
-        transfers; or the download an earlier run left, verified on a thread."""
-        while True:
-            fd = await filer().create_partial(self.result)
-            if fd is not None:
-                self._spare_fd = fd
-                return
-            loop = asyncio.get_running_loop()
-            rf = await loop.run_in_executor(_DURABLE, self._reopen)
-            if rf is not None:
-                if self.on_resumable is not None:
-                    self.on_resumable()
-                self.rf = rf
-                self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
-                return  # else a damaged control file was removed: start afresh
+        """The download an earlier run left, verified on a thread, if a control file
+        says there is one.  Else nothing: the first response decides what file to make
+        (a small body is kept in memory, and the filer makes its file as it ends)."""
+        if not os.path.lexists(control_path(self.result)):
+            return
+        loop = asyncio.get_running_loop()
+        rf = await loop.run_in_executor(_DURABLE, self._reopen)
+        if rf is not None:
+            if self.on_resumable is not None:
+                self.on_resumable()
+            self.rf = rf
+            self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
+        # else a damaged control file was removed: start afresh
 
     def _reopen(self) -> RangeFile | None:
         """The RangeFile an earlier run left, its blocks verified; None when damaged."""
@@ -593,7 +607,6 @@ class SegmentedDownload:
         return rf
 
     def _start_over(self, *, changed: bool) -> None:
-        self._held = bytearray()  # the partial file goes: nothing held is worth writing
         self._close()
         remove_partial(self.result)
         self.rf, self.size = None, None
@@ -607,9 +620,20 @@ class SegmentedDownload:
     def _complete(self) -> bool:
         if self.rf is not None:
             return self.rf.is_complete
-        if self._grow_fd < 0:
+        if not self._plain:
             return False
         return self._body_ended or (self.size is not None and self._grow_pos >= self.size)
+
+    async def digest(self, algo: str) -> str:
+        """The checksum of the complete download before it is renamed: a plain file
+        still held whole in memory is hashed there, anything else on disk (a thread)."""
+        if self._plain and self._grow_fd < 0:
+            h = ALGORITHMS[algo]()
+            h.update(self._held)
+            return str(h.hexdigest())
+        if self._plain:
+            self._spill()  # what is held is the end of the file
+        return await asyncio.to_thread(file_digest, part_path(self.result), algo)
 
     async def _finish_durably(self) -> Path:
         """fsync, rename onto the final name, fsync the directory."""
@@ -618,6 +642,7 @@ class SegmentedDownload:
             return await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
         fd, self._grow_fd = self._grow_fd, -1
         held, self._held = self._held, bytearray()
+        self._plain = False
         await filer().finish(fd, self.result, held, self._held_at)
         self.size = self._grow_pos
         return self.result
@@ -625,16 +650,11 @@ class SegmentedDownload:
     def _close(self) -> None:
         if self.rf is not None:
             self.rf.close()
+        self._plain = False
+        self._held = bytearray()  # nothing resumes a plain file: it starts again
         if self._grow_fd >= 0:
-            try:
-                self._spill()  # the partial file holds [0, _grow_pos), as it says
-            except StorageError:
-                self._grow_pos = self._held_at
             os.close(self._grow_fd)
             self._grow_fd = -1
-        if self._spare_fd >= 0:  # no response came: the empty partial file goes too
-            drop_partial(self._spare_fd, self.result)
-            self._spare_fd = -1
 
     def _tick_soon(self) -> None:
         self._ticker = asyncio.get_running_loop().call_later(_TICK, self._tick)

@@ -120,6 +120,22 @@ def test_checksum_match_and_mismatch(nginx: Nginx, tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
 
 
+def test_checksum_of_a_small_file_held_in_memory(nginx: Nginx, tmp_path: Path) -> None:
+    """A small body is kept in memory until it ends (no partial file holds it yet):
+    its checksum is of those bytes, and a mismatch still leaves no file."""
+    data = (nginx.www / "small.bin").read_bytes()
+    right = hashlib.sha256(data).hexdigest()
+    url = nginx.url("small.bin")
+    state = tmp_path / "s"
+    ok = bgt("get", url, "-o", "a", "--checksum", f"sha256={right}", cwd=tmp_path, state=state)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "a").read_bytes() == data
+    bad = bgt("get", url, "-o", "b", "--checksum", "md5=" + "0" * 32, cwd=tmp_path, state=state)
+    assert bad.returncode == 1
+    assert "md5" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "s"]
+
+
 @pytest.mark.parametrize(
     ("args", "status", "words"),
     [

@@ -1,5 +1,6 @@
-"""The C filer (csrc/filer.c through engine._files): creates, finishes, and what a
-cancelled or failed job leaves behind.  Real files in a temp dir, real threads."""
+"""The C filer (csrc/filer.c through engine._files): finishing a small result file,
+with or without a partial file made beforehand, and what a failed or orphaned job
+leaves behind.  Real files in a temp dir, real threads."""
 
 from __future__ import annotations
 
@@ -8,36 +9,39 @@ import os
 from pathlib import Path
 
 import pytest
-from engine._native import lib
+from engine._native import ffi, lib
 from polling import wait_for
 
-from engine._core import control_path, part_path
+from engine._core import part_path
 from engine._files import filer
 from engine.errors import StorageError
 
 
-def test_create_then_finish_renames_durably(tmp_path: Path) -> None:
+def test_a_held_body_becomes_the_file_without_a_partial_file_first(tmp_path: Path) -> None:
     result = tmp_path / "a.bin"
-
-    async def go() -> None:
-        fd = await filer().create_partial(result)
-        assert fd is not None
-        assert fd >= 0
-        assert part_path(result).stat().st_size == 0
-        os.write(fd, b"hello")
-        await filer().finish(fd, result)  # the filer closes fd
-
-    asyncio.run(go())
-    assert result.read_bytes() == b"hello"
+    body = os.urandom(70_000)  # whole pages and a ragged end
+    asyncio.run(filer().finish(-1, result, body))
+    assert result.read_bytes() == body
     assert not part_path(result).exists()
 
 
-def test_a_control_file_means_resume_and_nothing_is_touched(tmp_path: Path) -> None:
-    result = tmp_path / "r.bin"
-    part_path(result).write_bytes(b"earlier bytes")
-    control_path(result).write_bytes(b"x")
-    assert asyncio.run(filer().create_partial(result)) is None
-    assert part_path(result).read_bytes() == b"earlier bytes"
+def test_an_existing_partial_file_gets_the_held_end(tmp_path: Path) -> None:
+    """A body that spilled: its start is in the partial file, the rest in memory."""
+    result = tmp_path / "b.bin"
+    fd = os.open(part_path(result), os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"x" * 5000)
+
+    async def go() -> None:
+        await filer().finish(fd, result, b"y" * 9000, 5000)  # the filer closes fd
+
+    asyncio.run(go())
+    assert result.read_bytes() == b"x" * 5000 + b"y" * 9000
+
+
+def test_an_empty_body_makes_an_empty_file(tmp_path: Path) -> None:
+    result = tmp_path / "empty.bin"
+    asyncio.run(filer().finish(-1, result))
+    assert result.read_bytes() == b""
 
 
 def test_a_stale_partial_or_planted_link_is_replaced_not_followed(tmp_path: Path) -> None:
@@ -45,67 +49,49 @@ def test_a_stale_partial_or_planted_link_is_replaced_not_followed(tmp_path: Path
     victim.write_bytes(b"keep me")
     result = tmp_path / "s.bin"
     part_path(result).symlink_to(victim)
-
-    async def go() -> None:
-        fd = await filer().create_partial(result)
-        assert fd is not None
-        os.write(fd, b"new")
-        await filer().finish(fd, result)
-
-    asyncio.run(go())
+    asyncio.run(filer().finish(-1, result, b"new"))
     assert victim.read_bytes() == b"keep me"
     assert result.read_bytes() == b"new"
     assert not result.is_symlink()
 
 
-def test_failures_are_storage_errors(tmp_path: Path) -> None:
+def test_failures_are_storage_errors_and_leave_nothing(tmp_path: Path) -> None:
     async def go() -> None:
         with pytest.raises(StorageError) as missing:
-            await filer().create_partial(tmp_path / "no-such-dir" / "f.bin")
+            await filer().finish(-1, tmp_path / "no-such-dir" / "f.bin", b"data")
         assert missing.value.errno == 2
-        fd = await filer().create_partial(tmp_path / "f.bin")
-        assert fd is not None
-        (tmp_path / "gone").mkdir()
-        (tmp_path / "gone" / "f.bin").mkdir()  # renaming a file onto a directory fails
-        part_path(tmp_path / "f.bin").rename(part_path(tmp_path / "gone" / "f.bin"))
+        (tmp_path / "f.bin").mkdir()  # renaming a file onto a directory fails
         with pytest.raises(StorageError):
-            await filer().finish(fd, tmp_path / "gone" / "f.bin")
+            await filer().finish(-1, tmp_path / "f.bin", b"data")
 
     asyncio.run(go())
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # the partial file it made went
 
 
-def test_a_cancelled_create_leaves_no_partial_file(tmp_path: Path) -> None:
-    results = [tmp_path / f"c{i}.bin" for i in range(50)]
-
-    async def go() -> None:
-        tasks = [asyncio.ensure_future(filer().create_partial(r)) for r in results]
-        await asyncio.sleep(0)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # The creates finish in the filer's threads meanwhile; each is undone when the
-        # loop takes it back.  (An empty folder proves nothing: under load the first
-        # create may not have run yet.)
-        waiting = filer()._channels[asyncio.get_running_loop()].waiting
-        for _ in range(2000):
-            if not waiting:
-                return
-            await asyncio.sleep(0.01)
-
-    asyncio.run(go())
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    f = lib.fl_new(1)
+    ch = lib.fl_channel_new()
+    name = os.fsencode(tmp_path / "x.bin")
+    # without a descriptor the body is the whole file: it cannot start further on
+    assert lib.fl_finish(f, ch, 1, -1, name + b".part", name, ffi.NULL, 0, 10) == -22
+    assert lib.fl_finish(f, ch, 1, -1, b"/" + b"a" * 5000, name, ffi.NULL, 0, 0) == -36
+    lib.fl_channel_close(f, ch)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_closed_channels_jobs_are_undone(tmp_path: Path) -> None:
-    """The owner of a channel went away with jobs in flight: as they finish, the filer
-    closes and removes the partial files they made (the C side, directly)."""
-    f = lib.fl_new(1)
+def test_a_closed_channels_jobs_still_finish_whole(tmp_path: Path) -> None:
+    """The owner of a channel went away with jobs in flight: they finish (a file they
+    make is complete), and are freed; nothing is left half done."""
+    f = lib.fl_new(2)
     ch = lib.fl_channel_new()
     results = [tmp_path / f"o{i}.bin" for i in range(50)]
     for i, r in enumerate(results):
-        rc = lib.fl_submit(
-            f, ch, lib.FL_PREPARE, i, -1, os.fsencode(part_path(r)), os.fsencode(control_path(r))
+        body = os.urandom(100 + i)
+        rc = lib.fl_finish(
+            f, ch, i, -1, os.fsencode(part_path(r)), os.fsencode(r), body, len(body), 0
         )
         assert rc == 0
     lib.fl_channel_close(f, ch)
-    wait_for(lambda: not any(part_path(r).exists() for r in results))
+    wait_for(lambda: all(r.exists() for r in results))
+    assert [r.stat().st_size for r in results] == [100 + i for i in range(50)]
+    assert not any(part_path(r).exists() for r in results)
