@@ -8,7 +8,6 @@ Everything here runs on the engine loop.  Status changes go through the operatio
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
 from engine._transport import RequestOptions
+from engine._validate import host_of
 from engine._values import BackgroundTransferCostPolicy, BackgroundTransferStatus
 from engine._web_error import WebErrorStatus
 from engine.errors import IntegrityError, StorageError, TransferError
@@ -76,7 +76,7 @@ class Runner:
 
     def __init__(self, op: DownloadOperation) -> None:
         self.op = op
-        self._host = urllib.parse.urlsplit(op._rec.uri).hostname or ""
+        self._host = host_of(op._rec.uri)
 
     async def run(self) -> None:
         op = self.op

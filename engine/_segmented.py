@@ -29,7 +29,7 @@ import pycurl
 
 from engine._checksum import ALGORITHMS, file_digest
 from engine._config import TransferConfig
-from engine._core import RangeFile, control_path, part_path, peek, remove_partial
+from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._files import filer
 from engine._segments import Segments, Stop, Stream
 from engine._transport import (
@@ -578,7 +578,7 @@ class SegmentedDownload:
         """The download an earlier run left, verified on a thread, if a control file
         says there is one.  Else nothing: the first response decides what file to make
         (a small body is kept in memory, and the filer makes its file as it ends)."""
-        if not os.path.lexists(control_path(self.result)):
+        if not os.path.lexists(f"{self.result}{CONTROL_SUFFIX}"):  # a str: no Path made
             return
         loop = asyncio.get_running_loop()
         rf = await loop.run_in_executor(_DURABLE, self._reopen)

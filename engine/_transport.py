@@ -180,27 +180,26 @@ class ResponseHead:
             return None
         return max(0.0, when.timestamp() - time.time())
 
-    def feed(self, line: bytes) -> None:
-        """Take one header line (a new status line starts a new head)."""
-        self.lines.append(line)
-        self.parse()
-
     def parse(self) -> None:
-        """Read the header lines gathered in ``lines``.  libcurl's header callback is
+        """Read the header lines gathered in ``lines`` (a new status line starts a new
+        head: a redirect's, then the next response's).  libcurl's header callback is
         ``lines.append`` itself, parsed once the head is needed: a Python call from C
         for each line cost more than parsing them all."""
         lines = self.lines
-        for line in lines:
-            text = line.decode("latin-1").rstrip("\r\n")
-            if self.ftp is not None:
-                self.ftp.feed(text)
-            elif text.startswith("HTTP/"):
-                parts = text.split(None, 2)
-                self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                self.headers = []
-            elif ":" in text:
-                name, _, value = text.partition(":")
-                self.headers.append((name.strip(), value.strip()))
+        if self.ftp is not None:
+            for line in lines:
+                self.ftp.feed(line.decode("latin-1").rstrip("\r\n"))
+        else:
+            for line in lines:
+                if line.startswith(b"HTTP/"):
+                    parts = line.split(None, 2)
+                    self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                    self.headers = []
+                else:
+                    name, colon, value = line.partition(b":")
+                    if colon:
+                        pair = (name.strip().decode("latin-1"), value.strip().decode("latin-1"))
+                        self.headers.append(pair)
         lines.clear()
 
 

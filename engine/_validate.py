@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import urllib.parse
@@ -21,9 +22,29 @@ def check_header(name: str, value: str) -> None:
         raise InvalidRequestError(f"request header {name!r}: value contains CR, LF or NUL")
 
 
+@functools.lru_cache(maxsize=256)
+def _split_origin(origin: str) -> urllib.parse.SplitResult:
+    return urllib.parse.urlsplit(origin)
+
+
+def origin_parts(uri: str) -> urllib.parse.SplitResult:
+    """``urlsplit`` of the scheme and authority of ``uri`` (path, query and fragment
+    left out): parsed once for the thousands of URLs of a mirror that share them."""
+    start = uri.find("://")
+    end = uri.find("/", start + 3) if start >= 0 else -1
+    return _split_origin(uri if end < 0 else uri[:end])
+
+
+def host_of(uri: str) -> str:
+    return origin_parts(uri).hostname or ""
+
+
 def check_uri(uri: str) -> None:
     """Schemes the engine speaks; anything else is refused before it is stored."""
-    parts = urllib.parse.urlsplit(uri)
+    try:
+        parts = origin_parts(uri)
+    except ValueError as exc:  # a broken IPv6 literal, say
+        raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r} ({exc})") from None
     if parts.scheme.lower() not in ("http", "https", "ftp", "ftps", "sftp") or not parts.netloc:
         raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r}")
     if any(c in uri for c in "\r\n\0 "):

@@ -440,7 +440,7 @@ def test_random_access_needs_ranges_and_length(
 def test_bad_requests_are_typed(make_downloader: Make, tmp_path: Path) -> None:
     """A bad URI, a directory as result, a missing directory: InvalidRequestError."""
     d = make_downloader()
-    for uri in ("file:///etc/passwd", "not a url", "http://", "gopher://x/"):
+    for uri in ("file:///etc/passwd", "not a url", "http://", "gopher://x/", "http://[::1/x"):
         with pytest.raises(InvalidRequestError):
             d.create_download(uri, tmp_path / "x")
     with pytest.raises(InvalidRequestError):
