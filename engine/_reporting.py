@@ -90,6 +90,8 @@ class Reporter:
     def flush_ranges(self, *, final: bool) -> None:
         op = self.op
         current = op._current_ranges() if final else (op._ranges or [])
+        if not current and not self._pending and not self._pending_restart:
+            return  # nothing to add, nothing owed (a small file's ticks before its end)
         added = subtract_ranges(merge_ranges(current), self._reported)
         with self._lock:
             self._reported = merge_ranges(self._reported + added)

@@ -47,6 +47,9 @@ class Scheduler:
 
     async def admit(self, op: Schedulable) -> None:
         """Wait until ``op`` may run; the caller must ``release`` it afterwards."""
+        if not self._waiting and len(self._active) < self.max_active and op.serial_group is None:
+            self._active.append(op)  # nobody queued before it, a place free: no wait
+            return
         waiter = _Waiter(op, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         self.pump()
@@ -62,7 +65,8 @@ class Scheduler:
     def release(self, op: Schedulable) -> None:
         if op in self._active:
             self._active.remove(op)
-        self.pump()
+        if self._waiting:
+            self.pump()
 
     def pump(self) -> None:
         """Admit whoever may run now; call again after a priority or queue change."""

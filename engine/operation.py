@@ -73,6 +73,10 @@ S = BackgroundTransferStatus
 _STATUS = {s.value: s for s in S}
 
 
+_RANK = {p.value: p.rank for p in BackgroundTransferPriority}
+"""Queue rank by stored priority value: the scheduler sorts by it, a file at a time."""
+
+
 class DownloadOperation:
     """One download: created by ``BackgroundDownloader.create_download`` or found again."""
 
@@ -213,7 +217,7 @@ class DownloadOperation:
     # -- the scheduler's view -------------------------------------------------------
     @property
     def sort_key(self) -> tuple[int, int]:
-        return (self.priority.rank, self._rec.seq)
+        return (_RANK[self._rec.priority], self._rec.seq)
 
     @property
     def serial_group(self) -> str | None:
