@@ -16,6 +16,7 @@ from engine._core import remove_partial
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
+from engine._ticker import ticker
 from engine._transport import RequestOptions
 from engine._validate import host_of
 from engine._values import BackgroundTransferCostPolicy, BackgroundTransferStatus
@@ -49,26 +50,25 @@ class _Pause(Exception):
 
 class _Watch:
     """Every poll interval, look at the conditions while the download runs; when they
-    turn, remember why and cancel it (the runner's task, which then pauses).  A timer,
-    not a task: a small file ends long before the first look."""
+    turn, remember why and cancel it (the runner's task, which then pauses).  A member
+    of the loop's ticker, not a task or a timer of its own: a small file ends long
+    before the first look."""
 
     def __init__(self, runner: Runner, run: asyncio.Task[None]) -> None:
         self._runner = runner
         self._run = run
-        self._interval = runner.op._settings.config.poll_interval
-        self._loop = asyncio.get_running_loop()
         self.blocked: Event | None = None
-        self._timer = self._loop.call_later(self._interval, self._look)
+        self._ticker = ticker(runner.op._settings.config.poll_interval)
+        self._ticker.join(self, self._look)
 
     def _look(self) -> None:
         self.blocked = self._runner._blocked()
         if self.blocked is not None:
             self._run.cancel()
-        else:
-            self._timer = self._loop.call_later(self._interval, self._look)
+            self.stop()
 
     def stop(self) -> None:
-        self._timer.cancel()
+        self._ticker.leave(self)
 
 
 class Runner:

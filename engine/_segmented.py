@@ -32,6 +32,7 @@ from engine._config import TransferConfig
 from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._files import filer
 from engine._segments import Segments, Stop, Stream
+from engine._ticker import Ticker, ticker
 from engine._transport import (
     FtpReplies,
     HandlePool,
@@ -181,7 +182,7 @@ class SegmentedDownload:
         leaves a download to resume."""
         self._failures = 0
         self._head_ready: asyncio.Future[None] | None = None
-        self._ticker: asyncio.TimerHandle | None = None
+        self._ticker: Ticker | None = None
         self._flushed = 0.0
 
     # -- public ---------------------------------------------------------------
@@ -657,16 +658,17 @@ class SegmentedDownload:
             self._grow_fd = -1
 
     def _tick_soon(self) -> None:
-        self._ticker = asyncio.get_running_loop().call_later(_TICK, self._tick)
+        self._ticker = ticker(_TICK)
+        self._ticker.join(self, self._tick)
 
     def _stop_ticks(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
+            self._ticker.leave(self)
             self._ticker = None
 
     def _tick(self) -> None:
         """Throttled progress reports and periodic write-back of data and bitmap (a
-        timer, not a task: most small files end before the first tick)."""
+        member of the loop's ticker, not a task: most small files end before a tick)."""
         rf = self.rf
         if rf is not None and not rf.closed and rf.reap() and self.on_blocks is not None:
             self.on_blocks()  # runs the writer threads finished while no piece came
@@ -676,7 +678,6 @@ class SegmentedDownload:
         if due and self.rf is not None and not self.rf.closed:
             self.rf.flush(durable=False)
             self._flushed = now
-        self._tick_soon()
 
     def _report(self) -> None:
         if self.on_progress is not None:
