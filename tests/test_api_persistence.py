@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from servers import FaultServer, Nginx
 
 import engine
@@ -202,3 +203,15 @@ def test_engine_thread_writes_commit_together_and_waiters_see_them_durable(
     op = engine.run(download())
     assert str(op.guid) not in [g for g, _ in rows()]  # completed: its row is gone
     other.close()
+
+
+def test_the_log_is_checkpointed_off_the_writing_thread(tmp_path: Path) -> None:
+    """Commits leave their pages in the write-ahead log; a thread of the store copies
+    them into the database file (the writer's own checkpoint is only a backstop)."""
+    store = Store(tmp_path / "state")
+    db = tmp_path / "state" / "operations.sqlite3"
+    before = db.stat().st_size
+    for i in range(4 * 64):
+        store.group_behavior(f"group-{i}-" + "x" * 200, 1)  # a commit each
+    wait_for(lambda: db.stat().st_size > before, timeout=10)
+    assert {store.group_behavior(f"group-{i}-" + "x" * 200, None) for i in range(256)} == {1}
