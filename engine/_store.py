@@ -17,6 +17,7 @@ write from any other thread commits at once, and the open group with it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import dataclasses
@@ -101,8 +102,8 @@ class OpRecord:
     def to_row(self) -> dict[str, Any]:
         # shallow: asdict's deep copy of every field was a tenth of a small file's cost
         row = {f.name: getattr(self, f.name) for f in _FIELDS}
-        row["recoverable"] = json.dumps(self.recoverable)
-        row["headers"] = json.dumps(self.headers)
+        row["recoverable"] = json.dumps(self.recoverable) if self.recoverable else "[]"
+        row["headers"] = json.dumps(self.headers) if self.headers else "[]"
         row["random_access"] = int(self.random_access)
         row["acknowledged"] = int(self.acknowledged)
         return row
@@ -235,18 +236,40 @@ class Store:
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """A write: on the engine thread it joins the pass's group (see the module)."""
         with self._cursor() as db:
-            loop = engine_here()
-            if loop is not None and not self._group_open:
-                db.execute("BEGIN IMMEDIATE")
-                self._group_open = True
-                loop.call_soon(self.commit)
+            loop = self._join_group()
             yield db
-            if loop is None and self._group_open:
-                db.execute("COMMIT")  # durable on return, and the group's writes with it
-                self._group_open = False
-                self._committed()
-            elif loop is None:
-                self._committed()  # autocommit: the statement was its own transaction
+            self._end_write(loop)
+
+    def _write(self, sql: str, params: Any) -> None:
+        """One statement written as ``_writing`` writes (no context manager: a file
+        of a mirror makes two of these, and the generator cost more than the lock)."""
+        with self._lock:
+            try:
+                loop = self._join_group()
+                self._db.execute(sql, params)
+                self._end_write(loop)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
+
+    def _join_group(self) -> asyncio.AbstractEventLoop | None:
+        """Under the lock: on the engine thread, open the pass's group if none is."""
+        loop = engine_here()
+        if loop is not None and not self._group_open:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._group_open = True
+            loop.call_soon(self.commit)
+        return loop
+
+    def _end_write(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Under the lock: off the engine thread, a write is durable on return."""
+        if loop is None and self._group_open:
+            self._db.execute("COMMIT")  # the group's writes with it
+            self._group_open = False
+            self._committed()
+        elif loop is None:
+            self._committed()  # autocommit: the statement was its own transaction
 
     def _committed(self) -> None:
         """Count a commit (under the lock); every _POKE_EVERY, poke the checkpointer."""
@@ -291,8 +314,7 @@ class Store:
     def insert(self, rec: OpRecord) -> None:
         """Persist a new operation; a live one on the same result file refuses it."""
         try:
-            with self._writing() as db:
-                db.execute(_INSERT, rec.to_row())
+            self._write(_INSERT, rec.to_row())
         except sqlite3.IntegrityError:
             raise ResultFileInUseError(
                 f"{rec.result_file}: another operation is already downloading to this file"
@@ -305,11 +327,9 @@ class Store:
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         sets = ", ".join(f"{k} = :{k}" for k in fields)
+        fields["guid"] = guid
         try:
-            with self._writing() as db:
-                db.execute(
-                    f"UPDATE operations SET {sets} WHERE guid = :guid", {**fields, "guid": guid}
-                )
+            self._write(f"UPDATE operations SET {sets} WHERE guid = :guid", fields)
         except sqlite3.IntegrityError:
             raise ResultFileInUseError(
                 "another operation has taken over this operation's result file"
@@ -317,8 +337,7 @@ class Store:
 
     def delete(self, guid: str) -> None:
         """Forget a finished operation: nothing is left to resume or report."""
-        with self._writing() as db:
-            db.execute("DELETE FROM operations WHERE guid = ?", (guid,))
+        self._write("DELETE FROM operations WHERE guid = ?", (guid,))
 
     def get(self, guid: str) -> OpRecord | None:
         with self._cursor() as db:
