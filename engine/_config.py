@@ -28,13 +28,14 @@ class TransferConfig:
     """Transient failures in a row before the download fails; progress resets the count."""
     backoff_base: float = 0.5
     backoff_max: float = 30.0
-    buffer_size: int = 4 << 20
+    buffer_size: int = 2 << 20
     """libcurl's receive buffer: how much one read from a socket may take.  libcurl
     still hands it to the C core 16 KiB at a time, but fewer, larger reads meant
-    fewer passes of the loop a byte: one 2 GiB file over 8 connections, 6 alternating
-    runs each, took 1.55-1.66 s against 1.68-1.83 s with 512 KiB (2 and 8 MiB the
-    same as 4).  The multi handle shares one such buffer among its transfers: 3.5 MB
-    more anonymous memory, not one per connection."""
+    fewer passes of the loop a byte: one 2 GiB file over 8 connections, alternating
+    runs, took 1.55-1.66 s at 4 MiB against 1.68-1.83 s at 512 KiB, and 2 MiB (4
+    runs: 1.57-1.65) and 8 MiB did as well as 4.  The multi handle shares one such
+    buffer among its transfers: 64 files at once peaked at 52-54 MB of anonymous
+    memory with 2 MiB, 55 with 4 MiB, 51-55 with 512 KiB."""
     max_redirects: int = 10
     ca_file: str | None = None
     """A CA bundle to trust instead of the system's (TLS is always verified)."""
