@@ -3,8 +3,8 @@
 One asyncio loop (uvloop), pycurl's own ``AsyncCurlMulti`` driver, ``PARALLEL``
 handles reused so connections stay alive, each body gathered in memory and written
 with one open/write/close.  No state database, no partial file, no fsync, no
-rename, no checks on the response: nothing a download engine must do beyond moving
-the bytes.  The benchmarks run it beside ``curl -Z`` to show how much of the gap is
+rename, no check of the response beyond its status: nothing a download engine must
+do beyond moving the bytes.  The benchmarks run it beside ``curl -Z`` to show how much of the gap is
 the design's (a Python call chain per file through pycurl) and how much bgtransfer's.
 
     python pycurl_floor.py LIST DIR PARALLEL

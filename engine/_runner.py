@@ -204,7 +204,6 @@ class Runner:
         finally:
             with op._lock:
                 op._finishing = False
-        job = op._job
         op._total = (job.size if job is not None else None) or op._bytes
         op._bytes = op._total
         op._move(Event.COMPLETE)

@@ -222,6 +222,11 @@ class Store:
         (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM operations").fetchone()
         self._seq = int(last)
 
+    def _unusable(self, exc: sqlite3.Error) -> StorageError:
+        """What a failed statement raises (an IntegrityError is re-raised as it is:
+        each caller says which refusal it means)."""
+        return StorageError(5, f"state database: {exc}", str(self.state_dir))
+
     @contextmanager
     def _cursor(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -230,7 +235,7 @@ class Store:
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
-                raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
+                raise self._unusable(exc) from exc
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -251,7 +256,7 @@ class Store:
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
-                raise StorageError(5, f"state database: {exc}", str(self.state_dir)) from exc
+                raise self._unusable(exc) from exc
 
     def _join_group(self) -> asyncio.AbstractEventLoop | None:
         """Under the lock: on the engine thread, open the pass's group if none is."""
@@ -264,12 +269,11 @@ class Store:
 
     def _end_write(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Under the lock: off the engine thread, a write is durable on return."""
-        if loop is None and self._group_open:
-            self._db.execute("COMMIT")  # the group's writes with it
-            self._group_open = False
-            self._committed()
-        elif loop is None:
-            self._committed()  # autocommit: the statement was its own transaction
+        if loop is None:
+            if self._group_open:
+                self._db.execute("COMMIT")  # the group's writes with it
+                self._group_open = False
+            self._committed()  # else autocommit: the statement was its own transaction
 
     def _committed(self) -> None:
         """Count a commit (under the lock); every _POKE_EVERY, poke the checkpointer."""
@@ -294,7 +298,7 @@ class Store:
         for fn in waiting:
             fn()
         if failure is not None:  # the engine loop logs it; the statuses live on in memory
-            raise StorageError(5, f"state database: {failure}", str(self.state_dir))
+            raise self._unusable(failure)
 
     def when_durable(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once every write made so far is committed: now, or after the
