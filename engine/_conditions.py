@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -45,15 +46,27 @@ class LinuxNetworkMonitor:
     """
 
     def __init__(
-        self, sys_net: Path = Path("/sys/class/net"), route: Path = Path("/proc/net/route")
+        self,
+        sys_net: Path = Path("/sys/class/net"),
+        route: Path = Path("/proc/net/route"),
+        fresh: float = 0.25,
     ):
         self._sys_net = sys_net
         self._route = route
+        self._fresh = fresh
+        self._seen: tuple[float, bool] | None = None
 
     def is_connected(self, host: str) -> bool:
+        """A look at the routes and interfaces answers for ``fresh`` seconds (a tenth
+        of the default poll interval): a mirror starts hundreds of files a second, and
+        each look reads /proc and /sys."""
         if is_loopback(host):
             return True
-        return self._has_default_route() or self._has_interface_up()
+        now = time.monotonic()
+        seen = self._seen
+        if seen is None or now - seen[0] > self._fresh:
+            seen = self._seen = (now, self._has_default_route() or self._has_interface_up())
+        return seen[1]
 
     def is_metered(self, host: str) -> bool:
         return not is_loopback(host) and os.environ.get("BGTRANSFER_METERED") == "1"
