@@ -110,11 +110,6 @@ def _create_fresh(path: Path) -> int:
         return os.open(path, _CREATE, 0o666)
 
 
-def _set(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
 def _storable(validator: str | None, limit: int) -> str:
     """A validator the control file can hold whole, else none: a cut one would never match."""
     value = validator or ""
@@ -173,6 +168,7 @@ class SegmentedDownload:
         self._body_ended = False  # unknown length: a response ended cleanly
         self.segments = Segments(self.config)
         self._tasks: set[asyncio.Future[None]] = set()
+        self._in_round = False
         self._stat_result: tuple[str, int | None] = ("", None)
         """SFTP: (time, size) of the file, from the stat at the start of a round."""
         self.on_blocks: Callable[[], None] | None = None
@@ -181,7 +177,6 @@ class SegmentedDownload:
         """Called just before a control file is made or found: from then on, a crash
         leaves a download to resume."""
         self._failures = 0
-        self._head_ready: asyncio.Future[None] | None = None
         self._ticker: Ticker | None = None
         self._flushed = 0.0
 
@@ -235,21 +230,25 @@ class SegmentedDownload:
     async def _round(self) -> None:
         if is_sftp(self.url):
             await self._stat()
-        first = self._next_segment() if self.size is not None else self._first_request()
-        if first is None:
-            return
-        worker = asyncio.ensure_future(self._worker(first))
-        tasks = self._tasks = {worker}
+        tasks = self._tasks = set()  # prioritize() and _adopt() may add workers meanwhile
+        self._in_round = True
         try:
-            if self.size is None:  # the first response decides how many more connections
-                ready = self._head_ready = asyncio.get_running_loop().create_future()
-                worker.add_done_callback(lambda _: _set(ready))
-                await ready
-            if self.ranges_ok and self.rf is not None:
-                more = min(self.config.connections, self._useful_connections()) - 1
-                tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
-            while tasks:  # prioritize() may add workers while the round runs
-                if len(tasks) == 1:  # a small file's one request: no wait() set-up
+            if self.size is None:
+                # The first request runs here, not in a task of its own: a small file
+                # is this one request.  Its head decides the rest (_adopt starts the
+                # other connections while it goes on); its worker takes over after it.
+                first = await self._fetch(*self._first_request())
+                segment = None if first.retire else self._next_segment()
+                if segment is not None:
+                    tasks.add(asyncio.ensure_future(self._worker(segment)))
+            else:
+                segment = self._next_segment()
+                if segment is None:
+                    return
+                tasks.add(asyncio.ensure_future(self._worker(segment)))
+                self._add_workers()
+            while tasks:
+                if len(tasks) == 1:  # one connection left: no wait() set-up
                     (task,) = tasks
                     await task
                     tasks.discard(task)
@@ -259,11 +258,18 @@ class SegmentedDownload:
                     tasks.discard(task)
                     task.result()
         finally:
+            self._in_round = False
             self._tasks = set()
             if tasks:  # a failure or a cancel left some running
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _add_workers(self) -> None:
+        """Connections beside the one running, as many as the bytes left are worth."""
+        if self._in_round and self.ranges_ok and self.rf is not None:
+            more = min(self.config.connections, self._useful_connections()) - 1
+            self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
 
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""
@@ -296,7 +302,7 @@ class SegmentedDownload:
     def prioritize(self, offset: int) -> None:
         """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""
         wanted = self.segments.prioritize(offset, self.rf, self.size if self.ranges_ok else None)
-        if wanted and self._tasks:  # a round runs: the new connection starts now
+        if wanted and self._in_round:  # the new connection starts now
             self._tasks.add(asyncio.ensure_future(self._worker(None)))
 
     def reader_done(self, offset: int) -> None:
@@ -572,8 +578,7 @@ class SegmentedDownload:
                 last_modified=self.last_modified,
                 direct=self.config.direct_io,
             )
-        if self._head_ready is not None:
-            _set(self._head_ready)
+        self._add_workers()
 
     async def _prepare(self) -> None:
         """The download an earlier run left, verified on a thread, if a control file
