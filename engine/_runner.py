@@ -134,7 +134,7 @@ class Runner:
             host
         ):
             return Event.COSTED_NETWORK
-        if op._settings.disk_reserve_exceeded(op.result_file):
+        if op._settings.disk_reserve_exceeded(op._rec.result_file):
             return Event.SYSTEM_POLICY
         return None
 

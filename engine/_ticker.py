@@ -57,12 +57,25 @@ _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Ticke
 )
 
 
+_last: tuple[Callable[[], asyncio.AbstractEventLoop | None], dict[float, Ticker]] = (
+    lambda: None,
+    {},
+)
+"""The loop asked about last (a weak reference) and its tickers: the one engine loop
+asks a few times a file, and the weak dictionary's lookup cost more than a join."""
+
+
 def ticker(interval: float) -> Ticker:
     """The running loop's ticker for ``interval`` (gone with its loop)."""
+    global _last
     loop = asyncio.get_running_loop()
-    mine = _tickers.get(loop)
-    if mine is None:
-        mine = _tickers[loop] = {}
+    last, mine = _last
+    if last() is not loop:
+        found_mine = _tickers.get(loop)
+        if found_mine is None:
+            found_mine = _tickers[loop] = {}
+        mine = found_mine
+        _last = (weakref.ref(loop), mine)
     found = mine.get(interval)
     if found is None:
         found = mine[interval] = Ticker(interval)

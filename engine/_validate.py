@@ -27,16 +27,25 @@ def _split_origin(origin: str) -> urllib.parse.SplitResult:
     return urllib.parse.urlsplit(origin)
 
 
+@functools.lru_cache(maxsize=256)
+def _host(origin: str) -> str:
+    return _split_origin(origin).hostname or ""  # hostname is parsed again at each call
+
+
+def _origin(uri: str) -> str:
+    start = uri.find("://")
+    end = uri.find("/", start + 3) if start >= 0 else -1
+    return uri if end < 0 else uri[:end]
+
+
 def origin_parts(uri: str) -> urllib.parse.SplitResult:
     """``urlsplit`` of the scheme and authority of ``uri`` (path, query and fragment
     left out): parsed once for the thousands of URLs of a mirror that share them."""
-    start = uri.find("://")
-    end = uri.find("/", start + 3) if start >= 0 else -1
-    return _split_origin(uri if end < 0 else uri[:end])
+    return _split_origin(_origin(uri))
 
 
 def host_of(uri: str) -> str:
-    return origin_parts(uri).hostname or ""
+    return _host(_origin(uri))
 
 
 def check_uri(uri: str) -> None:

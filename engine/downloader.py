@@ -166,10 +166,10 @@ class Settings:
             self._configs[key] = config
         return config
 
-    def disk_reserve_exceeded(self, result: Path) -> bool:
+    def disk_reserve_exceeded(self, result: str) -> bool:
         """Free space under the reserve.  Many operations start at once into one folder
         (a mirror): a statvfs younger than half a poll interval answers for all of them."""
-        folder = os.path.dirname(result)  # a str: Path.parent makes a new Path a call
+        folder = os.path.dirname(result)  # strs: a Path's parent, or its str, cost a call
         now = time.monotonic()
         seen = self._free.get(folder)
         if seen is None or now - seen[0] > min(0.25, self.config.poll_interval / 2):

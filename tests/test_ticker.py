@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
-from engine._ticker import ticker
+from engine._ticker import Ticker, ticker
 
 
 def test_members_tick_from_one_timer_which_stops_when_they_leave() -> None:
@@ -64,3 +66,23 @@ def test_a_member_may_leave_another_during_a_round() -> None:
         t.leave("first")
 
     asyncio.run(go())
+
+
+def test_each_loop_has_its_own_tickers_and_a_closed_loop_is_let_go() -> None:
+    """The lookup remembers the last loop asked about, weakly: a second loop (another
+    thread's, or the next asyncio.run) never gets the first one's ticker, and the
+    first loop is not kept alive by having been asked about."""
+
+    async def mine() -> Ticker:
+        assert ticker(0.01) is ticker(0.01)
+        return ticker(0.01)
+
+    first_loop = asyncio.new_event_loop()
+    first = first_loop.run_until_complete(mine())
+    first_loop.close()
+    gone = weakref.ref(first_loop)
+    del first_loop
+    gc.collect()
+    assert gone() is None
+    second = asyncio.run(mine())
+    assert second is not first
