@@ -29,6 +29,7 @@ import pycurl
 
 from engine._checksum import ALGORITHMS, file_digest
 from engine._config import TransferConfig
+from engine._connections import Slots
 from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._files import filer
 from engine._segments import Segments, Stop, Stream
@@ -47,6 +48,7 @@ from engine._transport import (
     new_multi,
     set_range,
 )
+from engine._validate import host_of
 from engine._web_error import WebErrorStatus
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
 
@@ -70,14 +72,20 @@ class Snapshot:
     connections: int
 
 
-_shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool]] = {}
+_shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool, Slots]] = {}
 
 
-def _multi_for_loop() -> tuple[Any, HandlePool]:
+def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
+    """The running loop's multi handle, its pool of easy handles, and the slots its
+    requests take (one engine loop per process: one of each)."""
     loop = asyncio.get_running_loop()
     if loop not in _shared:
-        _shared[loop] = (new_multi(), HandlePool())
+        _shared[loop] = (new_multi(), HandlePool(), Slots())
     return _shared[loop]
+
+
+def _default_rank() -> int:
+    return 1  # BackgroundTransferPriority.DEFAULT's
 
 
 async def _plain_finish(finish: Callable[[], Awaitable[Path]]) -> Path:
@@ -131,6 +139,11 @@ class SegmentedDownload:
         require_ranges: bool = False,
     ) -> None:
         self.url = url
+        self._host = host_of(url)
+        self.rank: Callable[[], int] = _default_rank
+        """The priority rank of the download's requests when they wait for a slot
+        (smaller first); read at each request, so a change of priority counts from
+        the next one."""
         self.request = request or RequestOptions()
         self.last_head: ResponseHead | None = None
         """The newest response head that was accepted, for get_response_information."""
@@ -169,6 +182,7 @@ class SegmentedDownload:
         self.segments = Segments(self.config)
         self._tasks: set[asyncio.Future[None]] = set()
         self._in_round = False
+        self._on_wire = 0  # requests holding a slot (the rest of inflight wait for one)
         self._stat_result: tuple[str, int | None] = ("", None)
         """SFTP: (time, size) of the file, from the stat at the start of a round."""
         self.on_blocks: Callable[[], None] | None = None
@@ -193,7 +207,7 @@ class SegmentedDownload:
             self.size or 0,
             self.has_restarted,
             self.has_response_changed,
-            len(self.segments.inflight),
+            self._on_wire,
         )
 
     async def run(self) -> Path:
@@ -278,25 +292,27 @@ class SegmentedDownload:
 
     async def _stat(self) -> None:
         """SFTP sends no head: ask for the size and time first (a request without body)."""
-        multi, pool = _multi_for_loop()
+        multi, pool, slots = _multi_for_loop()
         while True:
+            await slots.take(self._host, self.rank())
             curl = pool.take()
             configure(curl, self.url, self.config, [], self.request)
             curl.setopt(pycurl.NOBODY, 1)
             try:
                 await multi.perform(curl)
             except pycurl.error as exc:
-                pool.give(curl)
                 err, transient = curl_error(exc.args[0], exc.args[1], self.url)
                 if not transient:
                     raise err from None
-                await self._transient(err, None)
-                continue
-            size = int(curl.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T))
-            # libcurl says -1 for an empty file: no size, so one unranged read to the end
-            self._stat_result = (file_time(curl), size if size >= 0 else None)
-            pool.give(curl)
-            return
+            else:
+                size = int(curl.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T))
+                # libcurl says -1 for an empty file: no size, so one unranged read to the end
+                self._stat_result = (file_time(curl), size if size >= 0 else None)
+                return
+            finally:
+                slots.give(self._host)
+                pool.give(curl)
+            await self._transient(err, None)
 
     # -- read-driven prioritisation ---------------------------------------------
     def prioritize(self, offset: int) -> None:
@@ -336,10 +352,22 @@ class SegmentedDownload:
 
     # -- one request ------------------------------------------------------------
     async def _fetch(self, start: int, end: int | None) -> Stream:
-        """One request for ``[start, end)``; returns its stream once settled."""
-        multi, pool = _multi_for_loop()
-        curl = pool.take()
+        """One request for ``[start, end)``; returns its stream once settled.
+
+        It waits for a slot (``engine._connections``) in the plan, so no other
+        connection asks for its bytes meanwhile (one may still take half of them:
+        the range is put in the request once the slot is there)."""
+        multi, pool, slots = _multi_for_loop()
         stream = Stream(start, end, start)
+        inflight = self.segments.inflight
+        inflight.append(stream)
+        try:
+            await slots.take(self._host, self.rank())
+        except BaseException:
+            inflight.remove(stream)
+            raise
+        curl = pool.take()
+        end = stream.end
         configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
         if is_ftp(self.url) or is_sftp(self.url):
             # FTP's replies make the head; SFTP has none: what the stat said stands in.
@@ -347,14 +375,16 @@ class SegmentedDownload:
             set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
-        self.segments.inflight.append(stream)
         code, message = 0, ""
+        self._on_wire += 1
         try:
             await multi.perform(curl)
         except pycurl.error as exc:
             code, message = exc.args[0], exc.args[1]
         finally:
-            self.segments.inflight.remove(stream)
+            self._on_wire -= 1
+            slots.give(self._host)
+            inflight.remove(stream)
         if stream.checked and stream.stop in (None, Stop.RANGE_END):
             self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)

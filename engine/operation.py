@@ -219,6 +219,10 @@ class DownloadOperation:
     def sort_key(self) -> tuple[int, int]:
         return (_RANK[self._rec.priority], self._rec.seq)
 
+    def _rank(self) -> int:
+        """The priority rank its requests wait for a connection slot with."""
+        return _RANK[self._rec.priority]
+
     @property
     def serial_group(self) -> str | None:
         name = self._rec.group_name

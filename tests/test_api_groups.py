@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from servers import FaultServer, Nginx
 
 from engine import (
@@ -20,7 +21,10 @@ from engine import (
     DownloadOperation,
     InvalidStateError,
 )
+from engine._connections import Slots
+from engine._loop import engine_loop
 from engine._scheduler import Scheduler
+from engine._segmented import _multi_for_loop
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]
@@ -178,6 +182,52 @@ def test_priority_change_takes_effect(nginx: Nginx, make_downloader: Make, tmp_p
     op.priority = BackgroundTransferPriority.HIGH
     assert op.sort_key[0] == BackgroundTransferPriority.HIGH.rank
     op.start().wait(30)
+
+
+async def _engine_slots() -> Slots:
+    return _multi_for_loop()[2]
+
+
+def test_a_high_priority_download_gets_the_hosts_next_free_connection(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Requests to a host beyond its cap wait by priority, not in the order they came:
+    with one request allowed, a HIGH download asked for after a waiting LOW one is
+    served first, and the LOW one next (before the running download's next request)."""
+    slots = engine_loop().submit(_engine_slots()).result()
+    saved = slots.per_host
+    ended: list[str] = []
+
+    def note(name: str) -> Callable[[DownloadOperation], None]:
+        def progress(op: DownloadOperation) -> None:
+            if op.status is S.COMPLETED:
+                ended.append(name)  # callbacks run in order on the engine loop
+
+        return progress
+
+    low = make_downloader(priority=BackgroundTransferPriority.LOW, max_connections_per_file=1)
+    high = make_downloader(priority=BackgroundTransferPriority.HIGH)
+    running = low.create_download(nginx.url("slow/big.bin"), tmp_path / "running")
+    slots.per_host = 1
+    try:
+        running.start()  # 2 MB/s: its first request (4 MiB) holds the slot for 2 s
+        wait_for(lambda: running.progress.bytes_received > 0)
+        queued = low.create_download(nginx.url("small.bin"), tmp_path / "queued")
+        queued.start(note("low"))
+        wait_for(lambda: slots.waiting == 1)
+        urgent = high.create_download(nginx.url("small.bin"), tmp_path / "urgent")
+        urgent.start(note("high"))
+        wait_for(lambda: slots.waiting == 2)
+        assert running.status is S.RUNNING
+        assert not ended  # both still wait
+        queued.wait(60)
+        urgent.wait(60)
+        assert ended == ["high", "low"]
+        assert running.status is S.RUNNING  # its next request waited behind both
+    finally:
+        slots.per_host = saved
+        if running.status is S.RUNNING:
+            running.cancel()
 
 
 def test_completion_group_fires_once_when_all_ended(
