@@ -171,8 +171,7 @@ class Runner:
             self._settle_error(exc)
             return
         finally:
-            watch.stop()
-            op._on_tick(job.snapshot())
+            watch.stop()  # (job.run reported its last progress as it ended)
             op._ranges = None
             op._job = None
         op._flush_ranges_event(final=True)

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pycurl
 
@@ -61,9 +60,10 @@ class _Restart(Exception):
         self.changed = changed
 
 
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """Progress as the API reports it: body bytes, 0 total while unknown."""
+class Snapshot(NamedTuple):
+    """Progress as the API reports it: body bytes, 0 total while unknown.  (A named
+    tuple: a frozen dataclass set each field through object.__setattr__, at every
+    tick and twice for every small file.)"""
 
     bytes_received: int
     total_bytes_to_receive: int
@@ -140,6 +140,7 @@ class SegmentedDownload:
     ) -> None:
         self.url = url
         self._host = host_of(url)
+        self._ftp, self._sftp = is_ftp(url), is_sftp(url)
         self.rank: Callable[[], int] = _default_rank
         """The priority rank of the download's requests when they wait for a slot
         (smaller first); read at each request, so a change of priority counts from
@@ -215,7 +216,8 @@ class SegmentedDownload:
         restarts = 0
         self._tick_soon()
         try:
-            await self._prepare()
+            if os.path.lexists(f"{self.result}{CONTROL_SUFFIX}"):  # a str: no Path made
+                await self._prepare()
             while True:
                 try:
                     await self._round()
@@ -242,7 +244,7 @@ class SegmentedDownload:
 
     # -- rounds and workers ---------------------------------------------------
     async def _round(self) -> None:
-        if is_sftp(self.url):
+        if self._sftp:
             await self._stat()
         tasks = self._tasks = set()  # prioritize() and _adopt() may add workers meanwhile
         self._in_round = True
@@ -287,7 +289,7 @@ class SegmentedDownload:
 
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""
-        unsized = is_sftp(self.url) and self._stat_result[1] is None
+        unsized = self._sftp and self._stat_result[1] is None
         return (0, None if unsized else self.config.first_request)
 
     async def _stat(self) -> None:
@@ -369,9 +371,9 @@ class SegmentedDownload:
         curl = pool.take()
         end = stream.end
         configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
-        if is_ftp(self.url) or is_sftp(self.url):
+        if self._ftp or self._sftp:
             # FTP's replies make the head; SFTP has none: what the stat said stands in.
-            stream.head.ftp = FtpReplies() if is_ftp(self.url) else FtpReplies(*self._stat_result)
+            stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
             set_range(curl, start, end)
         curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
@@ -390,11 +392,24 @@ class SegmentedDownload:
         pool.give(curl)
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
-        await self._settle(stream, code, message)
+        if not self._ended_well(stream, code):
+            await self._settle(stream, code, message)
         return stream
 
+    def _ended_well(self, stream: Stream, code: int) -> bool:
+        """Count the request's progress; True when it ended without a fault (most do:
+        no coroutine settles them), else ``_settle`` decides what the fault means."""
+        if stream.pos > stream.start and self.ranges_ok:
+            self._failures = 0  # without ranges a retry throws the bytes away: no progress
+        if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
+            if stream.end is None:
+                self._body_ended = True  # unknown length: the body ends when the server says
+                return True
+            return stream.pos > stream.start or stream.pos >= stream.end
+        return False
+
     def _request_headers(self, start: int, end: int | None) -> list[str]:
-        if self.request.single_request or is_ftp(self.url) or is_sftp(self.url):
+        if self.request.single_request or self._ftp or self._sftp:
             return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
         validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
@@ -404,16 +419,10 @@ class SegmentedDownload:
         return headers
 
     async def _settle(self, stream: Stream, code: int, message: str) -> None:
-        """Decide what a finished request means: done, retry later, restart or fail."""
-        progressed = stream.pos > stream.start
-        if progressed and self.ranges_ok:
-            self._failures = 0  # without ranges a retry throws the bytes away: no progress
+        """What a request that did not end well (``_ended_well``) means: retry later,
+        restart or fail."""
         if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
-            if stream.end is None:
-                self._body_ended = True  # unknown length: the body ends when the server says
-                return
-            if stream.pos >= stream.end or progressed:
-                return
+            # a clean end with nothing new for a range still open
             err: TransferError = TransportError(
                 f"{self.url}: response ended before the range was complete",
                 web_error_status=WebErrorStatus.CONNECTION_ABORTED,
@@ -611,11 +620,10 @@ class SegmentedDownload:
         self._add_workers()
 
     async def _prepare(self) -> None:
-        """The download an earlier run left, verified on a thread, if a control file
-        says there is one.  Else nothing: the first response decides what file to make
-        (a small body is kept in memory, and the filer makes its file as it ends)."""
-        if not os.path.lexists(f"{self.result}{CONTROL_SUFFIX}"):  # a str: no Path made
-            return
+        """The download an earlier run left, verified on a thread (``run`` calls it
+        when a control file says there is one; else the first response decides what
+        file to make: a small body is kept in memory, and the filer makes its file as
+        it ends)."""
         loop = asyncio.get_running_loop()
         rf = await loop.run_in_executor(_DURABLE, self._reopen)
         if rf is not None:

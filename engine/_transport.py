@@ -113,6 +113,11 @@ class ResponseHead:
     """Set for an FTP transfer: its replies stand in for a status line and headers."""
     lines: list[bytes] = dataclasses.field(default_factory=list)
     """Header lines not read yet (see ``parse``)."""
+    _index: dict[str, str] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """``headers`` by lower-case name, the last of each (made by ``get``, dropped when
+    they change): a small file's head is asked for five headers."""
 
     def as_http(self, start: int, end: int | None) -> None:
         """Give an FTP transfer the head an HTTP server would have sent for ``[start, end)``.
@@ -126,8 +131,10 @@ class ResponseHead:
             if start == 0 and end is None:
                 self.status = 200
                 self.headers = [("Last-Modified", self.ftp.modified)] if self.ftp.modified else []
+                self._index = None
             return
         size = self.ftp.size
+        self._index = None
         last = size - 1 if end is None else min(end, size) - 1
         self.headers = [("Content-Length", str(max(0, last - start + 1)))]
         if self.ftp.modified:
@@ -140,11 +147,11 @@ class ResponseHead:
             self.status = 200
 
     def get(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in reversed(self.headers):
-            if key.lower() == lname:
-                return value
-        return None
+        """The last value of header ``name`` (any case), else None."""
+        index = self._index
+        if index is None:
+            index = self._index = {key.lower(): value for key, value in self.headers}
+        return index.get(name.lower())
 
     @property
     def content_range(self) -> tuple[int, int, int | None] | None:
@@ -186,6 +193,7 @@ class ResponseHead:
         ``lines.append`` itself, parsed once the head is needed: a Python call from C
         for each line cost more than parsing them all."""
         lines = self.lines
+        self._index = None
         if self.ftp is not None:
             for line in lines:
                 self.ftp.feed(line.decode("latin-1").rstrip("\r\n"))
