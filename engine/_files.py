@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine._core import PART_SUFFIX
+from engine._loop import running_loop
 from engine._native import ffi, lib
 from engine._once import PerProcess
 from engine.errors import StorageError
@@ -73,7 +74,7 @@ class Filer:
         fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync
         the directory.  ``fd`` is closed whatever happens; -1: there is no partial file
         yet, and the filer creates it (``body`` is then the whole file)."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         channel = self._channels.get(loop)
         if channel is None:
             channel = self._channels[loop] = _Channel(self._f, loop)

@@ -63,6 +63,16 @@ def engine_here() -> asyncio.AbstractEventLoop | None:
     return engine.loop
 
 
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The running loop, like ``asyncio.get_running_loop``, which on Python 3.11 makes
+    a getpid system call each time (its check for a fork): the engine's own code asks
+    ten times a small file, on the engine thread, where the answer is known."""
+    engine = _engine.peek()
+    if engine is not None and threading.get_ident() == engine.ident:
+        return engine.loop
+    return asyncio.get_running_loop()
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on the engine's own loop and block until it returns.
 

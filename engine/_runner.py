@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine._core import remove_partial
+from engine._loop import running_loop
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
@@ -154,7 +155,7 @@ class Runner:
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
         op._job = job
-        task = asyncio.current_task()
+        task = asyncio.current_task(running_loop())
         assert task is not None
         watch = _Watch(self, task)
         try:

@@ -18,6 +18,8 @@ import asyncio
 import dataclasses
 from typing import Protocol
 
+from engine._loop import running_loop
+
 
 class Schedulable(Protocol):
     @property
@@ -98,7 +100,7 @@ _schedulers: dict[asyncio.AbstractEventLoop, Scheduler] = {}
 
 def scheduler() -> Scheduler:
     """The running loop's scheduler (one engine loop per process: one scheduler)."""
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     if loop not in _schedulers:
         _schedulers[loop] = Scheduler()
     return _schedulers[loop]

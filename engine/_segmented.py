@@ -31,6 +31,7 @@ from engine._config import TransferConfig
 from engine._connections import Slots
 from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._files import filer
+from engine._loop import running_loop
 from engine._segments import Segments, Stop, Stream
 from engine._ticker import Ticker, ticker
 from engine._transport import (
@@ -78,7 +79,7 @@ _shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool, Slots]] = {}
 def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
     """The running loop's multi handle, its pool of easy handles, and the slots its
     requests take (one engine loop per process: one of each)."""
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     if loop not in _shared:
         _shared[loop] = (new_multi(), HandlePool(), Slots())
     return _shared[loop]

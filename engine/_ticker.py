@@ -14,6 +14,8 @@ import asyncio
 import weakref
 from collections.abc import Callable, Hashable
 
+from engine._loop import running_loop
+
 
 class Ticker:
     """Calls each member's function every ``interval`` seconds on the loop it was
@@ -27,7 +29,7 @@ class Ticker:
     def join(self, key: Hashable, fn: Callable[[], None]) -> None:
         self._members[key] = fn
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._fire)
+            self._timer = running_loop().call_later(self._interval, self._fire)
 
     def leave(self, key: Hashable) -> None:
         self._members.pop(key, None)
@@ -68,7 +70,7 @@ asks a few times a file, and the weak dictionary's lookup cost more than a join.
 def ticker(interval: float) -> Ticker:
     """The running loop's ticker for ``interval`` (gone with its loop)."""
     global _last
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     last, mine = _last
     if last() is not loop:
         found_mine = _tickers.get(loop)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine._checksum import parse
 from engine._core import RangeFile, control_path, peek, remove_partial
-from engine._loop import engine_here, engine_loop
+from engine._loop import engine_here, engine_loop, running_loop
 from engine._oplock import OpLock
 from engine._reading import Readers
 from engine._reporting import ProgressCallback, Reporter
@@ -288,7 +288,7 @@ class DownloadOperation:
         """The outcome, copied one way into a future of the running loop: cancelling
         it touches nothing else (no shield needed), and an outcome settled on this
         loop's own thread (the engine's) is copied at once, without a wake-up write."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         here: asyncio.Future[DownloadOperation] = loop.create_future()
         owner = threading.get_ident()
 
@@ -615,7 +615,7 @@ class DownloadOperation:
         async def start() -> None:
             if previous is not None and not previous.done():
                 await asyncio.gather(previous, return_exceptions=True)
-            self._task = asyncio.current_task()
+            self._task = asyncio.current_task(engine_loop().loop)
             await Runner(self).run()
 
         engine = engine_loop()
