@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import os
 import weakref
-from pathlib import Path
 from typing import Any
 
 from engine._core import PART_SUFFIX
@@ -36,7 +35,7 @@ class _Channel:
         self.ch = lib.fl_channel_new()
         if self.ch == ffi.NULL:
             raise OSError("the filer's channel could not be made")
-        self.waiting: dict[int, tuple[asyncio.Future[None], Path]] = {}
+        self.waiting: dict[int, tuple[asyncio.Future[None], os.PathLike[str] | str]] = {}
         self._ids = ffi.new("uint64_t[]", _BATCH)
         self._results = ffi.new("int64_t[]", _BATCH)
         loop.add_reader(lib.fl_channel_fd(self.ch), self._take)
@@ -68,7 +67,11 @@ class Filer:
         )
 
     async def finish(
-        self, fd: int, result: Path, body: bytes | bytearray = b"", offset: int = 0
+        self,
+        fd: int,
+        result: os.PathLike[str] | str,
+        body: bytes | bytearray = b"",
+        offset: int = 0,
     ) -> None:
         """Write ``body`` at ``offset`` (the end of the file, kept in memory until now),
         fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,12 +29,13 @@ class OpLock:
     _guard: ClassVar[threading.Lock] = threading.Lock()
     _paths: ClassVar[dict[Path, Path]] = {}
 
-    def __init__(self, state_dir: Path, guid: uuid.UUID) -> None:
+    def __init__(self, state_dir: Path, guid: str) -> None:
+        """``guid`` as stored (its hex digits are the UUID's integer)."""
         path = self._paths.get(state_dir)
         if path is None:
             path = self._paths[state_dir] = state_dir / "operations.lock"
         self._path = path
-        self._offset = guid.int & ((1 << 62) - 1)
+        self._offset = int(guid.replace("-", ""), 16) & ((1 << 62) - 1)
 
     def _fd(self) -> int:
         fd = self._files.get(self._path)

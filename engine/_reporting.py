@@ -92,6 +92,12 @@ class Reporter:
         current = op._current_ranges() if final else (op._ranges or [])
         if not current and not self._pending and not self._pending_restart:
             return  # nothing to add, nothing owed (a small file's ticks before its end)
+        if not op.ranges_downloaded:
+            with self._lock:
+                if not self._event_busy:  # nobody to tell: what arrived counts as told
+                    self._reported = merge_ranges(self._reported + current)
+                    self._pending, self._pending_restart = [], False
+                    return
         added = subtract_ranges(merge_ranges(current), self._reported)
         with self._lock:
             self._reported = merge_ranges(self._reported + added)

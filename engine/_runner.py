@@ -143,7 +143,7 @@ class Runner:
         op = self.op
         job = SegmentedDownload(
             op._rec.uri,
-            op.result_file,
+            op._rec.result_file,
             config=op._settings.config_for(op._rec),
             headers=op._header_lines(),
             on_progress=op._on_tick,
@@ -178,7 +178,7 @@ class Runner:
         op._flush_ranges_event(final=True)
         op._settle_outcome(None)
 
-    async def _finish_verified(self, finish: Callable[[], Awaitable[Path]]) -> Path:
+    async def _finish_verified(self, finish: Callable[[], Awaitable[None]]) -> None:
         """Check the expected checksum on the partial file, then rename and complete.
 
         A mismatch removes the data (a resume starts over) and raises IntegrityError:
@@ -201,14 +201,13 @@ class Runner:
                 raise asyncio.CancelledError  # paused or cancelled a moment ago
             op._finishing = True
         try:
-            done = await finish()
+            await finish()
         finally:
             with op._lock:
                 op._finishing = False
         op._total = (job.size if job is not None else None) or op._bytes
         op._bytes = op._total
         op._move(Event.COMPLETE)
-        return done
 
     def _settle_error(self, exc: TransferError) -> None:
         op = self.op

@@ -47,6 +47,7 @@ from engine._transport import (
     is_sftp,
     new_multi,
     set_range,
+    unplain,
 )
 from engine._validate import host_of
 from engine._web_error import WebErrorStatus
@@ -89,8 +90,8 @@ def _default_rank() -> int:
     return 1  # BackgroundTransferPriority.DEFAULT's
 
 
-async def _plain_finish(finish: Callable[[], Awaitable[Path]]) -> Path:
-    return await finish()
+async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
+    await finish()
 
 
 _DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
@@ -151,7 +152,7 @@ class SegmentedDownload:
         """The newest response head that was accepted, for get_response_information."""
         self.actual_url = url
         """The URL after redirects of that response."""
-        self.finisher: Callable[[Callable[[], Awaitable[Path]]], Awaitable[Path]] = _plain_finish
+        self.finisher: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] = _plain_finish
         """Wraps the rename onto the final name: an operation verifies a checksum first
         and makes the rename atomic with its status."""
         self.finishing = False
@@ -160,7 +161,8 @@ class SegmentedDownload:
         """Random access: a server without ranges or a length fails at once."""
         self.restarts = 0
         """Times the download started over (content changed, or no ranges)."""
-        self.result = result if isinstance(result, Path) else Path(result)
+        self._name = os.fspath(result)
+        self._path = result if isinstance(result, Path) else None
         self.config = config or TransferConfig()
         self.headers = list(headers)
         self.on_progress = on_progress
@@ -197,6 +199,14 @@ class SegmentedDownload:
         self._flushed = 0.0
 
     # -- public ---------------------------------------------------------------
+    @property
+    def result(self) -> Path:
+        """The result file (made a Path when first asked: a small file never is)."""
+        path = self._path
+        if path is None:
+            path = self._path = Path(self._name)
+        return path
+
     def snapshot(self) -> Snapshot:
         if self.rf is not None and not self.rf.closed:
             done = self.rf.bytes_complete
@@ -212,12 +222,12 @@ class SegmentedDownload:
             self._on_wire,
         )
 
-    async def run(self) -> Path:
+    async def run(self) -> None:
         """Download until the result file is complete and renamed into place."""
         restarts = 0
         self._tick_soon()
         try:
-            if os.path.lexists(f"{self.result}{CONTROL_SUFFIX}"):  # a str: no Path made
+            if os.path.lexists(self._name + CONTROL_SUFFIX):
                 await self._prepare()
             while True:
                 try:
@@ -233,9 +243,9 @@ class SegmentedDownload:
                     continue
                 if self._complete():
                     self._stop_ticks()  # no flush may race the finish in its thread
-                    done = await self.finisher(self._finish_durably)
+                    await self.finisher(self._finish_durably)
                     self.finished = True
-                    return done
+                    return
         except BaseException:
             self._close()
             raise
@@ -301,6 +311,7 @@ class SegmentedDownload:
             curl = pool.take()
             configure(curl, self.url, self.config, [], self.request)
             curl.setopt(pycurl.NOBODY, 1)
+            unplain(curl)
             try:
                 await multi.perform(curl)
             except pycurl.error as exc:
@@ -680,17 +691,17 @@ class SegmentedDownload:
             self._spill()  # what is held is the end of the file
         return await asyncio.to_thread(file_digest, part_path(self.result), algo)
 
-    async def _finish_durably(self) -> Path:
+    async def _finish_durably(self) -> None:
         """fsync, rename onto the final name, fsync the directory."""
         self.finishing = True  # readers leave the result file to the finishing thread
         if self.rf is not None:
-            return await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
+            await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
+            return
         fd, self._grow_fd = self._grow_fd, -1
         held, self._held = self._held, bytearray()
         self._plain = False
-        await filer().finish(fd, self.result, held, self._held_at)
+        await filer().finish(fd, self._name, held, self._held_at)
         self.size = self._grow_pos
-        return self.result
 
     def _close(self) -> None:
         if self.rf is not None:

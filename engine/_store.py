@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import dataclasses
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -99,14 +100,15 @@ class OpRecord:
     created: float = dataclasses.field(default_factory=time.time)
     updated: float = dataclasses.field(default_factory=time.time)
 
-    def to_row(self) -> dict[str, Any]:
-        # shallow: asdict's deep copy of every field was a tenth of a small file's cost
-        row = {f.name: getattr(self, f.name) for f in _FIELDS}
-        row["recoverable"] = json.dumps(self.recoverable) if self.recoverable else "[]"
-        row["headers"] = json.dumps(self.headers) if self.headers else "[]"
-        row["random_access"] = int(self.random_access)
-        row["acknowledged"] = int(self.acknowledged)
-        return row
+    def to_row(self) -> tuple[Any, ...]:
+        """The row's values in column order (one C call gathers them: a comprehension
+        over the fields was a tenth of a small file's bytecode)."""
+        row = list(_VALUES(self))
+        row[_RECOVERABLE] = json.dumps(self.recoverable) if self.recoverable else "[]"
+        row[_HEADERS] = json.dumps(self.headers) if self.headers else "[]"
+        row[_RANDOM_ACCESS] = int(self.random_access)
+        row[_ACKNOWLEDGED] = int(self.acknowledged)
+        return tuple(row)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> OpRecord:
@@ -118,10 +120,12 @@ class OpRecord:
         return cls(**data)
 
 
-_FIELDS = dataclasses.fields(OpRecord)
+_COLUMNS = [f.name for f in dataclasses.fields(OpRecord)]
+_VALUES = operator.attrgetter(*_COLUMNS)
+_RECOVERABLE, _HEADERS = _COLUMNS.index("recoverable"), _COLUMNS.index("headers")
+_RANDOM_ACCESS, _ACKNOWLEDGED = _COLUMNS.index("random_access"), _COLUMNS.index("acknowledged")
 _INSERT = (
-    f"INSERT INTO operations ({', '.join(f.name for f in _FIELDS)}) "
-    f"VALUES ({', '.join(f':{f.name}' for f in _FIELDS)})"
+    f"INSERT INTO operations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
 
 

@@ -31,6 +31,10 @@ _WEB = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 _ALLOWED = _WEB | pycurl.PROTO_FTP | pycurl.PROTO_FTPS | pycurl.PROTO_SFTP
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)", re.IGNORECASE)
+_STATUS_LINE = re.compile(r"^HTTP/[^ \t\r\n]*[ \t]*([^ \t\r\n]*)[^\n]*\n?", re.MULTILINE)
+"""A status line; what follows it, up to the next, is that response's fields."""
+_FIELD = re.compile(r"^[ \t]*([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
+"""One header field: name, colon, value (whitespace around both dropped)."""
 
 # libcurl code -> (status, transient).  One table: the only place codes become meaning.
 _CURL_ERRORS: dict[int, tuple[WebErrorStatus, bool]] = {
@@ -191,24 +195,24 @@ class ResponseHead:
         """Read the header lines gathered in ``lines`` (a new status line starts a new
         head: a redirect's, then the next response's).  libcurl's header callback is
         ``lines.append`` itself, parsed once the head is needed: a Python call from C
-        for each line cost more than parsing them all."""
+        for each line cost more than parsing them all, and the lines of each head are
+        split by one regular expression over their bytes, not a line at a time."""
         lines = self.lines
         self._index = None
         if self.ftp is not None:
             for line in lines:
                 self.ftp.feed(line.decode("latin-1").rstrip("\r\n"))
-        else:
-            for line in lines:
-                if line.startswith(b"HTTP/"):
-                    parts = line.split(None, 2)
-                    self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                    self.headers = []
-                else:
-                    name, colon, value = line.partition(b":")
-                    if colon:
-                        pair = (name.strip().decode("latin-1"), value.strip().decode("latin-1"))
-                        self.headers.append(pair)
+            lines.clear()
+            return
+        block = b"".join(lines).decode("latin-1")
         lines.clear()
+        heads = _STATUS_LINE.split(block)  # [before, code, fields, code, fields, ...]
+        if len(heads) == 1:  # no status line: more fields of the same head
+            self.headers.extend(_FIELD.findall(block))
+            return
+        code = heads[-2]
+        self.status = int(code) if code.isdigit() else 0
+        self.headers = _FIELD.findall(heads[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +225,17 @@ class RequestOptions:
     user: tuple[str, str] | None = None
     proxy: str | None = None
     proxy_user: tuple[str, str] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """A GET with no body, credentials or proxy: the options ``configure`` may keep."""
+        return (
+            self.method == "GET"
+            and self.body is None
+            and self.user is None
+            and self.proxy is None
+            and self.proxy_user is None
+        )
 
     @property
     def single_request(self) -> bool:
@@ -259,12 +274,24 @@ def configure(
     headers: list[str],
     request: RequestOptions | None = None,
 ) -> None:
-    """Every option a bgtransfer request sets: secure defaults, timeouts, big buffers."""
+    """Every option a bgtransfer request sets: secure defaults, timeouts, big buffers.
+
+    A pooled handle whose last request was a plain GET with the same ``config`` and
+    scheme keeps its options: only the URL and headers change (the reset and twenty
+    options were a fifth of a small file's set-up).  Anything else starts from a
+    reset, and marks the handle so that the next request resets it too."""
+    https = url.lower().startswith("https:")
+    plain = (request is None or request.plain) and not is_ftp(url) and not is_sftp(url)
+    last = getattr(curl, "bgt_profile", None)
+    if plain and last is not None and last[0] is config and last[1] == https:
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.HTTPHEADER, headers)
+        return
+    curl.bgt_profile = None
     curl.reset()
     curl.setopt(pycurl.URL, url)
     curl.setopt(pycurl.PROTOCOLS, _ALLOWED)
     # Redirects go to http(s) only, and https never to plain http: libcurl refuses them.
-    https = url.lower().startswith("https:")
     curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTPS if https else _WEB)
     curl.setopt(pycurl.FOLLOWLOCATION, 1)
     curl.setopt(pycurl.MAXREDIRS, config.max_redirects)
@@ -289,6 +316,14 @@ def configure(
         curl.setopt(pycurl.OPT_FILETIME, 1)  # MDTM / stat: the validator of the file
     if is_sftp(url):
         _set_ssh(curl, config)
+    if plain:
+        curl.bgt_profile = (config, https)  # what a later request may keep (see above)
+
+
+def unplain(curl: Any) -> None:
+    """``curl`` got an option ``configure`` does not set (``NOBODY``, say): its next
+    request starts from a reset."""
+    curl.bgt_profile = None
 
 
 def is_ftp(url: str) -> bool:

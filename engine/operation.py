@@ -73,6 +73,10 @@ S = BackgroundTransferStatus
 _STATUS = {s.value: s for s in S}
 
 
+_CLEARS_ERROR = (S.RUNNING, S.PAUSED_BY_APPLICATION, S.COMPLETED, S.CANCELED)
+"""Statuses that leave no web error behind (a tuple: a set would hash an Enum member,
+a Python-level call)."""
+
 _RANK = {p.value: p.rank for p in BackgroundTransferPriority}
 """Queue rank by stored priority value: the scheduler sorts by it, a file at a time."""
 
@@ -82,8 +86,8 @@ class DownloadOperation:
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec
-        self._guid = uuid.UUID(rec.guid)
-        self._result = Path(rec.result_file)
+        self._guid: uuid.UUID | None = None  # parsed when asked: most never are
+        self._result: Path | None = None  # made when asked: a mirror's files never are
         self._settings = settings
         self._store: Store = settings.store
         self._lock = threading.RLock()
@@ -108,12 +112,15 @@ class DownloadOperation:
         self._connections = 0
         self._reporter = Reporter(self)
         self._readers = Readers(self)
-        self._oplock = OpLock(self._store.state_dir, self._guid)
+        self._oplock = OpLock(self._store.state_dir, rec.guid)
 
     # -- what it is ---------------------------------------------------------------
     @property
     def guid(self) -> uuid.UUID:
-        return self._guid
+        guid = self._guid
+        if guid is None:
+            guid = self._guid = uuid.UUID(self._rec.guid)
+        return guid
 
     @property
     def requested_uri(self) -> str:
@@ -137,7 +144,10 @@ class DownloadOperation:
 
     @property
     def result_file(self) -> Path:
-        return self._result
+        path = self._result
+        if path is None:
+            path = self._result = Path(self._rec.result_file)
+        return path
 
     @property
     def transfer_group(self) -> Any:
@@ -521,13 +531,13 @@ class DownloadOperation:
         with self._lock:
             old = self.status
             new = next_status(old, event)
-            fields: dict[str, Any] = {"status": new.value}
+            fields: dict[str, Any] = {"status": new._value_}  # not .value: a property call
             if error is not None:
                 fields["web_error"] = (
                     error.web_error_status.value if error.web_error_status is not None else None
                 )
                 fields["error_message"] = str(error)
-            elif new in (S.RUNNING, S.PAUSED_BY_APPLICATION, S.COMPLETED, S.CANCELED):
+            elif new in _CLEARS_ERROR:
                 fields["web_error"] = None
                 fields["error_message"] = None
             if new is S.ERROR:

@@ -25,7 +25,7 @@ def test_big_file_over_eight_connections_is_byte_exact(
     out = tmp_path / "big.bin"
     cfg = TransferConfig(connections=8, first_request=1 << 20, chunk_size=4 << 20)
     job = SegmentedDownload(nginx.url("big.bin"), out, config=cfg)
-    assert run(job.run()) == out
+    run(job.run())
     assert sha256(out) == sha256(nginx.www / "big.bin")
     assert not part_path(out).exists()
     assert not control_path(out).exists()
