@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +196,7 @@ def _run_mirror(
     """Up to ``parallel`` downloads at a time, driven from the engine's own loop
     (``engine.run``): thousands of small files cost a few calls each, and from this
     thread every call would hand the GIL over to the engine and wait for it back."""
-    running: dict[uuid.UUID, DownloadOperation] = {}
+    running: dict[int, DownloadOperation] = {}  # by id(): a guid is a UUID to make
     try:
         return run(_mirror(d, todo, parallel, view, running))
     except KeyboardInterrupt:
@@ -209,7 +208,7 @@ async def _mirror(
     todo: collections.deque[tuple[Any, Path, DownloadOperation | None]],
     parallel: int,
     view: MirrorView,
-    running: dict[uuid.UUID, DownloadOperation],
+    running: dict[int, DownloadOperation],
 ) -> Outcome:
     slots = asyncio.Semaphore(parallel)
     done = [0, 0]
@@ -223,7 +222,7 @@ async def _mirror(
         except TransferError as exc:
             failed.append((op, exc))
         # cancelled (Ctrl-C): the download goes on, and stays in running to be paused
-        del running[op.guid]
+        del running[id(op)]
         slots.release()
 
     tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
@@ -237,7 +236,7 @@ async def _mirror(
                 if entry.checksum:
                     op.expected_checksum = entry.checksum
             view.watch(op)
-            running[op.guid] = op
+            running[id(op)] = op
             # the blocking API's start/attach: awaiting start_async would cancel the
             # download if this task were cancelled, and a Ctrl-C must pause instead
             if op.status is S.IDLE:

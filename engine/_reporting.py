@@ -61,6 +61,8 @@ class Reporter:
 
     def report(self) -> None:
         """Tell progress callbacks, once per distinct snapshot (ticks repeat themselves)."""
+        if not self._callbacks:
+            return  # nobody asked (a quiet mirror): no snapshot to make
         op = self.op
         snap = (op._bytes, op._total, op.status, op._restarted, op._response_changed)
         with self._lock:
