@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from contenders import alternate, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
 from served import benchmarks_disabled
 from servers import Nginx
+from sidebyside import record
 
 MIB = 1 << 20
 _FLOOR = Path(__file__).resolve().parent / "pycurl_floor.py"
@@ -166,3 +168,38 @@ def test_64_files_of_32_mib(
     """64 x 32 MiB all at once."""
     size = MIB if benchmarks_disabled(request.config) else 32 * MIB
     _many(benchmark, served[0], tmp_path, 64, size, 64, 4)
+
+
+_BYTECODES = Path(__file__).resolve().parent / "bytecodes.py"
+
+
+def test_small_file_bytecodes(
+    benchmark: BenchmarkFixture,
+    served: tuple[Nginx, int],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Python bytecodes the engine thread runs for each 64 KiB file of a mirror
+    (bytecodes.py): the small-file path's cost in a figure that does not move with
+    the VM's noise, to read beside the wall times above."""
+    count = 50 if benchmarks_disabled(request.config) else 500
+    urls, _ = _many_files(served[0], count, 64 << 10)
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
+
+    def session() -> None:
+        done = subprocess.run(
+            [sys.executable, str(_BYTECODES), "list.txt", "out"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        first = done.stdout.splitlines()[0]
+        assert first.startswith("bytecodes a file: "), done.stdout
+        assert len(os.listdir(tmp_path / "out")) == count
+        if not benchmark.disabled:
+            value = float(first.rpartition(" ")[2])
+            record("64 KiB files through mirror", "bytecodes a file, engine thread", value)
+            print(done.stdout)
+
+    benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
