@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -33,6 +34,8 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, name="bgtransfer-engine", daemon=True)
         self._thread.start()
         self.ident = self._thread.ident
+        global _current
+        _current = (self.ident, self.loop)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -49,6 +52,18 @@ class EngineLoop:
 
 _engine = PerProcess(EngineLoop)
 
+_current: tuple[int | None, asyncio.AbstractEventLoop | None] = (None, None)
+"""The engine thread's ident and loop, once it runs: engine_here and running_loop are
+asked a dozen times a small file, and this is one tuple to read."""
+
+
+def _forget_current() -> None:
+    global _current
+    _current = (None, None)  # a forked child has no engine thread
+
+
+os.register_at_fork(after_in_child=_forget_current)
+
 
 def engine_loop() -> EngineLoop:
     """The process's engine loop, started on first use."""
@@ -57,19 +72,17 @@ def engine_loop() -> EngineLoop:
 
 def engine_here() -> asyncio.AbstractEventLoop | None:
     """The engine loop when called on the engine thread, else None (never starts it)."""
-    engine = _engine.peek()
-    if engine is None or threading.get_ident() != engine.ident:
-        return None
-    return engine.loop
+    ident, loop = _current
+    return loop if ident == threading.get_ident() else None
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
     """The running loop, like ``asyncio.get_running_loop``, which on Python 3.11 makes
     a getpid system call each time (its check for a fork): the engine's own code asks
     ten times a small file, on the engine thread, where the answer is known."""
-    engine = _engine.peek()
-    if engine is not None and threading.get_ident() == engine.ident:
-        return engine.loop
+    ident, loop = _current
+    if loop is not None and ident == threading.get_ident():
+        return loop
     return asyncio.get_running_loop()
 
 

@@ -26,10 +26,6 @@ class PerProcess(Generic[T]):
                 self._value = self._make()
             return self._value
 
-    def peek(self) -> T | None:
-        """The object if it was made already; never makes it."""
-        return self._value
-
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._value = None

@@ -41,6 +41,10 @@ _NETWORK_FAILURES = frozenset(
 """Failures that mean "no network" when the monitor agrees there is none."""
 
 
+_PLAIN = RequestOptions()
+"""A GET with no body, credentials or proxy (RequestOptions is immutable)."""
+
+
 class _Pause(Exception):
     """Raised inside the runner when the engine itself must pause the operation."""
 
@@ -233,6 +237,14 @@ class Runner:
                     exc.errno or 5, f"request body unreadable: {exc.strerror}", op._rec.body_file
                 ) from exc
         s = op._settings
+        if (
+            body is None
+            and op._rec.method == "GET"
+            and s.server_credential is None
+            and s.proxy is None
+            and s.proxy_credential is None
+        ):
+            return _PLAIN  # a mirror's every file: no options to build
         return RequestOptions(
             method=op._rec.method,
             body=body,

@@ -479,6 +479,11 @@ class SegmentedDownload:
     def _writer(self, st: Stream) -> Callable[[memoryview], int | None]:
         def on_write(mv: memoryview) -> int | None:
             n = len(mv)
+            sink, end = st.sink, st.end
+            if sink is not None and end is not None and st.pos + n <= end:
+                sink += mv  # the held body: it ends where the head said (_check_head)
+                st.pos = self._grow_pos = st.pos + n
+                return None
             try:
                 if not st.checked and not self._check_head(st):
                     return 0
@@ -549,6 +554,15 @@ class SegmentedDownload:
                     f"{self.url}: {Stop.UNSUPPORTED.value}", web_error_status=status
                 )
                 return False
+            held = self._held
+            if (
+                self.rf is None
+                and self._plain
+                and st.end is not None
+                and st.pos == self._held_at + len(held)
+                and st.end - self._held_at <= _HOLD
+            ):
+                st.sink = held  # the rest of this body fits in memory: no checks a piece
         return accepted
 
     def _accept_head(self, st: Stream) -> bool:
