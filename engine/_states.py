@@ -35,6 +35,8 @@ class Event(enum.Enum):
     SYSTEM_POLICY = "free disk space below the reserve"
     CONDITIONS_MET = "the engine's pause is over"
 
+    __hash__ = object.__hash__  # as BackgroundTransferStatus: identity, in C
+
 
 _ENGINE_PAUSES = (S.PAUSED_NO_NETWORK, S.PAUSED_COSTED_NETWORK, S.PAUSED_SYSTEM_POLICY)
 

@@ -29,6 +29,11 @@ class BackgroundTransferStatus(enum.Enum):
     PAUSED_RECOVERABLE_WEB_ERROR_STATUS = 8
     PAUSED_SYSTEM_POLICY = 32
 
+    # Members are singletons compared by identity: hashed by identity too, in C.
+    # (Enum's own __hash__ is a Python function, and the status table is looked up
+    # by status a few times a file.)
+    __hash__ = object.__hash__
+
 
 class BackgroundTransferPriority(enum.Enum):
     """DEFAULT joins the end of the queue, HIGH goes near the front, LOW after the rest."""

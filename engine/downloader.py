@@ -142,9 +142,11 @@ class Settings:
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
     _free: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
-    _configs: dict[tuple[TransferConfig, int, int], TransferConfig] = dataclasses.field(
+    _configs: dict[tuple[int, int], TransferConfig] = dataclasses.field(
         default_factory=dict, repr=False
     )
+    _configs_of: TransferConfig | None = dataclasses.field(default=None, repr=False)
+    """The ``config`` that ``_configs`` were derived from."""
 
     def __post_init__(self) -> None:
         if self.free_space_reserve < 0:
@@ -155,7 +157,10 @@ class Settings:
         a read waits for the whole block under its offset, and at 20 MB/s a 1 MiB block
         alone would take 50 ms."""
         block = min(rec.block_size, RANDOM_ACCESS_BLOCK) if rec.random_access else rec.block_size
-        key = (self.config, rec.max_connections, block)
+        if self._configs_of is not self.config:  # not hashed: 30 fields for each file
+            self._configs.clear()
+            self._configs_of = self.config
+        key = (rec.max_connections, block)
         config = self._configs.get(key)
         if config is None:
             if len(self._configs) > 64:
