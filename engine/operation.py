@@ -33,6 +33,7 @@ from engine._checksum import parse
 from engine._core import RangeFile, control_path, peek, remove_partial
 from engine._loop import engine_here, engine_loop, running_loop
 from engine._oplock import OpLock
+from engine._outcome import Outcome
 from engine._reading import Readers
 from engine._reporting import ProgressCallback, Reporter
 from engine._runner import Runner
@@ -97,7 +98,7 @@ class DownloadOperation:
         }
         self._job: SegmentedDownload | None = None
         self._task: asyncio.Task[None] | None = None
-        self._outcome: concurrent.futures.Future[DownloadOperation] = concurrent.futures.Future()
+        self._outcome: Outcome[DownloadOperation] = Outcome()
         self._started = False
         self._finishing = False
         self._bytes = 0
@@ -266,7 +267,7 @@ class DownloadOperation:
         """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled)."""
         try:
             return self._outcome.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
         except TransferError:
             self._acknowledge()
@@ -302,11 +303,8 @@ class DownloadOperation:
         here: asyncio.Future[DownloadOperation] = loop.create_future()
         owner = threading.get_ident()
 
-        def copy(done: concurrent.futures.Future[DownloadOperation]) -> None:
+        def copy(done: Outcome[DownloadOperation]) -> None:
             if here.cancelled():
-                return
-            if done.cancelled():
-                here.cancel()
                 return
             exc = done.exception()
             if exc is None:
@@ -314,7 +312,7 @@ class DownloadOperation:
             else:
                 here.set_exception(exc)
 
-        def settled(done: concurrent.futures.Future[DownloadOperation]) -> None:
+        def settled(done: Outcome[DownloadOperation]) -> None:
             if threading.get_ident() == owner:
                 copy(done)
             else:
@@ -379,7 +377,7 @@ class DownloadOperation:
             was_error = self.status is S.ERROR
             self._move(Event.RESUME)
             if was_error or self._outcome.done():
-                self._outcome = concurrent.futures.Future()
+                self._outcome = Outcome()
                 self._store.update(self._rec.guid, acknowledged=0)
             self._started = True
             self._spawn()
