@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import operator
 import os
 import re
 import time
@@ -33,6 +34,7 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)", re.IGNORECASE)
 _STATUS_LINE = re.compile(r"^HTTP/[^ \t\r\n]*[ \t]*([^ \t\r\n]*)[^\n]*\n?", re.MULTILINE)
 """A status line; what follows it, up to the next, is that response's fields."""
+_NAME, _VALUE = operator.itemgetter(0), operator.itemgetter(1)
 _FIELD = re.compile(r"^[ \t]*([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
 """One header field: name, colon, value (whitespace around both dropped)."""
 
@@ -153,8 +155,10 @@ class ResponseHead:
     def get(self, name: str) -> str | None:
         """The last value of header ``name`` (any case), else None."""
         index = self._index
-        if index is None:
-            index = self._index = {key.lower(): value for key, value in self.headers}
+        if index is None:  # built by C iterators: a comprehension cost 90 bytecodes a file
+            headers = self.headers
+            names = map(str.lower, map(_NAME, headers))
+            index = self._index = dict(zip(names, map(_VALUE, headers), strict=True))
         return index.get(name.lower())
 
     @property
