@@ -129,6 +129,43 @@ def _storable(validator: str | None, limit: int) -> str:
 class SegmentedDownload:
     """Downloads ``url`` into ``result``; resumes what an earlier run left on disk."""
 
+    # State that starts the same for every download is declared here, at class level,
+    # and set on the instance only when it changes: a mirror makes one of these a file.
+    last_head: ResponseHead | None = None
+    """The newest response head that was accepted, for get_response_information."""
+    finishing = False
+    """True once the result file is handed to the thread that finishes it."""
+    restarts = 0
+    """Times the download started over (content changed, or no ranges)."""
+    size: int | None = None
+    etag = ""
+    last_modified = ""
+    ranges_ok = True
+    has_restarted = False
+    has_response_changed = False
+    finished = False
+    rf: RangeFile | None = None
+    on_blocks: Callable[[], None] | None = None
+    """Called when writes complete blocks (a reader may be waiting for them)."""
+    on_resumable: Callable[[], None] | None = None
+    """Called just before a control file is made or found: from then on, a crash
+    leaves a download to resume."""
+    _path: Path | None = None
+    _plain = False
+    """A plain file (small, or of unknown length): no bitmap, held in memory while
+    it fits (see _HOLD), its partial file made only when something must be written."""
+    _grow_fd = -1  # the plain file's partial file, once made
+    _grow_pos = 0
+    _held_at = 0
+    _body_ended = False  # unknown length: a response ended cleanly
+    _in_round = False
+    _on_wire = 0  # requests holding a slot (the rest of inflight wait for one)
+    _stat_result: tuple[str, int | None] = ("", None)
+    """SFTP: (time, size) of the file, from the stat at the start of a round."""
+    _failures = 0
+    _ticker: Ticker | None = None
+    _flushed = 0.0
+
     def __init__(
         self,
         url: str,
@@ -148,55 +185,23 @@ class SegmentedDownload:
         (smaller first); read at each request, so a change of priority counts from
         the next one."""
         self.request = request or RequestOptions()
-        self.last_head: ResponseHead | None = None
-        """The newest response head that was accepted, for get_response_information."""
         self.actual_url = url
-        """The URL after redirects of that response."""
+        """The URL after redirects of the response in ``last_head``."""
         self.finisher: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] = _plain_finish
         """Wraps the rename onto the final name: an operation verifies a checksum first
         and makes the rename atomic with its status."""
-        self.finishing = False
-        """True once the result file is handed to the thread that finishes it."""
         self.require_ranges = require_ranges
         """Random access: a server without ranges or a length fails at once."""
-        self.restarts = 0
-        """Times the download started over (content changed, or no ranges)."""
         self._name = os.fspath(result)
-        self._path = result if isinstance(result, Path) else None
+        if isinstance(result, Path):
+            self._path = result
         self.config = config or TransferConfig()
         self.headers = list(headers)
         self.on_progress = on_progress
-        self.size: int | None = None
-        self.etag = ""
-        self.last_modified = ""
-        self.ranges_ok = True
-        self.has_restarted = False
-        self.has_response_changed = False
-        self.finished = False
-        self.rf: RangeFile | None = None
-        self._plain = False
-        """A plain file (small, or of unknown length): no bitmap, held in memory while
-        it fits (see _HOLD), its partial file made only when something must be written."""
-        self._grow_fd = -1  # the plain file's partial file, once made
-        self._grow_pos = 0
         self._held = bytearray()
         """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
-        self._held_at = 0
-        self._body_ended = False  # unknown length: a response ended cleanly
         self.segments = Segments(self.config)
         self._tasks: set[asyncio.Future[None]] = set()
-        self._in_round = False
-        self._on_wire = 0  # requests holding a slot (the rest of inflight wait for one)
-        self._stat_result: tuple[str, int | None] = ("", None)
-        """SFTP: (time, size) of the file, from the stat at the start of a round."""
-        self.on_blocks: Callable[[], None] | None = None
-        """Called when writes complete blocks (a reader may be waiting for them)."""
-        self.on_resumable: Callable[[], None] | None = None
-        """Called just before a control file is made or found: from then on, a crash
-        leaves a download to resume."""
-        self._failures = 0
-        self._ticker: Ticker | None = None
-        self._flushed = 0.0
 
     # -- public ---------------------------------------------------------------
     @property

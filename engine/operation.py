@@ -85,10 +85,25 @@ _RANK = {p.value: p.rank for p in BackgroundTransferPriority}
 class DownloadOperation:
     """One download: created by ``BackgroundDownloader.create_download`` or found again."""
 
+    # Declared here, set on the instance when they change (a mirror makes thousands).
+    _guid: uuid.UUID | None = None  # parsed when asked: most never are
+    _result: Path | None = None  # made when asked: a mirror's files never are
+    _job: SegmentedDownload | None = None
+    _task: asyncio.Task[None] | None = None
+    _started = False
+    _finishing = False
+    _bytes = 0
+    _restarted = False
+    _response_changed = False
+    _response_from: tuple[str, ResponseHead, bool] | None = None
+    _response: tuple[object, ResponseInformation] | None = None
+    _ranges: list[tuple[int, int]] | None = None
+    _restarts_seen = 0
+    _unsaved_running = False
+    _connections = 0
+
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec
-        self._guid: uuid.UUID | None = None  # parsed when asked: most never are
-        self._result: Path | None = None  # made when asked: a mirror's files never are
         self._settings = settings
         self._store: Store = settings.store
         self._lock = threading.RLock()
@@ -96,21 +111,8 @@ class DownloadOperation:
         self.recoverable_web_error_statuses: set[WebErrorStatus] = {
             WebErrorStatus(v) for v in rec.recoverable
         }
-        self._job: SegmentedDownload | None = None
-        self._task: asyncio.Task[None] | None = None
         self._outcome: Outcome[DownloadOperation] = Outcome()
-        self._started = False
-        self._finishing = False
-        self._bytes = 0
         self._total = rec.total
-        self._restarted = False
-        self._response_changed = False
-        self._response_from: tuple[str, ResponseHead, bool] | None = None
-        self._response: tuple[object, ResponseInformation] | None = None
-        self._ranges: list[tuple[int, int]] | None = None
-        self._restarts_seen = 0
-        self._unsaved_running = False
-        self._connections = 0
         self._reporter = Reporter(self)
         self._readers = Readers(self)
         self._oplock = OpLock(self._store.state_dir, rec.guid)
