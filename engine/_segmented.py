@@ -50,6 +50,7 @@ from engine._transport import (
     unplain,
 )
 from engine._validate import host_of
+from engine._values import BackgroundTransferPriority
 from engine._web_error import WebErrorStatus
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
 
@@ -86,8 +87,12 @@ def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
     return _shared[loop]
 
 
+_DEFAULT_RANK = BackgroundTransferPriority.DEFAULT.rank
+
+
 def _default_rank() -> int:
-    return 1  # BackgroundTransferPriority.DEFAULT's
+    """A download no operation drives waits for its slots as a DEFAULT one."""
+    return _DEFAULT_RANK
 
 
 async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
@@ -314,10 +319,10 @@ class SegmentedDownload:
         while True:
             await slots.take(self._host, self.rank())
             curl = pool.take()
-            configure(curl, self.url, self.config, [], self.request)
-            curl.setopt(pycurl.NOBODY, 1)
-            unplain(curl)
             try:
+                configure(curl, self.url, self.config, [], self.request)
+                curl.setopt(pycurl.NOBODY, 1)
+                unplain(curl)
                 await multi.perform(curl)
             except pycurl.error as exc:
                 err, transient = curl_error(exc.args[0], exc.args[1], self.url)
@@ -385,23 +390,26 @@ class SegmentedDownload:
         except BaseException:
             inflight.remove(stream)
             raise
-        curl = pool.take()
-        end = stream.end
-        configure(curl, self.url, self.config, self._request_headers(start, end), self.request)
-        if self._ftp or self._sftp:
-            # FTP's replies make the head; SFTP has none: what the stat said stands in.
-            stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
-            set_range(curl, start, end)
-        curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
-        curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
-        code, message = 0, ""
-        self._on_wire += 1
-        try:
-            await multi.perform(curl)
-        except pycurl.error as exc:
-            code, message = exc.args[0], exc.args[1]
+        try:  # from here the slot is given back whatever happens, a refused set-up too
+            curl = pool.take()
+            end = stream.end
+            headers = self._request_headers(start, end)
+            configure(curl, self.url, self.config, headers, self.request)
+            if self._ftp or self._sftp:
+                # FTP's replies make the head; SFTP has none: what the stat said stands in.
+                stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
+                set_range(curl, start, end)
+            curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
+            curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
+            code, message = 0, ""
+            self._on_wire += 1
+            try:
+                await multi.perform(curl)
+            except pycurl.error as exc:
+                code, message = exc.args[0], exc.args[1]
+            finally:
+                self._on_wire -= 1
         finally:
-            self._on_wire -= 1
             slots.give(self._host)
             inflight.remove(stream)
         if stream.checked and stream.stop in (None, Stop.RANGE_END):

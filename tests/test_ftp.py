@@ -20,7 +20,10 @@ from engine import (
     TransferError,
     WebErrorStatus,
 )
+from engine._connections import Slots
 from engine._core import control_path
+from engine._loop import engine_loop
+from engine._segmented import _multi_for_loop
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]
@@ -151,6 +154,8 @@ def test_sftp_refuses_an_unknown_host_key(
         f"[127.0.0.1]:{sshd.port} ssh-ed25519 "
         "AAAAC3NzaC1lZDI1NTE5AAAAIEo7h6Y5XaLNFqoBC8BOW4kP0m5vTBkV0N8a8n8r8r8r\n"
     )
+    slots = engine_loop().submit(_engine_slots()).result()
+    before = slots.busy.get("127.0.0.1", 0)
     for known in (str(other), str(tmp_path / "missing")):
         config = TransferConfig(
             ssh_private_key=str(sshd.client_key), ssh_known_hosts=known, retries=0
@@ -163,6 +168,12 @@ def test_sftp_refuses_an_unknown_host_key(
         assert op.status is S.ERROR
         assert not (tmp_path / "x").exists()
         op.cancel()
+    # the refused set-up gave its connection slot back (else the host would run out)
+    wait_for(lambda: slots.busy.get("127.0.0.1", 0) <= before)
+
+
+async def _engine_slots() -> Slots:
+    return _multi_for_loop()[2]
 
 
 def test_http_error_type_is_not_used_for_ftp(
