@@ -75,12 +75,21 @@ static int bit_get(const rf_file *f, uint64_t b)
     return (__atomic_load_n(&f->bitmap[b >> 3], __ATOMIC_ACQUIRE) >> (b & 7)) & 1;
 }
 
+/* Partial blocks tracked at once: no more than the file has blocks.  A slot holds a
+ * hash state (about 770 bytes in all), so 512 of them cost 390 KiB a file, every page
+ * touched when they are cleared: 64 files of 32 blocks at once held 24 MiB of slots
+ * they could never use. */
+static uint32_t nslots_of(uint64_t nblocks)
+{
+    return nblocks < RF_SLOTS ? (uint32_t)(nblocks ? nblocks : 1) : RF_SLOTS;
+}
+
 size_t rf_workspace_size(uint64_t size, uint32_t block_shift)
 {
     if (block_shift < RF_MIN_BLOCK_SHIFT || block_shift > RF_MAX_BLOCK_SHIFT)
         return 0;
-    return (size_t)nblocks_of(size, block_shift) * sizeof(int32_t) +
-           RF_SLOTS * sizeof(rf_slot) + 64;
+    uint64_t nblocks = nblocks_of(size, block_shift);
+    return (size_t)nblocks * sizeof(int32_t) + nslots_of(nblocks) * sizeof(rf_slot) + 64;
 }
 
 /* Preallocate; 1 when the file system refused and the file is sparse. */
@@ -338,7 +347,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     f->slot_of = workspace;
     uintptr_t slots = ((uintptr_t)(f->slot_of + f->nblocks) + 63) & ~(uintptr_t)63;
     f->slots = (rf_slot *)slots;
-    f->nslots = RF_SLOTS;
+    f->nslots = nslots_of(f->nblocks);
 
     int rc = open_existing(f);
     if (rc == 1 && (flags & RF_OPEN_CREATE)) {

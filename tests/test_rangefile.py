@@ -152,6 +152,28 @@ def test_scattered_pieces_never_over_report(tmp_path: Path) -> None:
         assert rf.bytes_written == len(data) + sum(n for _, n in pieces[: len(pieces) // 2])
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_block_partial_at_once_completes(tmp_path: Path, mode: str) -> None:
+    """A file tracks as many partial blocks as it has blocks (its slot pool is sized to
+    them, no larger): every block half written at once, then the other halves, gives
+    every block, each hash right."""
+    result = tmp_path / "f.bin"
+    data = os.urandom(5 * BLOCK + 700)
+    staged, direct = MODES[mode]
+    with RangeFile(result, len(data), BLOCK, staged=staged, direct=direct) as rf:
+        for start in range(0, len(data), BLOCK):
+            rf.write(start + 100, data[start + 100 : min(start + BLOCK, len(data))])
+        rf.flush()
+        assert rf.ranges() == []
+        for start in range(0, len(data), BLOCK):
+            rf.write(start, data[start : start + 100])
+        rf.flush()
+        assert rf.ranges() == [(0, len(data))]
+        assert rf.verify() == 0
+        assert rf.finish() == result
+    assert result.read_bytes() == data
+
+
 def test_finish_refuses_incomplete_and_discard_removes_both(tmp_path: Path) -> None:
     """An incomplete download never takes the final name; discard leaves nothing behind."""
     result = tmp_path / "f.bin"
