@@ -89,6 +89,8 @@ static void *writer(void *unused)
         if (head == NULL)
             tail = NULL;
         pthread_mutex_unlock(&lock);
+        if (j->before)
+            j->before(j);
         int rc = dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
         pthread_mutex_lock(&lock);
         unlink_all(j);
@@ -146,6 +148,8 @@ void dio_submit(dio_job *job)
     pthread_mutex_lock(&lock);
     if (started == 0 && start_threads() == 0) {
         pthread_mutex_unlock(&lock);
+        if (job->before)
+            job->before(job);
         job->result = dio_write(job->fd_direct, job->fd_buffered, job->buf, job->offset, job->len);
         __atomic_store_n(&job->done, 1, __ATOMIC_RELEASE);
         return;

@@ -41,6 +41,9 @@ typedef struct dio_job {
     uint64_t len;
     int result;               /* 0 or -errno, stored before done */
     int done;
+    /* NULL, or run by the thread that writes the job, just before the write: work on
+     * the buffer (a block's hash) that then costs the submitter's thread nothing. */
+    void (*before)(struct dio_job *job);
 } dio_job;
 
 /* pwrite until all of buf is written (EINTR retried, a write of 0 is -EIO); 0 or -errno. */
