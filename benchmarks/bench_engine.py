@@ -54,8 +54,8 @@ def test_one_large_file(
     benchmark: BenchmarkFixture, served: tuple[Nginx, int], tmp_path: Path
 ) -> None:
     """One large file: bgtransfer -c 8 beside curl (to /dev/null: the socket ceiling)
-    and dd (zeros with O_DIRECT to the same file system: the disk's ceiling, which on
-    this VM has been below the socket's, so no tool can reach the socket ceiling)."""
+    and dd (zeros with O_DIRECT to the same file system, from one writer: what the
+    disk takes this session, which on this VM has been well below the socket)."""
     server, size = served
     url = server.url("big.bin")
     out = tmp_path / "out.bin"
@@ -63,7 +63,7 @@ def test_one_large_file(
     contenders = available(
         {
             "curl -o /dev/null (socket ceiling)": ["curl", "-s", "-o", "/dev/null", url],
-            "dd oflag=direct (disk ceiling)": _dd(out, size),
+            "dd oflag=direct (the disk, one writer)": _dd(out, size),
             "curl -o FILE": ["curl", "-s", "-o", str(out), url],
             "aria2c -x16 -s16": _aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
             "bgtransfer get -c 8": [bgtransfer(), "get", "-q", "-c", "8", "-o", str(out), url],
