@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine._core import remove_partial
@@ -22,7 +21,7 @@ from engine._transport import RequestOptions
 from engine._validate import host_of
 from engine._values import BackgroundTransferCostPolicy, BackgroundTransferStatus
 from engine._web_error import WebErrorStatus
-from engine.errors import IntegrityError, StorageError, TransferError
+from engine.errors import IntegrityError, TransferError
 
 if TYPE_CHECKING:
     from engine.operation import DownloadOperation
@@ -228,14 +227,7 @@ class Runner:
 
     def _request_options(self) -> RequestOptions:
         op = self.op
-        body = None
-        if op._rec.body_file is not None:
-            try:
-                body = Path(op._rec.body_file).read_bytes()
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno or 5, f"request body unreadable: {exc.strerror}", op._rec.body_file
-                ) from exc
+        body = op._rec.body_file  # streamed by each request (_transport._send_body)
         s = op._settings
         if (
             body is None
@@ -247,7 +239,7 @@ class Runner:
             return _PLAIN  # a mirror's every file: no options to build
         return RequestOptions(
             method=op._rec.method,
-            body=body,
+            body_file=body,
             user=s.server_credential.pair if s.server_credential else None,
             proxy=s.proxy,
             proxy_user=s.proxy_credential.pair if s.proxy_credential else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import errno
 import operator
 import os
 import re
@@ -22,12 +23,15 @@ from engine._web_error import WebErrorStatus
 from engine.errors import (
     HttpError,
     InvalidRequestError,
+    StorageError,
     TransferError,
     TransferTimeoutError,
     TransportError,
 )
 
 _E_HTTP2_STREAM = getattr(pycurl, "E_HTTP2_STREAM", 92)
+_SEEK_OK: int = pycurl.SEEKFUNC_OK
+_SEEK_FAIL: int = pycurl.SEEKFUNC_FAIL
 _WEB = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 _ALLOWED = _WEB | pycurl.PROTO_FTP | pycurl.PROTO_FTPS | pycurl.PROTO_SFTP
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
@@ -224,8 +228,9 @@ class RequestOptions:
     """What a request carries beyond the URL and headers: method, body, credentials, proxy."""
 
     method: str = "GET"
-    body: bytes | None = None
-    """The request body (POST and the like); a file is read into memory by the caller."""
+    body_file: str | None = None
+    """The file whose bytes are the request body (POST and the like).  Each request
+    streams it from the disk (``_send_body``): a body of any size costs no memory."""
     user: tuple[str, str] | None = None
     proxy: str | None = None
     proxy_user: tuple[str, str] | None = None
@@ -235,7 +240,7 @@ class RequestOptions:
         """A GET with no body, credentials or proxy: the options ``configure`` may keep."""
         return (
             self.method == "GET"
-            and self.body is None
+            and self.body_file is None
             and self.user is None
             and self.proxy is None
             and self.proxy_user is None
@@ -248,19 +253,46 @@ class RequestOptions:
 
 
 def _set_request(curl: Any, req: RequestOptions) -> None:
-    if req.method == "POST":
+    if req.body_file is not None:
+        _send_body(curl, req.body_file)
+    elif req.method == "POST":
         curl.setopt(pycurl.POST, 1)
-        curl.setopt(pycurl.POSTFIELDS, req.body or b"")
-    elif req.method != "GET":
+        curl.setopt(pycurl.POSTFIELDS, b"")
+    if req.method not in ("GET", "POST"):
         curl.setopt(pycurl.CUSTOMREQUEST, req.method)
-        if req.body is not None:
-            curl.setopt(pycurl.POSTFIELDS, req.body)
     if req.user is not None:
         _login(curl, (pycurl.HTTPAUTH, pycurl.USERNAME, pycurl.PASSWORD), req.user)
     if req.proxy is not None:
         curl.setopt(pycurl.PROXY, req.proxy)
     if req.proxy_user is not None:
         _login(curl, (pycurl.PROXYAUTH, pycurl.PROXYUSERNAME, pycurl.PROXYPASSWORD), req.proxy_user)
+
+
+def _send_body(curl: Any, path: str) -> None:
+    """The body is read from ``path`` as libcurl sends it, and read again from the
+    start when libcurl must send it again (a 307 or 308 redirect, an authentication
+    round): reading the file into memory first cost its whole size per download.
+    The file stays open on the handle until ``HandlePool.give`` (or, for a request
+    cut short, until the handle is collected)."""
+    try:
+        body = open(path, "rb")  # noqa: SIM115 (closed by HandlePool.give)
+    except OSError as exc:
+        raise StorageError(
+            exc.errno or errno.EIO, f"request body unreadable: {exc.strerror}", path
+        ) from None
+    curl.bgt_body = body
+
+    def seek(offset: int, origin: int) -> int:
+        try:
+            body.seek(offset, origin)
+        except (OSError, ValueError):
+            return _SEEK_FAIL
+        return _SEEK_OK
+
+    curl.setopt(pycurl.POST, 1)
+    curl.setopt(pycurl.POSTFIELDSIZE_LARGE, os.fstat(body.fileno()).st_size)
+    curl.setopt(pycurl.READFUNCTION, body.read)
+    curl.setopt(pycurl.SEEKFUNCTION, seek)
 
 
 def _login(curl: Any, options: tuple[int, int, int], user: tuple[str, str]) -> None:
@@ -372,6 +404,12 @@ class HandlePool:
         return self._free.pop() if self._free else pycurl.Curl()
 
     def give(self, curl: Any) -> None:
+        body = getattr(curl, "bgt_body", None)
+        if body is not None:  # a request body's file: closed with its request
+            curl.bgt_body = None
+            curl.unsetopt(pycurl.READFUNCTION)
+            curl.unsetopt(pycurl.SEEKFUNCTION)
+            body.close()
         if len(self._free) < 256:
             # an idle handle must not keep the last download (and its operation) alive
             curl.unsetopt(pycurl.WRITEFUNCTION)

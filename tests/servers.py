@@ -130,11 +130,20 @@ class FaultHandler(RangeHandler):
     server: FaultServer
 
     def do_POST(self) -> None:
-        """Echo the request body back (``post_seen`` keeps what came)."""
+        """Echo the request body back (``post_seen`` keeps what came).  With the fault
+        ``post-307`` the first POST is sent on to ``server.location`` by a 307, which
+        asks the client to send the same body again."""
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         with self.server.lock:
             self.server.post_seen.append(body)
+            first = len(self.server.post_seen) == 1
+        if first and "post-307" in self.server.fault.split("+"):
+            self.send_response(307)
+            self.send_header("Location", self.server.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not self._authorized():
             return
         self.send_response(200)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -29,6 +32,7 @@ from engine import (
     InvalidRequestError,
     InvalidStateError,
     ResultFileInUseError,
+    StorageError,
     TransferCanceled,
     TransportError,
     WebErrorStatus,
@@ -394,6 +398,69 @@ def test_post_with_a_body_file_and_with_a_stream(
     assert not list((tmp_path / "state" / "bodies").iterdir())  # kept only until done
     assert (tmp_path / "echo2").read_bytes() == b"part0;part1;part2;"
     assert (tmp_path / "echo3").read_bytes() == b"raw"
+
+
+def test_a_post_body_is_streamed_and_sent_again_when_asked(
+    fault_server: FaultServer, make_downloader: Make, tmp_path: Path
+) -> None:
+    """The body goes from its file as it is sent, and whole again when the server asks
+    for it twice: after a 307, then after an authentication challenge."""
+    payload = tmp_path / "payload"
+    data = os.urandom(6 << 20)
+    payload.write_bytes(data)
+    fault_server.fault = "post-307"
+    fault_server.location = fault_server.url.replace("file.bin", "again")
+    fault_server.auth = "user:secret"
+    d = make_downloader(server_credential=Credential("user", "secret"))
+    op = d.create_download(fault_server.url, tmp_path / "echo", payload)
+    op.start().wait(30)
+    assert (tmp_path / "echo").read_bytes() == data
+    assert len(fault_server.post_seen) == 3  # the 307, the 401, the answer
+    assert all(seen == data for seen in fault_server.post_seen)
+
+
+_POST_CHILD = """
+import sys
+from engine import BackgroundDownloader
+url, result, body, state = sys.argv[1:]
+op = BackgroundDownloader(state_dir=state).create_download(url, result, body)
+op.start().wait(120)
+print(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+"""
+
+
+def test_a_large_post_body_is_not_held_in_memory(fault_server: FaultServer, tmp_path: Path) -> None:
+    """A 128 MiB body (a sparse file) is read from its file as libcurl sends it, never
+    whole into memory: read first, as it was, it took the peak RSS of the process to
+    187 MB (55-58 MB now)."""
+    body = tmp_path / "body"
+    with body.open("wb") as fh:
+        fh.truncate(128 << 20)
+    result = tmp_path / "echo"
+    done = subprocess.run(
+        [sys.executable, "-c", _POST_CHILD, fault_server.url, str(result), str(body),
+         str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    peak_kib = int(done.stdout.split()[-1])
+    assert result.stat().st_size == 128 << 20
+    assert peak_kib < 100 << 10, f"peak RSS {peak_kib} KiB"
+
+
+def test_a_post_body_gone_before_the_start_is_a_storage_error(
+    fault_server: FaultServer, make_downloader: Make, tmp_path: Path
+) -> None:
+    """A body file removed after the operation was made fails it with a typed error
+    that names the file, and nothing is sent."""
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"x" * 100)
+    op = make_downloader().create_download(fault_server.url, tmp_path / "echo", payload)
+    payload.unlink()
+    with pytest.raises(StorageError, match="request body unreadable"):
+        op.start().wait(30)
+    assert op.status is S.ERROR
+    assert fault_server.post_seen == []
+    assert not (tmp_path / "echo").exists()
 
 
 def test_same_result_file_refused_same_uri_twice_fine(
