@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from engine._core import remove_partial
 from engine._loop import running_loop
+from engine._requests import drive
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload
 from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
@@ -88,6 +89,7 @@ class Runner:
             op._started = False
             op._fail_outcome(op._elsewhere_error())
             return
+        board = drive(op)  # while this process drives it, another may ask for a cancel
         try:
             while op.status not in TERMINAL and op.status not in (
                 S.PAUSED_BY_APPLICATION,
@@ -115,6 +117,7 @@ class Runner:
                 op._outcome.set_exception(exc)
             raise
         finally:
+            board.leave(op)
             op._oplock.release()
 
     async def _wait_for_conditions(self) -> bool:

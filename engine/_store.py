@@ -67,7 +67,15 @@ CREATE TABLE IF NOT EXISTS groups (
     name TEXT PRIMARY KEY,
     behavior INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS requests (
+    guid TEXT PRIMARY KEY,
+    answer TEXT,
+    made REAL NOT NULL
+);
 """
+"""``requests``: a cancel asked by a process of the operation another one drives
+(engine/_requests.py).  ``answer`` is NULL until the driver takes it ('taken'),
+then 'done' or 'refused: why'."""
 
 FINISHED_SQL = "status IN (5, 6) OR (status = 7 AND acknowledged = 1)"
 
@@ -262,6 +270,17 @@ class Store:
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from exc
 
+    def _write_count(self, sql: str, params: Any) -> int:
+        """``_write``, telling how many rows the statement changed."""
+        with self._lock:
+            try:
+                loop = self._join_group()
+                count = self._db.execute(sql, params).rowcount
+                self._end_write(loop)
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from exc
+        return int(count)
+
     def _join_group(self) -> asyncio.AbstractEventLoop | None:
         """Under the lock: on the engine thread, open the pass's group if none is."""
         loop = engine_here()
@@ -362,6 +381,50 @@ class Store:
         with self._cursor() as db:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [OpRecord.from_row(r) for r in rows]
+
+    # -- cancels asked across processes (engine/_requests.py) --------------------
+    def ask_cancel(self, guid: str) -> None:
+        """Ask whichever process drives ``guid`` to cancel it (replaces an old ask)."""
+        self._write(
+            "INSERT OR REPLACE INTO requests (guid, answer, made) VALUES (?, NULL, ?)",
+            (guid, time.time()),
+        )
+
+    def answer_of(self, guid: str) -> str | None:
+        """'pending', 'taken', 'done' or 'refused: why'; None when nothing is asked."""
+        with self._cursor() as db:
+            row = db.execute(
+                "SELECT COALESCE(answer, 'pending') FROM requests WHERE guid = ?", (guid,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def withdraw(self, guid: str) -> bool:
+        """Take back an ask nobody has taken; False when its driver took it already."""
+        return (
+            self._write_count("DELETE FROM requests WHERE guid = ? AND answer IS NULL", (guid,))
+            == 1
+        )
+
+    def forget_request(self, guid: str) -> None:
+        self._write("DELETE FROM requests WHERE guid = ?", (guid,))
+
+    def asked(self) -> list[str]:
+        """The operations some process asked to cancel, not yet taken."""
+        with self._cursor() as db:
+            rows = db.execute("SELECT guid FROM requests WHERE answer IS NULL").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def take(self, guid: str) -> bool:
+        """The driver's claim on an ask: True for the one process that gets it."""
+        return (
+            self._write_count(
+                "UPDATE requests SET answer = 'taken' WHERE guid = ? AND answer IS NULL", (guid,)
+            )
+            == 1
+        )
+
+    def answer(self, guid: str, answer: str) -> None:
+        self._write("UPDATE requests SET answer = ? WHERE guid = ?", (answer, guid))
 
     def group_behavior(self, name: str, behavior: int | None) -> int:
         """The stored behaviour of group ``name``, creating it with ``behavior`` if new."""

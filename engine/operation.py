@@ -36,6 +36,7 @@ from engine._oplock import OpLock
 from engine._outcome import Outcome
 from engine._reading import Readers
 from engine._reporting import ProgressCallback, Reporter
+from engine._requests import ask_to_cancel
 from engine._runner import Runner
 from engine._scheduler import scheduler
 from engine._segmented import SegmentedDownload, Snapshot
@@ -385,7 +386,25 @@ class DownloadOperation:
             self._spawn()
 
     def cancel(self) -> None:
-        """CANCELED: stop, remove the partial data; the awaiting call raises TransferCanceled."""
+        """CANCELED: stop, remove the partial data; the awaiting call raises TransferCanceled.
+
+        An operation another live process drives is canceled by that process, asked
+        through the state database (``engine._requests``); this returns once it has."""
+        if self._oplock.held_elsewhere():
+            if ask_to_cancel(self):
+                with self._lock:
+                    self._rec.status = S.CANCELED.value  # its row is gone with it
+                canceled = TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
+                self._fail_outcome(canceled)
+                return
+            fresh = self._store.get(self._rec.guid)  # its driver let go: as it left it
+            if fresh is None:
+                raise InvalidStateError(
+                    f"{self.result_file}: operation {self.guid} ended in another process",
+                    guid=self.guid,
+                )
+            with self._lock:
+                self._rec = fresh
         with self._lock:
             self._refuse_if_elsewhere()
             self._refuse_while_finishing("cancel")

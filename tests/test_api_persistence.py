@@ -41,6 +41,16 @@ def _child(state: Path, *args: str) -> subprocess.Popen[str]:
         )
 
 
+def _child_underway(state: Path, server: FaultServer, result: Path) -> subprocess.Popen[str]:
+    """A child downloading ``server.url`` to ``result``, once its data flows."""
+    proc = _child(state, "create", server.url, str(result))
+    deadline = time.monotonic() + 30
+    while not control_path(result).exists():
+        assert time.monotonic() < deadline, "the child never started writing"
+        time.sleep(0.01)
+    return proc
+
+
 def _kill_when_underway(proc: subprocess.Popen[str], result: Path, rng: random.Random) -> bool:
     """SIGKILL at a random moment once data flows; False when the child finished first."""
     deadline = time.monotonic() + 30
@@ -129,20 +139,16 @@ def test_state_files_are_owner_only(
 
 
 def test_one_process_at_a_time_drives_an_operation(tmp_path: Path) -> None:
-    """While a live process runs an operation, another cannot attach, pause or cancel it
+    """While a live process runs an operation, another cannot attach or pause it
     (ResultFileInUseError); once that process is gone, it can."""
     body = random.Random(9).randbytes(8 << 20)
     server = FaultServer(body)
     server.rate = 1 << 20
     state, result = tmp_path / "state", tmp_path / "out.bin"
     try:
-        proc = _child(state, "create", server.url, str(result))
-        deadline = time.monotonic() + 30
-        while not control_path(result).exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        proc = _child_underway(state, server, result)
         (op,) = BackgroundDownloader(state_dir=state).get_current_downloads()
-        for call in (op.attach, op.cancel, op.pause):
+        for call in (op.attach, op.pause):
             with pytest.raises(ResultFileInUseError, match="another process"):
                 call()
         assert control_path(result).exists()
@@ -154,6 +160,80 @@ def test_one_process_at_a_time_drives_an_operation(tmp_path: Path) -> None:
         assert result.read_bytes() == body
     finally:
         server.close()
+
+
+def test_a_cancel_from_another_process_is_carried_out_by_the_driver(tmp_path: Path) -> None:
+    """cancel() of an operation another live process drives asks that process, which
+    cancels it: its download ends in TransferCanceled, the partial data is gone when
+    cancel() returns, and nothing is left to find.  With nobody driving it any more,
+    a cancel is carried out where it is asked."""
+    server = FaultServer(random.Random(10).randbytes(8 << 20))
+    server.rate = 1 << 20
+    state, result = tmp_path / "state", tmp_path / "out.bin"
+    try:
+        proc = _child_underway(state, server, result)
+        d = BackgroundDownloader(state_dir=state)
+        (op,) = d.get_current_downloads()
+        op.cancel()
+        assert op.status is S.CANCELED
+        assert not control_path(result).exists()
+        assert not part_path(result).exists()
+        assert proc.wait(30) != 0  # its start_async raised TransferCanceled
+        assert "TransferCanceled" in (tmp_path / "child.log").read_text()
+        assert not result.exists()
+        assert d.get_current_downloads() == []
+        assert Store.at(state).answer_of(str(op.guid)) is None  # the ask is cleared
+
+        proc = _child_underway(state, server, result)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (op,) = d.get_current_downloads()
+        op.cancel()  # nobody drives it: canceled here, at once
+        assert op.status is S.CANCELED
+        assert not control_path(result).exists()
+        assert not part_path(result).exists()
+    finally:
+        server.close()
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from engine._oplock import OpLock
+OpLock(Path(sys.argv[1]), sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_cancel_nobody_takes_is_withdrawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that holds an operation but never looks at the asks (here: one that
+    only took its lock): the cancel is withdrawn after ANSWER_WITHIN and refused with
+    ResultFileInUseError, the operation left as it was."""
+    monkeypatch.setattr(engine._requests, "ANSWER_WITHIN", 0.3)
+    state = tmp_path / "state"
+    d = BackgroundDownloader(state_dir=state)
+    op = d.create_download("http://127.0.0.1:9/never", tmp_path / "x.bin")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(state), str(op.guid)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ResultFileInUseError, match="did not carry out the cancel"):
+            op.cancel()
+        assert op.status is S.IDLE
+        assert Store.at(state).answer_of(str(op.guid)) is None  # withdrawn
+        assert [o.guid for o in d.get_current_downloads()] == [op.guid]
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 def test_engine_thread_writes_commit_together_and_waiters_see_them_durable(

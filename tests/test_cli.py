@@ -207,6 +207,34 @@ def test_list_resume_cancel(body: bytes, tmp_path: Path) -> None:
         server.close()
 
 
+def test_cancel_stops_a_get_running_in_another_shell(body: bytes, tmp_path: Path) -> None:
+    """cancel GUID while a get of it runs in another process: that process cancels it
+    and exits 1 with one line saying so; nothing is left, and list is empty."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    try:
+        proc = subprocess.Popen(
+            argv("get", server.url, "-o", "f.bin", "-q", "--state-dir", str(state)),
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(control_path(tmp_path / "f.bin").exists)
+        (line,) = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
+        done = bgt("cancel", line.split()[0], cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "canceled" in err
+        assert "Traceback" not in err
+        assert not (tmp_path / "f.bin").exists()
+        assert not control_path(tmp_path / "f.bin").exists()
+        assert bgt("list", cwd=tmp_path, state=state).stdout == ""
+    finally:
+        server.close()
+
+
 def test_mirror_of_500_odd_names(nginx: Nginx, tmp_path: Path) -> None:
     """500 entries with '..', '/', spaces, unicode, control characters and duplicates:
     every file inside the directory, byte-exact, collisions suffixed; a re-run skips all."""
