@@ -8,6 +8,7 @@ download to fetch its offset next.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING
 
 from engine._values import BackgroundTransferStatus
@@ -23,8 +24,15 @@ class Readers:
     """The reads waiting on one operation (engine loop only)."""
 
     def __init__(self, op: DownloadOperation) -> None:
-        self.op = op
+        self._op = weakref.ref(op)  # no cycle: a finished operation is freed by refcount
         self.waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def op(self) -> DownloadOperation:
+        """The operation (alive: it is the one calling in)."""
+        op = self._op()
+        assert op is not None
+        return op
 
     async def available(self, offset: int, want: int) -> int:
         """Bytes present from ``offset`` (up to ``want``), waiting until there is one.

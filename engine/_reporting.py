@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ class Reporter:
     """The progress callbacks and range events of one operation."""
 
     def __init__(self, op: DownloadOperation) -> None:
-        self.op = op
+        self._op = weakref.ref(op)  # no cycle: a finished operation is freed by refcount
         self._lock = threading.Lock()
         self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -43,6 +44,13 @@ class Reporter:
         self._pending: list[tuple[int, int]] = []
         self._pending_restart = False
         self._event_busy = False
+
+    @property
+    def op(self) -> DownloadOperation:
+        """The operation (alive: it is the one calling in)."""
+        op = self._op()
+        assert op is not None
+        return op
 
     def watch(
         self, progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop | None
@@ -73,7 +81,9 @@ class Reporter:
             self._deliver(loop, self._call_progress, callback)
 
     def _call_progress(self, callback: ProgressCallback) -> None:
-        op = self.op
+        op = self._op()
+        if op is None:
+            return  # let go of by everyone since this report was queued: nobody to tell
         callback(op)
         op._restarted = False  # true in the first snapshot after a restart only
 
@@ -115,7 +125,9 @@ class Reporter:
         self._deliver(self._event_loop, self._raise_ranges_event, pending, restart)
 
     def _raise_ranges_event(self, pending: list[tuple[int, int]], restart: bool) -> None:
-        op = self.op
+        op = self._op()
+        if op is None:
+            return  # as in _call_progress
         deferrals: list[Deferral] = []
         lock = threading.Lock()
         open_count = [1]  # the handler call itself holds one

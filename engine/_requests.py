@@ -82,7 +82,7 @@ class _Answer:
         self.store = store
         self.guid = guid
 
-    def __call__(self, _: Outcome[DownloadOperation]) -> None:
+    def __call__(self, _: Outcome[None]) -> None:
         self.store.answer(self.guid, "done")
 
 

@@ -112,7 +112,9 @@ class DownloadOperation:
         self.recoverable_web_error_statuses: set[WebErrorStatus] = {
             WebErrorStatus(v) for v in rec.recoverable
         }
-        self._outcome: Outcome[DownloadOperation] = Outcome()
+        # None when it completed (wait() returns self): the operation as its own
+        # result made a reference cycle, and every finished one waited for the collector
+        self._outcome: Outcome[None] = Outcome()
         self._total = rec.total
         self._reporter = Reporter(self)
         self._readers = Readers(self)
@@ -269,27 +271,29 @@ class DownloadOperation:
     def wait(self, timeout: float | None = None) -> DownloadOperation:
         """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled)."""
         try:
-            return self._outcome.result(timeout)
+            self._outcome.result(timeout)
         except TimeoutError:
             raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
         except TransferError:
             self._acknowledge()
             raise
+        return self
 
     async def wait_async(self) -> DownloadOperation:
         """*Beyond*: ``wait()`` for asyncio.  Unlike awaiting ``start_async``, cancelling
         the awaiting task leaves the download as it is (running, or paused)."""
         try:
-            return await self._outcome_here()
+            await self._outcome_here()
         except TransferError:
             self._acknowledge()
             raise
+        return self
 
     async def _await_outcome(self) -> DownloadOperation:
         """Like ``wait_async``, except that cancelling the awaiting task cancels the
         download (as cancelling the IAsyncOperation does in Windows)."""
         try:
-            return await self._outcome_here()
+            await self._outcome_here()
         except asyncio.CancelledError:
             if self.status not in TERMINAL:
                 self.cancel()
@@ -297,25 +301,26 @@ class DownloadOperation:
         except TransferError:
             self._acknowledge()
             raise
+        return self
 
-    def _outcome_here(self) -> asyncio.Future[DownloadOperation]:
+    def _outcome_here(self) -> asyncio.Future[None]:
         """The outcome, copied one way into a future of the running loop: cancelling
         it touches nothing else (no shield needed), and an outcome settled on this
         loop's own thread (the engine's) is copied at once, without a wake-up write."""
         loop = running_loop()
-        here: asyncio.Future[DownloadOperation] = loop.create_future()
+        here: asyncio.Future[None] = loop.create_future()
         owner = threading.get_ident()
 
-        def copy(done: Outcome[DownloadOperation]) -> None:
+        def copy(done: Outcome[None]) -> None:
             if here.cancelled():
                 return
             exc = done.exception()
             if exc is None:
-                here.set_result(done.result())
+                here.set_result(None)
             else:
                 here.set_exception(exc)
 
-        def settled(done: Outcome[DownloadOperation]) -> None:
+        def settled(done: Outcome[None]) -> None:
             if threading.get_ident() == owner:
                 copy(done)
             else:
@@ -600,7 +605,7 @@ class DownloadOperation:
             if outcome.done():
                 return
             if exc is None:
-                outcome.set_result(self)
+                outcome.set_result(None)
             else:
                 outcome.set_exception(exc)
 

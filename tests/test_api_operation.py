@@ -585,3 +585,31 @@ def test_a_finished_operation_the_app_dropped_is_freed(
     ref = weakref.ref(op)
     del op
     wait_for(lambda: gc.collect() >= 0 and ref() is None)
+
+
+def test_a_finished_operation_is_freed_without_the_cycle_collector(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path, run: Run
+) -> None:
+    """Nothing an operation holds points back at it for good (its outcome, its
+    progress reporter, its readers): once done and let go, reference counting alone
+    frees it, whether it was waited for with wait() or awaited."""
+    d = make_downloader()
+    seen: list[int] = []
+    gc.disable()
+    try:
+        op = d.create_download(nginx.url("small.bin"), tmp_path / "a.bin")
+        assert op.start(lambda o: seen.append(o.progress.bytes_received)).wait(30) is op
+        ref = weakref.ref(op)
+        del op
+        wait_for(lambda: ref() is None)
+
+        async def awaited() -> weakref.ref[DownloadOperation]:
+            op = d.create_download(nginx.url("small.bin"), tmp_path / "b.bin")
+            assert await op.start_async() is op
+            return weakref.ref(op)
+
+        ref = run(awaited())
+        wait_for(lambda: ref() is None)
+    finally:
+        gc.enable()
+    assert seen  # the callback was told
