@@ -218,6 +218,7 @@ def test_a_cancel_nobody_takes_is_withdrawn(
     op = d.create_download("http://127.0.0.1:9/never", tmp_path / "x.bin")
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(state), str(op.guid)],
+        cwd=tmp_path,  # -c puts the working directory first: not the source tree's engine
         stdout=subprocess.PIPE,
         text=True,
     )
