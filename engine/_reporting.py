@@ -78,12 +78,11 @@ class Reporter:
                 return
             self._last_reported = snap
         for callback, loop in list(self._callbacks):
-            self._deliver(loop, self._call_progress, callback)
+            self._deliver(loop, self._call_progress, callback, op)
 
-    def _call_progress(self, callback: ProgressCallback) -> None:
-        op = self._op()
-        if op is None:
-            return  # let go of by everyone since this report was queued: nobody to tell
+    def _call_progress(self, callback: ProgressCallback, op: DownloadOperation) -> None:
+        """``op`` travels with the queued call: a download nobody holds (started with a
+        callback and dropped) stays alive until its last report is told."""
         callback(op)
         op._restarted = False  # true in the first snapshot after a restart only
 
@@ -122,12 +121,11 @@ class Reporter:
             self._event_busy = True
             pending, restart = self._pending, self._pending_restart
             self._pending, self._pending_restart = [], False
-        self._deliver(self._event_loop, self._raise_ranges_event, pending, restart)
+        self._deliver(self._event_loop, self._raise_ranges_event, pending, restart, op)
 
-    def _raise_ranges_event(self, pending: list[tuple[int, int]], restart: bool) -> None:
-        op = self._op()
-        if op is None:
-            return  # as in _call_progress
+    def _raise_ranges_event(
+        self, pending: list[tuple[int, int]], restart: bool, op: DownloadOperation
+    ) -> None:
         deferrals: list[Deferral] = []
         lock = threading.Lock()
         open_count = [1]  # the handler call itself holds one

@@ -589,6 +589,21 @@ def test_a_finished_operation_the_app_dropped_is_freed(
     wait_for(lambda: gc.collect() >= 0 and ref() is None)
 
 
+def test_a_dropped_operation_still_tells_its_callback_the_end(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Started with a progress callback and let go at once: the download runs to its
+    end, and the callback is told COMPLETED (the queued report keeps it alive)."""
+    statuses: list[BackgroundTransferStatus] = []
+    d = make_downloader()
+    for i in range(20):
+        d.create_download(nginx.url("small.bin"), tmp_path / f"f{i}").start(
+            lambda op: statuses.append(op.progress.status)
+        )
+    wait_for(lambda: statuses.count(S.COMPLETED) == 20)
+    assert all((tmp_path / f"f{i}").exists() for i in range(20))
+
+
 def test_a_finished_operation_is_freed_without_the_cycle_collector(
     nginx: Nginx, make_downloader: Make, tmp_path: Path, run: Run
 ) -> None:
