@@ -442,8 +442,10 @@ static int slot_add(rf_file *f, rf_slot *sl, uint32_t s, uint32_t e, uint32_t bl
     return 0;
 }
 
-/* Marks what [offset, offset + len) completes; buf holds those bytes, already in the file. */
-static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
+/* Marks what [offset, offset + len) completes; buf holds those bytes, already in the file.
+ * known: NULL, or the xxh3 of the run when it is one whole block (taken elsewhere). */
+static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len,
+                       const uint64_t *known)
 {
     int64_t done = 0;
     uint64_t end = offset + len;
@@ -455,7 +457,7 @@ static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t
         uint32_t e = (uint32_t)(end < bstart + blen ? end - bstart : blen);
         const uint8_t *src = buf + (bstart + s - offset);
         if (s == 0 && e == blen && f->slot_of[b] < 0) {
-            mark_complete(f, b, XXH3_64bits(src, e), 1);
+            mark_complete(f, b, known ? *known : XXH3_64bits(src, e), 1);
             done++;
             continue;
         }
@@ -480,7 +482,7 @@ static int64_t account(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t
 static int64_t put(rf_file *f, uint64_t offset, const uint8_t *buf, uint64_t len)
 {
     int rc = dio_pwrite_all(f->data_fd, buf, len, offset);
-    return rc != 0 ? rc : account(f, offset, buf, len);
+    return rc != 0 ? rc : account(f, offset, buf, len, NULL);
 }
 
 /* Writes one stage to the file and marks what it completes; the stage is empty after,
@@ -599,19 +601,10 @@ static int64_t dstage_settle(rf_file *f, rf_stage *st)
     st->writing = 0;
     f->inflight--;
     uint32_t len = st->len;
-    int whole = st->whole;
     st->len = 0;
-    st->whole = 0;
     if (st->job.result != 0)
         return st->job.result; /* never marked: fetched again */
-    uint64_t b = st->offset >> f->block_shift;
-    if (whole && f->slot_of[b] < 0) { /* else pieces of it are tracked: account merges */
-        if (bit_get(f, b))
-            return 0;
-        mark_complete(f, b, st->hash, 1);
-        return 1;
-    }
-    return account(f, st->offset, st->buf + st->lead, len);
+    return account(f, st->offset, st->buf + st->lead, len, st->job.before ? &st->hash : NULL);
 }
 
 /* Whether the run just before this one is still with the writers.  Settled after it,
@@ -674,9 +667,9 @@ static void hash_whole_block(dio_job *job)
 
 static void dstage_submit(rf_file *f, rf_stage *st)
 {
-    st->whole = (st->offset & (f->block_size - 1)) == 0 &&
+    int whole = (st->offset & (f->block_size - 1)) == 0 &&
                 st->len == block_len(f, st->offset >> f->block_shift);
-    st->job.before = st->whole ? hash_whole_block : NULL;
+    st->job.before = whole ? hash_whole_block : NULL; /* also tells settle the hash is there */
     st->job.fd_direct = f->direct_fd;
     st->job.fd_buffered = f->data_fd;
     st->job.buf = st->buf + st->lead;

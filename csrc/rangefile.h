@@ -92,8 +92,8 @@ typedef struct {
     uint32_t lead;    /* direct mode: the bytes sit at buf + lead, lead = offset % 4096 */
     uint32_t cap;     /* direct mode: runs end at multiples of this (stage_size or less) */
     int writing;      /* direct mode: `job` is with the writer threads */
-    int whole;        /* direct mode: the run submitted is one whole block... */
-    uint64_t hash;    /* ...and this its xxh3, taken by the writer thread */
+    uint64_t hash;    /* direct mode: the xxh3 of a run that is one whole block, taken by
+                         the writer thread (job.before set) */
     dio_job job;
 } rf_stage;
 
