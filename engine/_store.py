@@ -257,29 +257,20 @@ class Store:
             yield db
             self._end_write(loop)
 
-    def _write(self, sql: str, params: Any) -> None:
+    def _write(self, sql: str, params: Any) -> int:
         """One statement written as ``_writing`` writes (no context manager: a file
-        of a mirror makes two of these, and the generator cost more than the lock)."""
+        of a mirror makes two of these, and the generator cost more than the lock);
+        the rows it changed."""
         with self._lock:
             try:
                 loop = self._join_group()
-                self._db.execute(sql, params)
+                count: int = self._db.execute(sql, params).rowcount
                 self._end_write(loop)
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from exc
-
-    def _write_count(self, sql: str, params: Any) -> int:
-        """``_write``, telling how many rows the statement changed."""
-        with self._lock:
-            try:
-                loop = self._join_group()
-                count = self._db.execute(sql, params).rowcount
-                self._end_write(loop)
-            except sqlite3.Error as exc:
-                raise self._unusable(exc) from exc
-        return int(count)
+        return count
 
     def _join_group(self) -> asyncio.AbstractEventLoop | None:
         """Under the lock: on the engine thread, open the pass's group if none is."""
@@ -400,10 +391,7 @@ class Store:
 
     def withdraw(self, guid: str) -> bool:
         """Take back an ask nobody has taken; False when its driver took it already."""
-        return (
-            self._write_count("DELETE FROM requests WHERE guid = ? AND answer IS NULL", (guid,))
-            == 1
-        )
+        return self._write("DELETE FROM requests WHERE guid = ? AND answer IS NULL", (guid,)) == 1
 
     def forget_request(self, guid: str) -> None:
         self._write("DELETE FROM requests WHERE guid = ?", (guid,))
@@ -416,12 +404,8 @@ class Store:
 
     def take(self, guid: str) -> bool:
         """The driver's claim on an ask: True for the one process that gets it."""
-        return (
-            self._write_count(
-                "UPDATE requests SET answer = 'taken' WHERE guid = ? AND answer IS NULL", (guid,)
-            )
-            == 1
-        )
+        sql = "UPDATE requests SET answer = 'taken' WHERE guid = ? AND answer IS NULL"
+        return self._write(sql, (guid,)) == 1
 
     def answer(self, guid: str, answer: str) -> None:
         self._write("UPDATE requests SET answer = ? WHERE guid = ?", (answer, guid))
