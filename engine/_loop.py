@@ -10,12 +10,15 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 from engine._once import PerProcess
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -84,6 +87,34 @@ def running_loop() -> asyncio.AbstractEventLoop:
     if loop is not None and ident == threading.get_ident():
         return loop
     return asyncio.get_running_loop()
+
+
+class PerLoop(Generic[K, V]):
+    """A dict for each event loop, gone with its loop (the tickers of each interval,
+    the cancel boards of each state database).  The loop asked about last is
+    remembered: a weak dictionary's lookup makes a weak reference each time, and the
+    one engine loop asks a few times a small file."""
+
+    def __init__(self) -> None:
+        self._all: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[K, V]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: tuple[Callable[[], asyncio.AbstractEventLoop | None], dict[K, V]] = (
+            lambda: None,
+            {},
+        )
+
+    def here(self) -> dict[K, V]:
+        """The running loop's dict."""
+        loop = running_loop()
+        last, mine = self._last
+        if last() is not loop:
+            found = self._all.get(loop)
+            if found is None:
+                found = self._all[loop] = {}
+            mine = found
+            self._last = (weakref.ref(loop), mine)
+        return mine
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -20,19 +20,17 @@ and attach stay refused there.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine._core import remove_partial
-from engine._loop import engine_here, running_loop
-from engine._outcome import Outcome
+from engine._loop import PerLoop, engine_here
 from engine._ticker import ticker
 from engine.errors import InvalidStateError, ResultFileInUseError, TransferError
 
 if TYPE_CHECKING:
+    from engine._outcome import Outcome
     from engine._store import Store
     from engine.operation import DownloadOperation
 
@@ -71,40 +69,21 @@ class _Board:
             except TransferError as exc:  # being completed: too late to cancel
                 self.store.answer(guid, f"refused: {exc}")
                 continue
-            op._outcome.add_done_callback(_Answer(self.store, guid))
+            op._outcome.add_done_callback(self._answer_done(guid))
+
+    def _answer_done(self, guid: str) -> Callable[[Outcome[None]], None]:
+        """Answers 'done' once the outcome is settled (the partial data removed first),
+        from whichever thread settles it."""
+        return lambda _: self.store.answer(guid, "done")
 
 
-class _Answer:
-    """Answers 'done' once the canceled operation's outcome is settled (its partial
-    data removed first), from whichever thread settles it."""
-
-    def __init__(self, store: Store, guid: str) -> None:
-        self.store = store
-        self.guid = guid
-
-    def __call__(self, _: Outcome[None]) -> None:
-        self.store.answer(self.guid, "done")
-
-
-_boards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Store, _Board]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_last: tuple[Callable[[], object], dict[Store, _Board]] = (lambda: None, {})
-"""The last loop asked for and its boards: a WeakKeyDictionary look-up makes a weak
-reference each time, and every file of a mirror asks."""
+_boards: PerLoop[Store, _Board] = PerLoop()
 
 
 def drive(op: DownloadOperation) -> _Board:
     """On the engine loop, while this process drives ``op``: answer asks of it.
     The caller leaves the board it got when it lets go."""
-    global _last
-    loop = running_loop()
-    last, mine = _last
-    if last() is not loop:
-        mine = _boards.setdefault(loop, {})
-        _last = (weakref.ref(loop), mine)
+    mine = _boards.here()
     board = mine.get(op._store)
     if board is None:
         board = mine[op._store] = _Board(op._store)

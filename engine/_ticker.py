@@ -11,10 +11,9 @@ interval of joining, not exactly one interval after.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Callable, Hashable
 
-from engine._loop import running_loop
+from engine._loop import PerLoop, running_loop
 
 
 class Ticker:
@@ -54,30 +53,12 @@ class Ticker:
             self._timer = loop.call_later(self._interval, self._fire)
 
 
-_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Ticker]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_last: tuple[Callable[[], asyncio.AbstractEventLoop | None], dict[float, Ticker]] = (
-    lambda: None,
-    {},
-)
-"""The loop asked about last (a weak reference) and its tickers: the one engine loop
-asks a few times a file, and the weak dictionary's lookup cost more than a join."""
+_tickers: PerLoop[float, Ticker] = PerLoop()
 
 
 def ticker(interval: float) -> Ticker:
     """The running loop's ticker for ``interval`` (gone with its loop)."""
-    global _last
-    loop = running_loop()
-    last, mine = _last
-    if last() is not loop:
-        found_mine = _tickers.get(loop)
-        if found_mine is None:
-            found_mine = _tickers[loop] = {}
-        mine = found_mine
-        _last = (weakref.ref(loop), mine)
+    mine = _tickers.here()
     found = mine.get(interval)
     if found is None:
         found = mine[interval] = Ticker(interval)
