@@ -8,11 +8,9 @@ download to fetch its offset next.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import TYPE_CHECKING
 
 from engine._values import BackgroundTransferStatus
-from engine.errors import TransferCanceled
 
 if TYPE_CHECKING:
     from engine.operation import DownloadOperation
@@ -21,40 +19,28 @@ S = BackgroundTransferStatus
 
 
 class Readers:
-    """The reads waiting on one operation (engine loop only)."""
+    """The reads waiting on one operation (engine loop only).  The operation passes
+    itself in: holding it here made a cycle that only the collector freed."""
 
-    def __init__(self, op: DownloadOperation) -> None:
-        self._op = weakref.ref(op)  # no cycle: a finished operation is freed by refcount
+    def __init__(self) -> None:
         self.waiters: list[asyncio.Future[None]] = []
 
-    @property
-    def op(self) -> DownloadOperation:
-        """The operation (alive: it is the one calling in)."""
-        op = self._op()
-        assert op is not None
-        return op
-
-    async def available(self, offset: int, want: int) -> int:
+    async def available(self, op: DownloadOperation, offset: int, want: int) -> int:
         """Bytes present from ``offset`` (up to ``want``), waiting until there is one.
 
         Runs on the engine loop.  0 means the end of the result.  Raises the
         operation's error when it ends in ERROR or CANCELED first.
         """
-        op = self.op
         while True:
             if op.status is S.COMPLETED:
                 return max(0, min(want, op._total - offset))
             if op._total and offset >= op._total:
                 return 0
-            present = self._present_from(offset, want)
+            present = self._present_from(op, offset, want)
             if present:
                 return present
             if op.status in (S.ERROR, S.CANCELED):
-                raise (
-                    op._stored_error()
-                    if op.status is S.ERROR
-                    else TransferCanceled(f"{op.result_file}: canceled", guid=op.guid)
-                )
+                raise op._stored_error() if op.status is S.ERROR else op._canceled_error()
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             job = op._job
@@ -68,8 +54,7 @@ class Readers:
                 if job is not None and op._rec.random_access:
                     job.reader_done(offset)
 
-    def _present_from(self, offset: int, want: int) -> int:
-        op = self.op
+    def _present_from(self, op: DownloadOperation, offset: int, want: int) -> int:
         job = op._job
         if job is not None and job.finishing:
             return 0  # the finishing thread owns the file: wait for COMPLETED

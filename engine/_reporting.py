@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +31,11 @@ ProgressCallback = Callable[["DownloadOperation"], None]
 
 
 class Reporter:
-    """The progress callbacks and range events of one operation."""
+    """The progress callbacks and range events of one operation.  The operation passes
+    itself in (and a queued call carries it): holding it here made a cycle that only
+    the collector freed."""
 
-    def __init__(self, op: DownloadOperation) -> None:
-        self._op = weakref.ref(op)  # no cycle: a finished operation is freed by refcount
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -44,13 +44,6 @@ class Reporter:
         self._pending: list[tuple[int, int]] = []
         self._pending_restart = False
         self._event_busy = False
-
-    @property
-    def op(self) -> DownloadOperation:
-        """The operation (alive: it is the one calling in)."""
-        op = self._op()
-        assert op is not None
-        return op
 
     def watch(
         self, progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop | None
@@ -67,11 +60,10 @@ class Reporter:
             self._pending, self._reported = [], []
             self._pending_restart = True
 
-    def report(self) -> None:
+    def report(self, op: DownloadOperation) -> None:
         """Tell progress callbacks, once per distinct snapshot (ticks repeat themselves)."""
         if not self._callbacks:
             return  # nobody asked (a quiet mirror): no snapshot to make
-        op = self.op
         snap = (op._bytes, op._total, op.status, op._restarted, op._response_changed)
         with self._lock:
             if snap == self._last_reported:
@@ -98,8 +90,7 @@ class Reporter:
         else:
             target.call_soon_threadsafe(fn, *args)
 
-    def flush_ranges(self, *, final: bool) -> None:
-        op = self.op
+    def flush_ranges(self, op: DownloadOperation, *, final: bool) -> None:
         current = op._current_ranges() if final else (op._ranges or [])
         if not current and not self._pending and not self._pending_restart:
             return  # nothing to add, nothing owed (a small file's ticks before its end)
@@ -137,7 +128,7 @@ class Reporter:
             if last:
                 with self._lock:
                     self._event_busy = False
-                self.flush_ranges(final=op.status is S.COMPLETED)
+                self.flush_ranges(op, final=op.status is S.COMPLETED)
 
         def make() -> Deferral:
             with lock:

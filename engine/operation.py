@@ -116,8 +116,8 @@ class DownloadOperation:
         # result made a reference cycle, and every finished one waited for the collector
         self._outcome: Outcome[None] = Outcome()
         self._total = rec.total
-        self._reporter = Reporter(self)
-        self._readers = Readers(self)
+        self._reporter = Reporter()
+        self._readers = Readers()
         self._oplock = OpLock(self._store.state_dir, rec.guid)
 
     # -- what it is ---------------------------------------------------------------
@@ -399,8 +399,7 @@ class DownloadOperation:
             if ask_to_cancel(self):
                 with self._lock:
                     self._rec.status = S.CANCELED.value  # its row is gone with it
-                canceled = TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
-                self._fail_outcome(canceled)
+                self._fail_outcome(self._canceled_error())
                 return
             fresh = self._store.get(self._rec.guid)  # its driver let go: as it left it
             if fresh is None:
@@ -438,7 +437,10 @@ class DownloadOperation:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         remove_partial(self.result_file)
-        self._fail_outcome(TransferCanceled(f"{self.result_file}: canceled", guid=self.guid))
+        self._fail_outcome(self._canceled_error())
+
+    def _canceled_error(self) -> TransferCanceled:
+        return TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
 
     # -- reading while it downloads ----------------------------------------------------------
     def get_result_stream_at(
@@ -458,7 +460,7 @@ class DownloadOperation:
         return ResultStream(self, 0, timeout=timeout, seekable=True)
 
     async def _available(self, offset: int, want: int) -> int:
-        return await self._readers.available(offset, want)
+        return await self._readers.available(self, offset, want)
 
     def _wake_readers(self) -> None:
         self._readers.wake()
@@ -700,7 +702,7 @@ class DownloadOperation:
         self._report()
 
     def _report(self) -> None:
-        self._reporter.report()
+        self._reporter.report(self)
 
     def _flush_ranges_event(self, *, final: bool) -> None:
-        self._reporter.flush_ranges(final=final)
+        self._reporter.flush_ranges(self, final=final)
