@@ -13,12 +13,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 _MAX_NAME = 200
+_UNSAFE = frozenset("/\\\0")
 
 
 def safe_name(raw: str, fallback: str = "download.bin") -> str:
-    """One path component derived from ``raw`` that stays where it is put."""
-    text = unicodedata.normalize("NFC", raw)
-    text = "".join("_" if (not ch.isprintable() or ch in "/\\\0") else ch for ch in text)
+    """One path component derived from ``raw`` that stays where it is put.
+
+    A mirror list names thousands of files: a plain name (printable, NFC already, no
+    separator) takes the checks below without a loop over its characters."""
+    text = raw if unicodedata.is_normalized("NFC", raw) else unicodedata.normalize("NFC", raw)
+    if not text.isprintable() or not _UNSAFE.isdisjoint(text):
+        text = "".join("_" if (not ch.isprintable() or ch in _UNSAFE) else ch for ch in text)
     text = text.strip().lstrip(".-").strip()
     if text in ("", ".", ".."):
         return fallback
@@ -29,7 +34,16 @@ def safe_name(raw: str, fallback: str = "download.bin") -> str:
 
 
 def name_from_url(url: str) -> str:
-    return safe_name(unquote(Path(urlsplit(url).path).name))
+    return safe_name(_last_segment(urlsplit(url).path))
+
+
+def _last_segment(path: str) -> str:
+    """The path's last segment, decoded, as ``Path(path).name`` has it (a trailing
+    slash or ``.`` is no segment of its own), without a Path for the common case."""
+    leaf = path.rpartition("/")[2]
+    if leaf in ("", "."):
+        leaf = Path(path).name
+    return unquote(leaf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +62,10 @@ def parse_list(text: str) -> list[Entry]:
             continue
         url, rest = fields[0], fields[1:]
         checksum = rest.pop() if rest and "=" in rest[-1] else None
-        name = " ".join(rest) if rest else name_from_url(url)
-        if not urlsplit(url).scheme:
+        parts = urlsplit(url)
+        if not parts.scheme:
             raise ValueError(f"line {number}: {url!r} is not a URL")
+        name = " ".join(rest) if rest else _last_segment(parts.path)
         entries.append(Entry(url, safe_name(name), checksum))
     return entries
 
@@ -69,5 +84,5 @@ def unique_names(entries: list[Entry]) -> list[Entry]:
             n += 1
             name = f"{stem}.{n}{dot}{ext}"
         seen.add(name.lower())
-        out.append(dataclasses.replace(entry, name=name))
+        out.append(entry if name is entry.name else dataclasses.replace(entry, name=name))
     return out
