@@ -39,8 +39,14 @@ _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)", re.IGNORECASE)
 _STATUS_LINE = re.compile(r"^HTTP/[^ \t\r\n]*[ \t]*([^ \t\r\n]*)[^\n]*\n?", re.MULTILINE)
 """A status line; what follows it, up to the next, is that response's fields."""
 _NAME, _VALUE = operator.itemgetter(0), operator.itemgetter(1)
-_FIELD = re.compile(r"^[ \t]*([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
-"""One header field: name, colon, value (whitespace around both dropped)."""
+_FIELD = re.compile(
+    r"^[ \t]*((?:[^:\r\n]*[^: \t\r\n])?)[ \t]*:[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r?$",
+    re.MULTILINE,
+)
+"""One header field: name, colon, value (whitespace around both dropped).  Greedy, each
+part ending on a character that is not a space: with lazy parts (``*?``) the engine
+tried the rest of the pattern after every character, and a small file's head took
+6 us to split instead of 3."""
 
 # libcurl code -> (status, transient).  One table: the only place codes become meaning.
 _CURL_ERRORS: dict[int, tuple[WebErrorStatus, bool]] = {
