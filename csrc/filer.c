@@ -178,9 +178,14 @@ static void finished(fl_filer *f, fl_job *j, int64_t result)
     pthread_mutex_unlock(&f->lock);
 }
 
+/* Must match engine._core.CONTROL_SUFFIX. */
+#define CONTROL_SUFFIX ".bgtctl"
+
 /* A new empty partial file: O_EXCL, so a stale one, or a link someone planted, is
- * unlinked first and never written through. */
-static int create_fresh(const char *path)
+ * unlinked first and never written through.  A stale partial file may have a
+ * control file beside it, left by an operation no state database knows (a new
+ * operation does not look for one): it goes too, or it would outlive the result. */
+static int create_fresh(const char *path, const char *final)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
@@ -188,6 +193,9 @@ static int create_fresh(const char *path)
             return fd;
         if (errno != EEXIST || unlink(path) != 0)
             return -errno;
+        char ctl[PATH_MAX];
+        if (snprintf(ctl, sizeof ctl, "%s%s", final, CONTROL_SUFFIX) < (int)sizeof ctl)
+            unlink(ctl);
     }
     return -EEXIST;
 }
@@ -253,7 +261,7 @@ static void *namer(void *arg)
     for (;;) {
         fl_job *j = take(f, &f->naming, 0);
         if (!j->written) { /* the partial file is made here, then written by a syncer */
-            j->fd = create_fresh(j->a);
+            j->fd = create_fresh(j->a, j->b);
             j->created = j->fd >= 0;
             if (j->fd < 0) {
                 free_data(f, j);

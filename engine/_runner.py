@@ -157,6 +157,7 @@ class Runner:
             require_ranges=op._rec.random_access,
         )
         job.finisher = self._finish_verified
+        job.new, op._new = op._new, False
         job.rank = op._rank
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)

@@ -170,6 +170,11 @@ class SegmentedDownload:
     _failures = 0
     _ticker: Ticker | None = None
     _flushed = 0.0
+    new = False
+    """Set when nothing of this download can be on disk yet (an operation's first run
+    in the process that created it): ``run`` does not look for a control file, a
+    lookup that in a folder being filled waits behind every file made there.  A file
+    left under the same name by an operation no state database knows is replaced."""
 
     def __init__(
         self,
@@ -237,7 +242,7 @@ class SegmentedDownload:
         restarts = 0
         self._tick_soon()
         try:
-            if os.path.lexists(self._name + CONTROL_SUFFIX):
+            if not self.new and os.path.lexists(self._name + CONTROL_SUFFIX):
                 await self._prepare()
             while True:
                 try:
@@ -676,12 +681,15 @@ class SegmentedDownload:
         """The RangeFile an earlier run left, its blocks verified; None when damaged."""
         try:
             found = peek(self.result)
-        except ControlFileError:
+            if found is not None:
+                rf = RangeFile(
+                    self.result, found[0], found[1], create=False, direct=self.config.direct_io
+                )
+        except ControlFileError:  # damaged, or its data file is gone: nothing to resume
             found = None
         if found is None:
             remove_partial(self.result)
             return None
-        rf = RangeFile(self.result, found[0], found[1], create=False, direct=self.config.direct_io)
         try:
             rf.verify()  # after a power loss a set bit may not match the disk
         except BaseException:

@@ -102,6 +102,7 @@ class DownloadOperation:
     _restarts_seen = 0
     _unsaved_running = False
     _connections = 0
+    _new = False  # made by create_download in this process and not yet run: no files
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec

@@ -516,6 +516,12 @@ def test_bad_requests_are_typed(make_downloader: Make, tmp_path: Path) -> None:
         d.create_download("http://127.0.0.1/x", tmp_path)
     with pytest.raises(InvalidRequestError):
         d.create_download("http://127.0.0.1/x", tmp_path / "no" / "x")
+    (tmp_path / "one" / "sub").mkdir(parents=True)  # the folder's only subdirectory
+    with pytest.raises(InvalidRequestError, match="must be a file path"):
+        d.create_download("http://127.0.0.1/x", tmp_path / "one" / "sub")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(InvalidRequestError, match="no such directory"):
+        d.create_download("http://127.0.0.1/x", tmp_path / "file" / "x")
     with pytest.raises(InvalidRequestError):
         make_downloader(max_connections_per_file=0)
 
@@ -557,17 +563,23 @@ def test_proxy_with_credential(
         proxy.close()
 
 
-def test_a_block_whose_hash_no_longer_matches_is_fetched_again(
-    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
-) -> None:
-    """Data damaged on disk while paused: resume re-checks hashes and fetches that block."""
+def _paused_after_a_mib(fault_server: FaultServer, make: Make, out: Path) -> DownloadOperation:
+    """A download over one slow connection, paused once a MiB is in (rate left slow)."""
     fault_server.rate = 4 << 20
-    out = tmp_path / "h.bin"
-    op = make_downloader(max_connections_per_file=1).create_download(fault_server.url, out)
+    op = make(max_connections_per_file=1).create_download(fault_server.url, out)
     op.start()
     wait_for(lambda: op.progress.bytes_received >= 1 << 20)
     op.pause()
     time.sleep(0.2)
+    return op
+
+
+def test_a_block_whose_hash_no_longer_matches_is_fetched_again(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Data damaged on disk while paused: resume re-checks hashes and fetches that block."""
+    out = tmp_path / "h.bin"
+    op = _paused_after_a_mib(fault_server, make_downloader, out)
     with part_path(out).open("r+b") as fh:
         fh.seek(1000)
         fh.write(bytes([body[1000] ^ 0xFF]))
@@ -630,3 +642,37 @@ def test_a_finished_operation_is_freed_without_the_cycle_collector(
     finally:
         gc.enable()
     assert seen  # the callback was told
+
+
+@pytest.mark.parametrize("name", ["small.bin", "big.bin"])
+def test_a_new_operation_replaces_partial_files_nobody_knows(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path, name: str
+) -> None:
+    """Partial and control files under the result's name that no state database knows
+    (their state directory lost, say) are not resumed by a new operation, which does
+    not look for them: they are replaced, and none outlives the result.  The small
+    body ends in memory (the filer makes its file), the big one is a range file."""
+    out = tmp_path / name
+    part_path(out).write_bytes(b"stale partial data " * 1000)
+    control_path(out).write_bytes(b"not a control file")
+    op = make_downloader().create_download(nginx.url(name), out)
+    op.start()
+    assert op.wait(60) is op
+    assert sha256(out) == sha256(nginx.www / name)
+    assert no_partial(out)
+
+
+def test_a_control_file_whose_data_is_gone_starts_over(
+    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+) -> None:
+    """Paused, then the partial file is deleted: the resume starts over, byte-exact,
+    instead of failing on a control file with nothing to resume."""
+    out = tmp_path / "gone.bin"
+    op = _paused_after_a_mib(fault_server, make_downloader, out)
+    assert control_path(out).exists()
+    part_path(out).unlink()
+    fault_server.rate = 0
+    op.resume()
+    assert op.wait(60) is op
+    assert out.read_bytes() == body
+    assert no_partial(out)
