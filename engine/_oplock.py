@@ -24,18 +24,21 @@ from typing import ClassVar
 
 
 class OpLock:
-    _files: ClassVar[dict[Path, int]] = {}
-    _held: ClassVar[set[tuple[Path, int]]] = set()
+    # Keyed by the lock file's name as a str: a Path's hash is a Python call, and a
+    # small file asks these twice.
+    _files: ClassVar[dict[str, int]] = {}
+    _held: ClassVar[set[tuple[str, int]]] = set()
     _guard: ClassVar[threading.Lock] = threading.Lock()
-    _paths: ClassVar[dict[Path, Path]] = {}
+    _paths: ClassVar[dict[Path, str]] = {}
 
     def __init__(self, state_dir: Path, guid: str) -> None:
         """``guid`` as stored (its hex digits are the UUID's integer)."""
         path = self._paths.get(state_dir)
         if path is None:
-            path = self._paths[state_dir] = state_dir / "operations.lock"
+            path = self._paths[state_dir] = os.path.join(state_dir, "operations.lock")
         self._path = path
         self._offset = int(guid.replace("-", ""), 16) & ((1 << 62) - 1)
+        self._key = (path, self._offset)
 
     def _fd(self) -> int:
         fd = self._files.get(self._path)
@@ -54,7 +57,7 @@ class OpLock:
     def acquire(self) -> bool:
         """Take the lock for this process; False when another process holds it."""
         with self._guard:
-            key = (self._path, self._offset)
+            key = self._key
             if key in self._held:
                 return True
             if not self._try():
@@ -65,7 +68,7 @@ class OpLock:
     def release(self) -> None:
         """Let go (the run ended, or the process is going)."""
         with self._guard:
-            key = (self._path, self._offset)
+            key = self._key
             if key not in self._held:
                 return
             self._held.discard(key)
@@ -74,9 +77,9 @@ class OpLock:
     def held_elsewhere(self) -> bool:
         """Whether another process drives the operation right now."""
         with self._guard:
-            if (self._path, self._offset) in self._held:
+            if self._key in self._held:
                 return False
-            if self._path not in self._files and not self._path.exists():
+            if self._path not in self._files and not os.path.exists(self._path):
                 return False  # no process ever locked anything here
             if not self._try():
                 return True
