@@ -1,8 +1,9 @@
 """libcurl through pycurl: easy-handle set-up, response heads, and curl codes mapped to errors.
 
-pycurl ships no type stubs, so it is imported here and in ``_segmented`` only.  One
-``pycurl.AsyncCurlMulti`` per engine loop drives every transfer through libcurl's
-multi-socket API; easy handles are pooled so their connections stay alive.
+pycurl ships no type stubs, so it is imported here, in ``_multi`` and in ``_segmented``
+only.  One ``pycurl.AsyncCurlMulti`` (``_multi.Multi``) per engine loop drives every
+transfer through libcurl's multi-socket API; easy handles are pooled so their
+connections stay alive.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pycurl
 
 from engine._config import TransferConfig
+from engine._multi import Multi
 from engine._web_error import WebErrorStatus
 from engine.errors import (
     HttpError,
@@ -427,7 +429,7 @@ class HandlePool:
 
 def new_multi(max_total: int = 256, max_host: int = 64) -> Any:
     """A multi handle driven on the running loop through the multi-socket API."""
-    multi = pycurl.AsyncCurlMulti()
+    multi = Multi()
     multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_total)
     multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_host)
     multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)

@@ -1,0 +1,177 @@
+"""The multi handle's parked readers: idle connections reused, closed by the server,
+or closed by libcurl without a word, and never a descriptor left watched or open."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pycurl
+import pytest
+import uvloop
+from servers import Nginx
+
+from engine import _multi
+from engine._multi import Multi
+
+
+class ClosingServer:
+    """Answers each request on a kept-alive connection, then closes the connection
+    ``linger`` seconds later without saying so (no ``Connection: close``): the way a
+    server's idle timeout ends a connection libcurl keeps in its pool."""
+
+    def __init__(self, body: bytes, linger: float) -> None:
+        self.body, self.linger = body, linger
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/x"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n"
+            conn.sendall(head.encode() + self.body)
+            time.sleep(self.linger)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[ClosingServer]:
+    server = ClosingServer(b"c" * 5000, linger=0.05)
+    yield server
+    server.close()
+
+
+def _client_sockets(*ports: int) -> set[str]:
+    """Inodes of this process's open TCP sockets connected to one of ``ports`` (the
+    servers' own sockets, in this process too, are not among them)."""
+    mine = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            mine.add(link[8:-1])
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port, inode = int(fields[2].split(":")[1], 16), fields[9]
+        if remote_port in ports and inode in mine:
+            found.add(inode)
+    return found
+
+
+def _parked_sockets(multi: Multi) -> list[int]:
+    """Parked watches of sockets (libcurl parks its own eventfd between transfers too)."""
+    return [
+        fd
+        for fd, w in multi._parked.items()
+        if os.readlink(f"/proc/self/fd/{w.dup}").startswith("socket:")
+    ]
+
+
+async def _get(multi: Multi, curl: Any, url: str) -> bytes:
+    body = bytearray()
+    curl.setopt(pycurl.URL, url)
+    curl.setopt(pycurl.WRITEFUNCTION, body.extend)
+    await asyncio.wait_for(multi.perform(curl), 10)  # a lost reader would hang here
+    assert curl.getinfo(pycurl.RESPONSE_CODE) == 200
+    return bytes(body)
+
+
+def _run(main: Any) -> Any:
+    return uvloop.run(main)
+
+
+def test_connections_are_reused_with_their_readers_parked(nginx: Nginx) -> None:
+    """Sequential requests reuse one connection: its reader is parked between them,
+    taken up again, and let go PARK_FOR after the last."""
+    expected = (nginx.www / "small.bin").read_bytes()
+
+    async def main() -> None:
+        multi, curl = Multi(), pycurl.Curl()
+        for _ in range(50):
+            assert await _get(multi, curl, nginx.url("small.bin")) == expected
+        assert curl.getinfo(pycurl.NUM_CONNECTS) == 0  # the last one was reused
+        assert len(_parked_sockets(multi)) == 1
+        await asyncio.sleep(_multi.PARK_FOR + 0.5)
+        assert not multi._parked
+        await multi.aclose()
+        curl.close()
+
+    _run(main())
+
+
+def test_a_connection_the_server_closes_while_idle(closing: ClosingServer) -> None:
+    """The server ends each idle connection: the parked duplicate sees it and is let go
+    at once, and the next request (libcurl finds the connection dead) gets a new one."""
+
+    async def main() -> None:
+        multi, curl = Multi(), pycurl.Curl()
+        for i in range(10):
+            assert await _get(multi, curl, closing.url) == closing.body
+            await asyncio.sleep(0.2)  # the server has closed the connection by now
+            assert not _parked_sockets(multi), f"request {i}: a closed connection stayed parked"
+        await multi.aclose()
+        curl.close()
+
+    _run(main())
+    assert closing.connections == 10
+
+
+def test_connections_libcurl_closes_itself(
+    nginx: Nginx, closing: ClosingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connection in all: each request to the other server makes libcurl close the
+    idle connection without a socket callback, and the new socket often gets the same
+    descriptor number.  Every request completes, and once the parked readers are let
+    go, no socket is open beyond the one libcurl keeps."""
+    monkeypatch.setattr(_multi, "PARK_FOR", 0.3)
+    closing.linger = 5.0  # the server keeps them: only libcurl closes connections here
+    expected = (nginx.www / "small.bin").read_bytes()
+    ports = (nginx.port, int(closing.url.split(":")[2].split("/")[0]))
+    before = _client_sockets(*ports)  # the engine's own pool, from earlier tests
+
+    async def main() -> None:
+        multi = Multi()
+        multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, 1)
+        multi.setopt(pycurl.M_MAXCONNECTS, 1)
+        curl = pycurl.Curl()
+        for i in range(40):
+            if i % 2:
+                assert await _get(multi, curl, closing.url) == closing.body
+            else:
+                assert await _get(multi, curl, nginx.url("small.bin")) == expected
+        await asyncio.sleep(1.0)
+        assert not multi._parked
+        new = _client_sockets(*ports) - before
+        assert len(new) <= 1  # libcurl's pooled connection, and no duplicate
+        await multi.aclose()
+        curl.close()
+
+    _run(main())
+    assert closing.connections == 20
