@@ -225,6 +225,7 @@ async def _mirror(
         del running[id(op)]
         slots.release()
 
+    loop = asyncio.get_running_loop()
     tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
     progress = view.update if view.shown else None  # quiet: no callback to schedule
     try:
@@ -243,7 +244,7 @@ async def _mirror(
                 op.start(progress)
             else:
                 go_on(op, progress)
-            task = asyncio.ensure_future(one(op))
+            task = loop.create_task(one(op))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)  # cancelling these cancels waits, not downloads

@@ -30,6 +30,8 @@ from typing import Any
 
 import pycurl
 
+from engine._loop import running_loop
+
 PARK_FOR = 2.0
 """Seconds an idle connection's reader stays registered (a mirror reuses each
 connection within milliseconds; one reused later is registered anew)."""
@@ -56,6 +58,14 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
         self._parked: dict[int, _Watch] = {}  # by libcurl's descriptor, oldest first
         self._watches: dict[int, _Watch] = {}  # the assigned ones
         self._sweep: asyncio.TimerHandle | None = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop bound by the first transfer, found without asyncio's getpid call."""
+        loop = self._loop
+        if loop is not None and loop is running_loop():
+            return loop
+        bound: asyncio.AbstractEventLoop = super()._ensure_loop()
+        return bound
 
     def _on_socket(self, what: int, fd: int, multi: Any, socketp: Any) -> None:
         w: _Watch | None = socketp
