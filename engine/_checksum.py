@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +9,20 @@ import xxhash
 
 from engine.errors import InvalidRequestError
 
-ALGORITHMS: dict[str, Callable[[], Any]] = {
-    "sha256": hashlib.sha256,
-    "sha1": hashlib.sha1,
-    "md5": hashlib.md5,
-    "xxh3": xxhash.xxh3_64,
-    "xxh128": xxhash.xxh3_128,
-}
+ALGORITHMS = ("sha256", "sha1", "md5", "xxh3", "xxh128")
+
+
+def new_hash(algo: str) -> Any:
+    """A fresh hash object for ``algo`` (one of ALGORITHMS).  hashlib is imported on
+    first use: it and OpenSSL's digests cost every command 2 ms at start-up, and a
+    mirror without checksums never hashes a file."""
+    if algo == "xxh3":
+        return xxhash.xxh3_64()
+    if algo == "xxh128":
+        return xxhash.xxh3_128()
+    import hashlib
+
+    return hashlib.new(algo)
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -28,7 +33,7 @@ def parse(spec: str) -> tuple[str, str]:
         raise InvalidRequestError(
             f"bad checksum {spec!r}: expected ALGO=HEX with ALGO one of {', '.join(ALGORITHMS)}"
         )
-    size = ALGORITHMS[algo]().digest_size
+    size = new_hash(algo).digest_size
     if len(digest) != 2 * size or any(c not in "0123456789abcdef" for c in digest):
         raise InvalidRequestError(f"bad checksum {spec!r}: {algo} takes {2 * size} hex digits")
     return algo, digest
@@ -36,7 +41,7 @@ def parse(spec: str) -> tuple[str, str]:
 
 def file_digest(path: Path, algo: str) -> str:
     """The hex digest of a file's content (read in 4 MiB pieces, off the engine loop)."""
-    h = ALGORITHMS[algo]()
+    h = new_hash(algo)
     buf = bytearray(4 << 20)
     view = memoryview(buf)
     with path.open("rb", buffering=0) as fh:

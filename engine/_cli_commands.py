@@ -15,7 +15,6 @@ import collections
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -299,6 +298,8 @@ def cancel(args: argparse.Namespace) -> int:
 # -- demo ----------------------------------------------------------------------------------
 def demo(args: argparse.Namespace) -> int:
     """Serve a generated file on loopback and download it: no URL needed to see it work."""
+    import tempfile  # the demo's only (3 ms of start-up for every other command)
+
     from engine._loopback import LoopbackServer  # the demo's server, not an engine call
 
     body = os.urandom(1 << 20) * max(1, args.size_mib)

@@ -10,7 +10,6 @@ their own to ``BackgroundDownloader(network_monitor=...)``.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ class NetworkMonitor(Protocol):
 def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True
+    import ipaddress  # here only (cached a host): 1 ms of every command's start-up
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

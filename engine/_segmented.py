@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pycurl
 
-from engine._checksum import ALGORITHMS, file_digest
+from engine._checksum import file_digest, new_hash
 from engine._config import TransferConfig
 from engine._connections import Slots
 from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
@@ -488,6 +487,8 @@ class SegmentedDownload:
         if self._failures > self.config.retries:
             raise err
         delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (self._failures - 1))
+        import random  # here only: a failure's jitter, not every command's start-up
+
         delay *= random.uniform(0.5, 1.5)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.config.backoff_max * 10))
@@ -719,7 +720,7 @@ class SegmentedDownload:
         """The checksum of the complete download before it is renamed: a plain file
         still held whole in memory is hashed there, anything else on disk (a thread)."""
         if self._plain and self._grow_fd < 0:
-            h = ALGORITHMS[algo]()
+            h = new_hash(algo)
             h.update(self._held)
             return str(h.hexdigest())
         if self._plain:

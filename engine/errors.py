@@ -7,10 +7,12 @@ they already know: a bad argument is a ``ValueError``, a storage failure an
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine._web_error import WebErrorStatus
+
+if TYPE_CHECKING:
+    import uuid
 
 
 class TransferError(Exception):

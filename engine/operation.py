@@ -24,7 +24,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +68,8 @@ from engine.errors import (
 )
 
 if TYPE_CHECKING:
+    import uuid
+
     from engine.downloader import Settings
 
 S = BackgroundTransferStatus
@@ -126,6 +127,8 @@ class DownloadOperation:
     def guid(self) -> uuid.UUID:
         guid = self._guid
         if guid is None:
+            import uuid  # here only: 3 ms of every command's start-up (with platform)
+
             guid = self._guid = uuid.UUID(self._rec.guid)
         return guid
 
