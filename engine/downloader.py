@@ -277,7 +277,7 @@ class BackgroundDownloader:
         check_uri(uri)
         name = os.path.abspath(os.fspath(result_file))
         folder, leaf = os.path.split(name)
-        if not leaf or _may_be_a_folder(folder, name):
+        if not leaf or _names_a_folder(folder, name):
             raise InvalidRequestError(f"{name}: the result must be a file path")
         body = str(absolute(request_body_file)) if request_body_file is not None else None
         if body is not None and not Path(body).is_file():
@@ -356,7 +356,7 @@ class BackgroundDownloader:
             return op
 
 
-def _may_be_a_folder(folder: str, name: str) -> bool:
+def _names_a_folder(folder: str, name: str) -> bool:
     """True when ``name`` is a directory; InvalidRequestError when ``folder`` is none.
 
     A lookup of a name that does not exist yet, in a folder other threads are filling,
