@@ -9,6 +9,7 @@ only with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,3 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bgtransfer: error: {exc}", file=sys.stderr)
         return 1
+
+
+def run() -> None:
+    """The console script: ``main``, then exit without the final collection.
+
+    At exit the interpreter collects every object it tracks before tearing the
+    modules down: 20-25 ms of a 110 ms ``bgtransfer get``, for objects that are
+    freed with the process anyway.  ``gc.freeze`` moves them out of the collector's
+    reach first (finalizers registered with ``weakref.finalize`` and ``atexit``
+    still run).  Only here: a program calling ``main`` goes on collecting.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
