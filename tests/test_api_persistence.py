@@ -23,6 +23,7 @@ from engine import (
     BackgroundTransferStatus,
     DownloadOperation,
     ResultFileInUseError,
+    _store,
 )
 from engine._core import control_path, part_path
 from engine._store import Store
@@ -125,6 +126,29 @@ def test_get_current_downloads_from_a_new_process_lists_unfinished(
         "http://127.0.0.1:9/never",
         str(tmp_path / "later.bin"),
     ]
+
+
+@pytest.mark.parametrize("rowid", [False, True])
+def test_a_state_database_with_either_table_works(
+    nginx: Nginx, tmp_path: Path, make_downloader: Callable[..., BackgroundDownloader], rowid: bool
+) -> None:
+    """A new database keys operations by guid alone (WITHOUT ROWID); one made before,
+    with a rowid table, goes on working: found, downloaded, and gone once complete."""
+    db = tmp_path / "state" / "operations.sqlite3"
+    if rowid:  # the schema as it was
+        db.parent.mkdir(mode=0o700)
+        with sqlite3.connect(db) as conn:
+            conn.executescript(_store._SCHEMA.replace(") WITHOUT ROWID;", ");"))
+    d = make_downloader()
+    op = d.create_download(nginx.url("small.bin"), tmp_path / "s.bin")
+    assert [o.guid for o in d.get_current_downloads()] == [op.guid]
+    op.start()
+    op.wait(30)
+    assert (tmp_path / "s.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
+    assert d.get_current_downloads() == []
+    with sqlite3.connect(db) as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'operations'").fetchone()
+    assert ("WITHOUT ROWID" in sql) is not rowid
 
 
 def test_state_files_are_owner_only(
