@@ -100,8 +100,9 @@ def pause_all(ops: list[DownloadOperation]) -> None:
                 op.pause()
 
 
-def _current(d: BackgroundDownloader) -> dict[Path, DownloadOperation]:
-    return {op.result_file: op for op in d.get_current_downloads()}
+def _current(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
+    """The unfinished operations by result file, as an absolute path str."""
+    return {os.fspath(op.result_file): op for op in d.get_current_downloads()}
 
 
 # -- get ---------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def get(args: argparse.Namespace) -> int:
     output = Path(os.path.abspath(args.output or name_from_url(args.url)))
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
-    op = _current(d).get(output)
+    op = _current(d).get(os.fspath(output))
     if op is not None and op.requested_uri != args.url:
         raise InvalidRequestError(
             f"{output} is being downloaded from {op.requested_uri} "
@@ -141,7 +142,7 @@ def mirror(args: argparse.Namespace) -> int:
     target = os.path.abspath(args.dir)
     os.makedirs(target, exist_ok=True)
     d = downloader(args)
-    current = {os.fspath(path): op for path, op in _current(d).items()}
+    current = _current(d)
     todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
     skipped = 0
     present = set(os.listdir(target))  # one read of the folder, not a stat a name
