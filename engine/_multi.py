@@ -82,9 +82,7 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
         if w is None:
             w = self._take_up(fd)
             multi.assign(fd, w)
-            self._watches[fd] = w
-            if what == pycurl.POLL_IN and w.read and not w.write:
-                return  # a parked reader taken up: nothing to change
+            self._watches[fd] = w  # a parked reader taken up is registered already
         self._want(w, fd, read=bool(what & pycurl.POLL_IN), write=bool(what & pycurl.POLL_OUT))
 
     def _take_up(self, fd: int) -> _Watch:
