@@ -15,9 +15,10 @@ of each socket, made once a connection, never libcurl's own descriptor: libcurl 
 close an idle socket without a word (its CURLOPT_CLOSESOCKETFUNCTION documentation
 says not to count on the callback), and the loop must never be left watching a
 number the next socket, or any other file, is given.  A parked duplicate is let go
-(reader removed, closed) when it becomes readable (the server closed the idle
+(reader removed, closed) when it is readable (the server closed the idle
 connection, or libcurl dropped it mid-body and data still arrives: level-triggered,
-it would fire every pass), when libcurl asks for its number again and it is another
+it would fire every pass; an event the loop gathered before the park, for data
+libcurl has read since, is no reason), when libcurl asks for its number again and it is another
 socket now (inode compared), and after ``PARK_FOR`` seconds idle, so that a
 connection libcurl closed is never held open for long by its duplicate.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from typing import Any
 
 import pycurl
@@ -165,6 +167,8 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
 
     def _readable(self, fd: int, w: _Watch) -> None:
         if w.parked_at:  # libcurl expects nothing of an idle socket: let it go
+            if not select.select([w.dup], [], [], 0)[0]:
+                return  # an event from before it was parked, whose data libcurl read
             if self._parked.get(fd) is w:
                 del self._parked[fd]
             self._drop(w)

@@ -21,13 +21,16 @@ from engine import _multi
 from engine._multi import Multi
 
 
-class ClosingServer:
-    """Answers each request on a kept-alive connection, then closes the connection
-    ``linger`` seconds later without saying so (no ``Connection: close``): the way a
-    server's idle timeout ends a connection libcurl keeps in its pool."""
+class KeptAliveServer:
+    """Keeps each connection alive for the next request, answering each ``delay``
+    seconds after it arrives, and closes a connection idle for ``idle`` seconds
+    without saying so (no ``Connection: close``): the way a server's idle timeout
+    ends a connection libcurl keeps in its pool.  The delay makes libcurl watch the
+    socket for the answer: one that is already there when the request has gone out
+    is read in the same pass, and the socket is never watched at all."""
 
-    def __init__(self, body: bytes, linger: float) -> None:
-        self.body, self.linger = body, linger
+    def __init__(self, body: bytes, idle: float, delay: float = 0.005) -> None:
+        self.body, self.idle, self.delay = body, idle, delay
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/x"
         self.connections = 0
@@ -43,24 +46,39 @@ class ClosingServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n".encode()
         with conn:
+            conn.settimeout(self.idle)
             data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n"
-            conn.sendall(head.encode() + self.body)
-            time.sleep(self.linger)
+            while True:
+                while b"\r\n\r\n" not in data:
+                    try:
+                        chunk = conn.recv(4096)
+                    except TimeoutError:
+                        return  # idle too long: closed
+                    if not chunk:
+                        return
+                    data += chunk
+                data = data.split(b"\r\n\r\n", 1)[1]
+                time.sleep(self.delay)
+                conn.sendall(head + self.body)
 
     def close(self) -> None:
         self.sock.close()
 
 
 @pytest.fixture
-def closing() -> Iterator[ClosingServer]:
-    server = ClosingServer(b"c" * 5000, linger=0.05)
+def closing() -> Iterator[KeptAliveServer]:
+    """Connections closed by the server after 50 ms idle."""
+    server = KeptAliveServer(b"c" * 5000, idle=0.05)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def kept() -> Iterator[KeptAliveServer]:
+    """Connections kept for a minute."""
+    server = KeptAliveServer(b"k" * 10240, idle=60.0)
     yield server
     server.close()
 
@@ -107,15 +125,14 @@ def _run(main: Any) -> Any:
     return uvloop.run(main)
 
 
-def test_connections_are_reused_with_their_readers_parked(nginx: Nginx) -> None:
+def test_connections_are_reused_with_their_readers_parked(kept: KeptAliveServer) -> None:
     """Sequential requests reuse one connection: its reader is parked between them,
     taken up again, and let go PARK_FOR after the last."""
-    expected = (nginx.www / "small.bin").read_bytes()
 
     async def main() -> None:
         multi, curl = Multi(), pycurl.Curl()
         for _ in range(50):
-            assert await _get(multi, curl, nginx.url("small.bin")) == expected
+            assert await _get(multi, curl, kept.url) == kept.body
         assert curl.getinfo(pycurl.NUM_CONNECTS) == 0  # the last one was reused
         assert len(_parked_sockets(multi)) == 1
         await asyncio.sleep(_multi.PARK_FOR + 0.5)
@@ -126,7 +143,30 @@ def test_connections_are_reused_with_their_readers_parked(nginx: Nginx) -> None:
     _run(main())
 
 
-def test_a_connection_the_server_closes_while_idle(closing: ClosingServer) -> None:
+def test_a_stale_readiness_event_does_not_unpark_an_idle_connection(
+    kept: KeptAliveServer,
+) -> None:
+    """The loop may hand over an event it gathered before the park, for bytes libcurl
+    has read since: the idle connection has nothing to read, so it stays parked, and
+    the next request reuses it on the same duplicate."""
+
+    async def main() -> None:
+        multi, curl = Multi(), pycurl.Curl()
+        assert await _get(multi, curl, kept.url) == kept.body
+        (fd,) = _parked_sockets(multi)
+        watch = multi._parked[fd]
+        multi._readable(fd, watch)  # what a stale event runs
+        assert multi._parked.get(fd) is watch
+        assert await _get(multi, curl, kept.url) == kept.body
+        assert curl.getinfo(pycurl.NUM_CONNECTS) == 0
+        assert multi._parked.get(fd) is watch  # the same duplicate, parked again
+        await multi.aclose()
+        curl.close()
+
+    _run(main())
+
+
+def test_a_connection_the_server_closes_while_idle(closing: KeptAliveServer) -> None:
     """The server ends each idle connection: the parked duplicate sees it and is let go
     at once, and the next request (libcurl finds the connection dead) gets a new one."""
 
@@ -144,14 +184,14 @@ def test_a_connection_the_server_closes_while_idle(closing: ClosingServer) -> No
 
 
 def test_connections_libcurl_closes_itself(
-    nginx: Nginx, closing: ClosingServer, monkeypatch: pytest.MonkeyPatch
+    nginx: Nginx, closing: KeptAliveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One connection in all: each request to the other server makes libcurl close the
     idle connection without a socket callback, and the new socket often gets the same
     descriptor number.  Every request completes, and once the parked readers are let
     go, no socket is open beyond the one libcurl keeps."""
     monkeypatch.setattr(_multi, "PARK_FOR", 0.3)
-    closing.linger = 5.0  # the server keeps them: only libcurl closes connections here
+    closing.idle = 5.0  # the server keeps them: only libcurl closes connections here
     expected = (nginx.www / "small.bin").read_bytes()
     ports = (nginx.port, int(closing.url.split(":")[2].split("/")[0]))
     before = _client_sockets(*ports)  # the engine's own pool, from earlier tests
