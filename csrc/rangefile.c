@@ -11,6 +11,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #define XXH_INLINE_ALL
 #include "third_party/xxhash/xxhash.h"
@@ -593,6 +596,44 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
  * drain.  The bits stay single-threaded, and each is set only after the write that
  * holds its bytes returned. */
 
+#if defined(__x86_64__)
+/* Copies a piece into a direct stage with non-temporal stores: the stage is next read
+ * by a writer thread (its hash) and the disk, not by this thread, and ordinary stores
+ * first read every line of the stage into this core's cache (16 MiB of stages, cold
+ * by the time one is reused).  perf on one 2 GiB download from loopback nginx: with
+ * memcpy the copy was 38-47% of the engine thread (0.5-0.6 s), with these stores 14%,
+ * and the thread's CPU fell from 1.39 to 1.05 s.  dstage_submit fences the stores
+ * before a writer sees the stage. */
+static void stage_copy(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    size_t head = (size_t)(-(uintptr_t)dst & 15);
+    if (n < 256 || head >= n) {
+        memcpy(dst, src, n);
+        return;
+    }
+    memcpy(dst, src, head);
+    dst += head;
+    src += head;
+    n -= head;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
+        __m128i d = _mm_loadu_si128((const __m128i *)(src + i + 48));
+        _mm_stream_si128((__m128i *)(dst + i), a);
+        _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        _mm_stream_si128((__m128i *)(dst + i + 32), c);
+        _mm_stream_si128((__m128i *)(dst + i + 48), d);
+    }
+    memcpy(dst + i, src + i, n - i);
+}
+#define stage_fence() _mm_sfence()
+#else
+#define stage_copy(dst, src, n) memcpy((dst), (src), (n))
+#define stage_fence() ((void)0)
+#endif
+
 /* Accounts a stage the writer threads are done with; the stage is empty after.  A
  * stage that is one whole block comes back with its hash, taken by the writer (one
  * large file: a tenth of the engine thread's time was this hash). */
@@ -670,6 +711,7 @@ static void dstage_submit(rf_file *f, rf_stage *st)
     int whole = (st->offset & (f->block_size - 1)) == 0 &&
                 st->len == block_len(f, st->offset >> f->block_shift);
     st->job.before = whole ? hash_whole_block : NULL; /* also tells settle the hash is there */
+    stage_fence(); /* the non-temporal stores of stage_copy, before a writer reads them */
     st->job.fd_direct = f->direct_fd;
     st->job.fd_buffered = f->data_fd;
     st->job.buf = st->buf + st->lead;
@@ -842,7 +884,7 @@ static int64_t dstage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uin
             boundary = f->size;
         uint64_t room = boundary - (st->offset + st->len);
         uint64_t n = len < room ? len : room;
-        memcpy(st->buf + st->lead + st->len, buf, (size_t)n);
+        stage_copy(st->buf + st->lead + st->len, buf, (size_t)n);
         st->len += (uint32_t)n;
         st->used_at = ++f->stage_clock;
         if (st->offset + st->len == boundary)
