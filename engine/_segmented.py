@@ -373,9 +373,13 @@ class SegmentedDownload:
         return self.segments.next(self.rf)
 
     def _next_plain(self) -> tuple[int, int | None] | None:
-        """A small file of known size broke off: go on from where it stopped (or from 0)."""
-        if not self._plain or self.size is None or self.segments.inflight or self._complete():
+        """A small file of known size broke off: go on from where it stopped (or from 0).
+        A body of unknown length goes on only from a server that honours ranges
+        (``_accept_unsized``), with an open-ended range; from any other it is over."""
+        if not self._plain or self.segments.inflight or self._complete():
             return None
+        if self.size is None:
+            return (self._grow_pos, None) if self.ranges_ok else None
         return (self._grow_pos if self.ranges_ok else 0), self.size
 
     # -- one request ------------------------------------------------------------
@@ -435,6 +439,9 @@ class SegmentedDownload:
                 self._body_ended = True  # unknown length: the body ends when the server says
                 return True
             return stream.pos > stream.start or stream.pos >= stream.end
+        if stream.stop is Stop.BODY_END:
+            self._body_ended = True
+            return True
         return False
 
     def _request_headers(self, start: int, end: int | None) -> list[str]:
@@ -443,7 +450,7 @@ class SegmentedDownload:
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
         validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
         validator = validator or self.last_modified
-        if validator and self.size is not None:
+        if validator and (self.size is not None or start > 0):  # a body of unknown length too
             headers.append(f"If-Range: {validator}")
         return headers
 
@@ -589,9 +596,13 @@ class SegmentedDownload:
         status = head.status
         if status == 206:
             return self._check_partial(st)
-        if status == 416 and head.unsatisfied_total == 0 and self.size is None:
-            self._adopt(head, 0, ranges=True)
-            return True
+        if status == 416 and self.size is None:
+            if head.unsatisfied_total == 0:
+                self._adopt(head, 0, ranges=True)
+                return True
+            if self._plain and st.start == self._grow_pos > 0:
+                st.stop = Stop.BODY_END  # nothing past where the last response ended
+                return False
         if status == 200 or (200 < status < 300 and st.start == 0):
             changed = self._changed(head, head.content_length)
             if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
@@ -613,15 +624,29 @@ class SegmentedDownload:
             st.stop = Stop.BAD_RANGE
             return False
         if self.size is None:
-            if rng[2] is None:
-                st.stop = Stop.BAD_RANGE
-                return False
+            if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
+                return self._accept_unsized(st, rng[1] + 1)
             self._adopt(st.head, rng[2], ranges=True)
         elif self._changed(st.head, rng[2]):
             st.stop = Stop.CHANGED
             return False
         last = rng[1] + 1
         st.end = last if st.end is None else min(st.end, last)
+        return True
+
+    def _accept_unsized(self, st: Stream, last: int) -> bool:
+        """A 206 that does not state the complete length (``bytes a-b/*``, RFC 9110
+        14.4): a plain file of unknown length, continued from where each response ends
+        by an open-ended range, until a response runs to the end of the body (it was
+        open-ended, or the server cut the range short: the representation ends there)
+        or a 416 says nothing is left (``Stop.BODY_END``)."""
+        if not self._plain:
+            self._adopt(st.head, None, ranges=True)  # the first response
+        elif self._changed(st.head, None):
+            st.stop = Stop.CHANGED
+            return False
+        if st.end is None or last < st.end:
+            st.end = None  # the body ends with this response
         return True
 
     def _changed(self, head: ResponseHead, total: int | None) -> bool:

@@ -25,6 +25,7 @@ class Stop(enum.Enum):
     """Why a write callback stopped its own request."""
 
     RANGE_END = "range end reached"
+    BODY_END = "the body ended before the range asked for"
     BAD_RANGE = "Content-Range is not the range asked for"
     NO_RANGES = "server ignores ranges"
     CHANGED = "content changed on the server"

@@ -215,6 +215,8 @@ class FaultHandler(RangeHandler):
             if send_body:
                 self.send_body(0, len(srv.body) - 1)
             return
+        if "unknown-total" in modes and self.unknown_total(send_body):
+            return
         if "wrong-range" in modes and self.headers.get("Range"):
             self.send_response(206)
             size = len(srv.body)
@@ -224,6 +226,30 @@ class FaultHandler(RangeHandler):
             self.send_body(1, size - 1)
             return
         super().respond(send_body)
+
+    def unknown_total(self, send_body: bool) -> bool:
+        """Ranges as RFC 9110 allows for a length the server does not know: ``206`` with
+        ``Content-Range: bytes a-b/*``, and ``416`` with ``bytes */*`` past the end.
+        False when the request gets the whole body (no Range, or If-Range differs)."""
+        size = len(self.server.body)
+        rng = self.wanted_range(size)
+        if rng is None:
+            return False
+        if not isinstance(rng, tuple):  # unsatisfiable
+            self.send_response(416)
+            self.send_header("Content-Range", "bytes */*")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        first, last = rng
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {first}-{last}/*")
+        self.send_header("ETag", self.server.etag)
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        if send_body:
+            self.send_body(first, last)
+        return True
 
     def send_body(self, first: int, last: int) -> None:
         srv = self.server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,3 +178,81 @@ def test_a_small_body_broken_midway_is_byte_exact(
         assert srv.requests >= 2  # it broke, and the retry finished it
     finally:
         srv.close()
+
+
+def _unknown_total(body: bytes, fault: str = "", faults: int = 0, after: int = 0) -> FaultServer:
+    srv = FaultServer(body, "+".join(filter(None, ["unknown-total", fault])), faults, after)
+    srv.record_headers = []
+    return srv
+
+
+def _download(srv: FaultServer, out: Path, run: Run) -> SegmentedDownload:
+    """One download of ``srv``'s body into ``out``; the server is closed after."""
+    try:
+        job = SegmentedDownload(srv.url, out, config=FAST)
+        run(job.run())
+        return job
+    finally:
+        srv.close()
+
+
+def test_an_unknown_complete_length_is_continued_by_open_ended_ranges(
+    tmp_path: Path, run: Run
+) -> None:
+    """206 with ``Content-Range: bytes 0-N/*`` (RFC 9110: the server does not know the
+    length): a plain file, the rest asked with ``bytes=N+1-`` and If-Range, no error."""
+    srv = _unknown_total(BODY)
+    out = tmp_path / "f.bin"
+    job = _download(srv, out, run)
+    assert sha256(out) == sha256(BODY)
+    first = FAST.first_request
+    assert srv.ranges_seen == [f"bytes=0-{first - 1}", f"bytes={first}-"]
+    assert srv.record_headers is not None
+    assert srv.record_headers[1].get("If-Range") == srv.etag
+    snap = job.snapshot()
+    assert (snap.bytes_received, snap.has_restarted) == (SIZE, False)
+
+
+@pytest.mark.parametrize(
+    ("size", "requests"),
+    [(300_000, 1), (FAST.first_request, 2)],
+    ids=["cut-short-by-the-server", "exactly-the-first-range"],
+)
+def test_an_unknown_complete_length_ends_where_the_server_says(
+    tmp_path: Path, run: Run, size: int, requests: int
+) -> None:
+    """A range the server cuts short ends the body (the representation ends there); a
+    first range the body fills exactly is followed by one ask that gets 416 ``bytes */*``."""
+    body = os.urandom(size)
+    srv = _unknown_total(body)
+    out = tmp_path / "f.bin"
+    _download(srv, out, run)
+    assert out.read_bytes() == body
+    assert srv.requests == requests
+    assert not part_path(out).exists()
+
+
+def test_an_unknown_complete_length_resumes_where_it_broke(tmp_path: Path, run: Run) -> None:
+    """Resets mid-body: each retry asks from the last byte received, never from zero."""
+    srv = _unknown_total(BODY, "reset", faults=3, after=700_000)
+    out = tmp_path / "f.bin"
+    job = _download(srv, out, run)
+    assert sha256(out) == sha256(BODY)
+    starts = [int(r.removeprefix("bytes=").partition("-")[0]) for r in srv.ranges_seen if r]
+    assert len(starts) >= 4  # three breaks, then the rest
+    assert starts[0] == 0
+    assert all(a < b for a, b in itertools.pairwise(starts))  # always onwards
+    assert not job.snapshot().has_restarted
+
+
+def test_an_unknown_complete_length_that_changes_restarts(tmp_path: Path, run: Run) -> None:
+    """The content changes between two responses: If-Range brings the new version whole
+    (200), and the result is that version alone, flagged."""
+    srv = _unknown_total(BODY, "change", faults=1, after=3_000_000)
+    srv.new_body = os.urandom(SIZE - 4000)
+    out = tmp_path / "f.bin"
+    job = _download(srv, out, run)
+    assert sha256(out) == sha256(srv.new_body)
+    snap = job.snapshot()
+    assert snap.has_restarted
+    assert snap.has_response_changed
