@@ -10,6 +10,7 @@ and one round only check the harness.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,15 +56,24 @@ def test_one_large_file(
 ) -> None:
     """One large file: bgtransfer -c 8 beside curl (to /dev/null: the socket ceiling)
     and dd (zeros with O_DIRECT to the same file system, from one writer: what the
-    disk takes this session, which on this VM has been well below the socket)."""
+    disk takes this session, which on this VM has been well below the socket), and
+    the two at once, with nothing passed between them: what this VM takes to receive
+    the file and write as much while it does, the least any downloader that writes
+    past the page cache can take here."""
     server, size = served
     url = server.url("big.bin")
     out = tmp_path / "out.bin"
     state = ["--state-dir", str(tmp_path / "state")]
+    to_null = ["curl", "-s", "-o", "/dev/null", url]
     contenders = available(
         {
-            "curl -o /dev/null (socket ceiling)": ["curl", "-s", "-o", "/dev/null", url],
+            "curl -o /dev/null (socket ceiling)": to_null,
             "dd oflag=direct (the disk, one writer)": _dd(out, size),
+            "dd and curl -o /dev/null at once": [
+                "sh",
+                "-c",
+                f"{shlex.join(_dd(out, size))} & {shlex.join(to_null)} && wait $!",
+            ],
             "curl -o FILE": ["curl", "-s", "-o", str(out), url],
             "aria2c -x16 -s16": _aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
             "bgtransfer get -c 8": [bgtransfer(), "get", "-q", "-c", "8", "-o", str(out), url],
