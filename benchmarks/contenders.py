@@ -38,13 +38,17 @@ def available(contenders: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def _rss_anon(pid: int) -> int:
+    """RssAnon of ``pid`` and its descendants (a contender may be a shell running two)."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
+                total = int(line.split()[1]) * 1024
+                break
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        pass
-    return 0
+        return total
+    return total + sum(_rss_anon(int(child)) for child in children)
 
 
 def measure(argv: list[str], cwd: Path | None = None) -> Run:
