@@ -93,10 +93,14 @@ class LinuxNetworkMonitor:
         return False
 
 
-def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the file system holding ``path``."""
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system holding ``path``;
+    None when it states no capacity at all (/proc, /sys, some FUSE file systems): it
+    cannot run low, and a write there says for itself whether it works."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     st = os.statvfs(probe)
+    if st.f_blocks == 0:
+        return None
     return st.f_bavail * st.f_frsize

@@ -141,7 +141,7 @@ class Settings:
     proxy: str | None = None
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
-    _free: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict, repr=False)
+    _free: dict[str, tuple[float, int | None]] = dataclasses.field(default_factory=dict, repr=False)
     _configs: dict[tuple[int, int], TransferConfig] = dataclasses.field(
         default_factory=dict, repr=False
     )
@@ -185,7 +185,8 @@ class Settings:
             if len(self._free) > 64:
                 self._free.clear()
             self._free[folder] = seen
-        return seen[1] < self.free_space_reserve
+        free = seen[1]
+        return free is not None and free < self.free_space_reserve
 
     def ended(self, op: DownloadOperation) -> None:
         """An operation reached COMPLETED, CANCELED or ERROR."""

@@ -192,6 +192,18 @@ def test_low_disk_pauses_in_system_policy(
     assert op.status is S.COMPLETED
 
 
+def test_a_file_system_without_capacity_is_no_reason_to_wait(
+    nginx: Nginx, make_downloader: Make
+) -> None:
+    """/proc states no capacity at all: it cannot run low, so no reserve holds a download
+    there.  It fails at its first write (StorageError) instead of waiting for ever in
+    PAUSED_SYSTEM_POLICY."""
+    op = make_downloader().create_download(nginx.url("small.bin"), "/proc/bgtransfer-test.bin")
+    with pytest.raises(StorageError):
+        op.start().wait(30)
+    assert op.status is S.ERROR
+
+
 def test_storage_failure_is_error_and_resume_finishes(
     fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
 ) -> None:
