@@ -29,7 +29,7 @@ from engine import (
 )
 from engine._checksum import file_digest, parse
 from engine._cli_names import name_from_url, parse_list, unique_names
-from engine._cli_views import FileView, MirrorView
+from engine._cli_views import LOOK_EVERY, FileView, MirrorView, Waits
 
 S = BackgroundTransferStatus
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
@@ -62,7 +62,9 @@ def go_on(op: DownloadOperation, progress: Any) -> None:
         op.resume()
 
 
-def follow(ops: list[DownloadOperation], quiet: bool) -> list[TransferError]:
+def follow(
+    d: BackgroundDownloader, ops: list[DownloadOperation], quiet: bool
+) -> list[TransferError]:
     """Drive operations to their end under a progress view: start new ones, let the
     ones found in the state directory go on; the errors they ended with."""
     view = FileView(quiet)
@@ -73,18 +75,24 @@ def follow(ops: list[DownloadOperation], quiet: bool) -> list[TransferError]:
                 op.start(view.update)
             else:
                 go_on(op, view.update)
-        return wait_all(ops)
+        return wait_all(ops, Waits(d.free_space_reserve))
     finally:
         view.close()
 
 
-def wait_all(ops: list[DownloadOperation]) -> list[TransferError]:
-    """Wait for every operation; pause the running ones on Ctrl-C (Interrupted)."""
+def wait_all(ops: list[DownloadOperation], waits: Waits) -> list[TransferError]:
+    """Wait for every operation, telling what they wait for (``Waits``); pause the
+    running ones on Ctrl-C (Interrupted)."""
     errors = []
     try:
         for op in ops:
             try:
-                op.wait()
+                while True:
+                    try:
+                        op.wait(LOOK_EVERY)
+                        break
+                    except TimeoutError:
+                        waits.look(ops)
             except TransferError as exc:
                 errors.append(exc)
     except KeyboardInterrupt:
@@ -121,7 +129,7 @@ def get(args: argparse.Namespace) -> int:
         op = d.create_download(args.url, output)
     if args.checksum:
         op.expected_checksum = args.checksum
-    errors = follow([op], args.quiet)
+    errors = follow(d, [op], args.quiet)
     if errors:
         raise errors[0]
     if not args.quiet:
@@ -228,6 +236,14 @@ async def _mirror(
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
     progress = view.update if view.shown else None  # quiet: no callback to schedule
+    waits = Waits(d.free_space_reserve)
+
+    async def look() -> None:
+        while True:
+            await asyncio.sleep(LOOK_EVERY)
+            waits.look(running.values())
+
+    looking = loop.create_task(look())
     try:
         while todo:
             await slots.acquire()
@@ -251,6 +267,8 @@ async def _mirror(
     except asyncio.CancelledError:  # Ctrl-C in the command's thread
         pause_all(list(running.values()))
         raise
+    finally:
+        looking.cancel()
     return (done[0], done[1]), failed
 
 
@@ -282,7 +300,7 @@ def resume(args: argparse.Namespace) -> int:
     if args.all == bool(args.guid):
         raise InvalidRequestError("resume takes one GUID or --all")
     ops = d.get_current_downloads() if args.all else [_find(d, args.guid)]
-    errors = follow(ops, args.quiet)
+    errors = follow(d, ops, args.quiet)
     for exc in errors:
         print(f"bgtransfer: error: {exc}", file=sys.stderr)
     return 1 if errors else 0
@@ -314,7 +332,7 @@ def demo(args: argparse.Namespace) -> int:
             )
             op = d.create_download(server.url, out)
             start = time.perf_counter()
-            errors = follow([op], args.quiet)
+            errors = follow(d, [op], args.quiet)
             took = time.perf_counter() - start
             if errors:
                 raise errors[0]

@@ -6,14 +6,53 @@ views only translate an operation's progress into its columns.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from engine import BackgroundTransferStatus, DownloadOperation
 
 S = BackgroundTransferStatus
 ENDED = (S.COMPLETED, S.CANCELED, S.ERROR)
+
+LOOK_EVERY = 2.0
+"""Seconds between looks for operations waiting on the engine's conditions."""
+
+_WAITS = {
+    S.PAUSED_SYSTEM_POLICY: "free disk space",
+    S.PAUSED_NO_NETWORK: "the network",
+    S.PAUSED_COSTED_NETWORK: "a network that is not metered",
+}
+
+
+class Waits:
+    """One line on stderr when downloads start waiting for what the engine waits out
+    by itself (free disk space, the network), with ``-q`` too: a command that cannot
+    go on otherwise says nothing for as long as it waits.  One line per cause and
+    folder (a mirror's thousand files waiting for space make one), told again only
+    after the wait ended."""
+
+    def __init__(self, reserve: int) -> None:
+        self._reserve = reserve
+        self._told: set[tuple[BackgroundTransferStatus, str]] = set()
+
+    def look(self, ops: Iterable[DownloadOperation]) -> None:
+        now = {(op.status, str(op.result_file.parent)) for op in ops if op.status in _WAITS}
+        for status, folder in sorted(now - self._told, key=lambda k: (k[0].value, k[1])):
+            print(f"bgtransfer: {self._line(status, folder)}", file=sys.stderr)
+        self._told = now
+
+    def _line(self, status: BackgroundTransferStatus, folder: str) -> str:
+        what = f"waiting for {_WAITS[status]}"
+        if status is S.PAUSED_SYSTEM_POLICY:
+            try:
+                free = f"{shutil.disk_usage(folder).free >> 20} MiB free, "
+            except OSError:
+                free = ""
+            what += f" in {folder} ({free}{self._reserve >> 20} MiB kept free)"
+        return what + "; it goes on by itself (Ctrl-C pauses)"
 
 
 def interactive(quiet: bool) -> bool:

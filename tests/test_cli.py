@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 from polling import wait_for
 from servers import FaultServer, Nginx, free_port, sha256
 
@@ -384,3 +385,51 @@ def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path
         assert all((tmp_path / "out" / n).read_bytes() == body for n in names)
     finally:
         server.close()
+
+
+def _stderr_until(proc: subprocess.Popen[bytes], marker: bytes, seconds: float) -> bytes:
+    """What ``proc`` wrote to stderr until ``marker`` appeared (or ``seconds`` passed)."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("command", ["get", "mirror"])
+def test_a_wait_for_disk_space_is_told_even_when_quiet(
+    nginx: Nginx, tmp_path: Path, command: str
+) -> None:
+    """A disk under the free-space reserve (64 MiB; this tmpfs has 16): the downloads
+    wait in PAUSED_SYSTEM_POLICY, and the command says so in one line, -q or not,
+    instead of waiting without a word; Ctrl-C still pauses (status 130)."""
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        if command == "get":
+            args = ["get", nginx.url("big.bin"), "-o", str(disk / "f.bin"), "-q"]
+        else:
+            names = ["small.bin", "big.bin", "empty.bin"]
+            (tmp_path / "list.txt").write_text("".join(nginx.url(n) + "\n" for n in names))
+            args = ["mirror", "-i", str(tmp_path / "list.txt"), "-d", str(disk), "-q"]
+        proc = subprocess.Popen(
+            argv(*args, "--state-dir", str(tmp_path / "s")), cwd=tmp_path, stderr=subprocess.PIPE
+        )
+        try:
+            told = _stderr_until(proc, b"kept free", 20)
+            proc.send_signal(signal.SIGINT)
+            rest = proc.communicate(timeout=30)[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = (told + rest).decode().splitlines()
+    waiting = [line for line in lines if "waiting for free disk space" in line]
+    assert len(waiting) == 1, lines  # one line for the folder, not one a file
+    assert f"in {disk} (" in waiting[0]
+    assert "MiB free, 64 MiB kept free" in waiting[0]
+    assert proc.returncode == 130
