@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,16 +70,30 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+_stopped_by = 0
+"""The signal (SIGTERM, SIGHUP) the console script was stopped by, once it came."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM (a service stopped, ``timeout``) or SIGHUP (the terminal gone): pause and
+    exit as Ctrl-C does, the status saved as PAUSED_BY_APPLICATION and the staged bytes
+    written, where a plain kill leaves RUNNING and refetches them; a second signal
+    ends the process at once."""
+    global _stopped_by
+    _stopped_by = signum
+    signal.signal(signum, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except Interrupted:
-        print("bgtransfer: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("bgtransfer: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        why = signal.Signals(_stopped_by).name if _stopped_by else "interrupted"
+        again = "; run the same command again to resume" if isinstance(exc, Interrupted) else ""
+        print(f"bgtransfer: {why}{again}", file=sys.stderr)
+        return 128 + (_stopped_by or signal.SIGINT)
     except (InvalidRequestError, ValueError) as exc:
         if args.debug:
             raise
@@ -98,8 +113,11 @@ def run() -> None:
     modules down: 20-25 ms of a 110 ms ``bgtransfer get``, for objects that are
     freed with the process anyway.  ``gc.freeze`` moves them out of the collector's
     reach first (finalizers registered with ``weakref.finalize`` and ``atexit``
-    still run).  Only here: a program calling ``main`` goes on collecting.
+    still run).  Only here: a program calling ``main`` goes on collecting, and keeps
+    its own SIGTERM and SIGHUP, which the command takes as a Ctrl-C (``_stop``).
     """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     code = main()
     gc.freeze()
     sys.exit(code)

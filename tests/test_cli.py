@@ -433,3 +433,45 @@ def test_a_wait_for_disk_space_is_told_even_when_quiet(
     assert f"in {disk} (" in waiting[0]
     assert "MiB free, 64 MiB kept free" in waiting[0]
     assert proc.returncode == 130
+
+
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [("get", signal.SIGTERM), ("mirror", signal.SIGHUP)],
+    ids=["get", "mirror"],
+)
+def test_sigterm_and_sighup_pause_like_ctrl_c(
+    body: bytes, tmp_path: Path, command: str, signum: signal.Signals
+) -> None:
+    """A service stopped (SIGTERM) or a terminal gone (SIGHUP) pauses the downloads as
+    Ctrl-C does: exit 128 + the signal, PAUSED_BY_APPLICATION in the state directory,
+    and the same command then finishes without starting over."""
+    server = FaultServer(body)
+    server.rate = 2 << 20
+    state = tmp_path / "s"
+    if command == "get":
+        args = ["get", server.url, "-o", "f.bin", "-c", "2", "-q"]
+    else:
+        (tmp_path / "list.txt").write_text(f"{server.url} f.bin\n")
+        args = ["mirror", "-i", "list.txt", "-d", ".", "-c", "2", "-q"]
+    try:
+        proc = subprocess.Popen(
+            argv(*args, "--state-dir", str(state)), cwd=tmp_path, stderr=subprocess.PIPE
+        )
+        wait_for(lambda: control_path(tmp_path / "f.bin").exists())
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        err = proc.communicate(timeout=30)[1].decode()
+        assert proc.returncode == 128 + signum, err
+        assert f"{signum.name}; run the same command again to resume" in err
+        listed = bgt("list", cwd=tmp_path, state=state)
+        assert "PAUSED_BY_APPLICATION" in listed.stdout
+        sent_before = server.bytes_sent
+        assert 0 < sent_before < len(body)
+        server.rate = 0
+        done = bgt(*args, cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "f.bin").read_bytes() == body
+        assert server.bytes_sent <= len(body) + 2 * (1 << 20)
+    finally:
+        server.close()
