@@ -117,6 +117,8 @@ def _current(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
 def get(args: argparse.Namespace) -> int:
     d = downloader(args)
     output = Path(os.path.abspath(args.output or name_from_url(args.url)))
+    if args.output and output.is_dir():  # as cp and aria2c's -d: the URL's name in it
+        output /= name_from_url(args.url)
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
     op = _current(d).get(os.fspath(output))

@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("get", help="download one file; running it again resumes")
     g.add_argument("url")
-    g.add_argument("-o", "--output", type=Path, help="result file (default: from the URL)")
+    g.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="result file, or a folder for the URL's name (default: that name here)",
+    )
     g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")

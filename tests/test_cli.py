@@ -54,6 +54,15 @@ def test_get_names_the_file_after_the_url(nginx: Nginx, tmp_path: Path) -> None:
     assert (tmp_path / "small.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
 
 
+def test_get_into_a_folder_names_the_file_after_the_url(nginx: Nginx, tmp_path: Path) -> None:
+    """-o naming a folder that exists puts the URL's name in it (as cp and aria2c's -d)."""
+    (tmp_path / "into").mkdir()
+    done = bgt("get", nginx.url("small.bin"), "-o", "into", cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "into" / "small.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
+    assert done.stdout.strip() == str(tmp_path / "into" / "small.bin")
+
+
 def test_get_resumes_after_sigkill(body: bytes, tmp_path: Path) -> None:
     """Killed mid-download, the same command again finishes it without starting over."""
     server = FaultServer(body)
