@@ -7,7 +7,9 @@ caller's thread does other work.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import os
 import threading
 import weakref
@@ -29,8 +31,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+_SETTLE_AT_EXIT = 5.0
+"""Seconds the interpreter's exit waits for the engine loop's cancelled work to end."""
+
+
 class EngineLoop:
-    """A daemon thread running an event loop forever."""
+    """A daemon thread running an event loop until the interpreter exits."""
 
     def __init__(self) -> None:
         self.loop = _new_loop()
@@ -39,10 +45,29 @@ class EngineLoop:
         self.ident = self._thread.ident
         global _current
         _current = (self.ident, self.loop)
+        atexit.register(self._stop_at_exit)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+
+    def _stop_at_exit(self) -> None:
+        """Let cancelled work end (a pause's or a cancel's clean-up: the stages written,
+        the partial data removed), then stop the loop and join its thread.
+
+        A daemon thread left polling outlives the interpreter: an event after it is
+        gone (a parked connection's server hanging up, say) made uvloop call
+        PyGILState_Ensure on a finalized runtime, and the process died of SIGSEGV
+        after it had printed its last line (one exit in seven, after a cancel from
+        another process).  Work that was not cancelled is left as a kill leaves it."""
+        if not self._thread.is_alive() or threading.current_thread() is self._thread:
+            return
+        # a clean-up stuck in a system call past the timeout: stop all the same
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.submit(_settle()).result(_SETTLE_AT_EXIT)
+        with contextlib.suppress(RuntimeError):  # the loop was closed
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(_SETTLE_AT_EXIT)
 
     @property
     def thread(self) -> threading.Thread:
@@ -51,6 +76,19 @@ class EngineLoop:
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the engine loop; the result is a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+def _being_cancelled(task: asyncio.Task[Any]) -> bool:
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+; 3.10 cannot tell
+    return bool(cancelling is not None and cancelling())
+
+
+async def _settle() -> None:
+    """Wait for the tasks being cancelled on this loop to end."""
+    me = asyncio.current_task()
+    ending = [t for t in asyncio.all_tasks() if t is not me and _being_cancelled(t)]
+    if ending:
+        await asyncio.wait(ending)
 
 
 _engine = PerProcess(EngineLoop)

@@ -220,6 +220,49 @@ def test_a_cancel_from_another_process_is_carried_out_by_the_driver(tmp_path: Pa
         server.close()
 
 
+_PAUSE_AND_EXIT = """
+import atexit, sys, threading, time
+from engine import BackgroundDownloader
+
+def engine_thread_at_exit():  # registered first, so it runs after the engine's own
+    alive = any(t.name == "bgtransfer-engine" and t.is_alive() for t in threading.enumerate())
+    print("engine thread alive at exit:", alive, flush=True)
+
+atexit.register(engine_thread_at_exit)
+op = BackgroundDownloader(state_dir=sys.argv[2]).create_download(sys.argv[1], sys.argv[3])
+op.start()
+while op.progress.bytes_received < 2 << 20:
+    time.sleep(0.01)
+op.pause()
+"""
+
+
+def test_the_engine_thread_ends_before_the_interpreter_does(tmp_path: Path) -> None:
+    """A program that pauses a download and exits at once: its exit lets the pause's
+    clean-up end, then stops the engine loop and joins its thread.  A daemon thread
+    left polling outlived the interpreter, and an event after that (a server hanging
+    up on a parked connection) crashed the process with SIGSEGV in uvloop (a get
+    cancelled from another process: one exit in seven to twenty)."""
+    body = random.Random(5).randbytes(24 << 20)
+    server = FaultServer(body)
+    server.rate = 2 << 20
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _PAUSE_AND_EXIT, server.url, "state", "f.bin"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,  # not the source tree: the installed package, with its compiled core
+        )
+    finally:
+        server.close()
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "engine thread alive at exit: False"
+    (op,) = BackgroundDownloader(state_dir=tmp_path / "state").get_current_downloads()
+    assert op.status is BackgroundTransferStatus.PAUSED_BY_APPLICATION
+    assert part_path(tmp_path / "f.bin").exists()
+
+
 _HOLDER = """
 import sys, time
 from pathlib import Path
