@@ -39,7 +39,7 @@ class Waits:
         self._told: set[tuple[BackgroundTransferStatus, str]] = set()
 
     def look(self, ops: Iterable[DownloadOperation]) -> None:
-        now = {(op.status, str(op.result_file.parent)) for op in ops if op.status in _WAITS}
+        now = {(st, str(op.result_file.parent)) for op in ops if (st := op.status) in _WAITS}
         for status, folder in sorted(now - self._told, key=lambda k: (k[0].value, k[1])):
             print(f"bgtransfer: {self._line(status, folder)}", file=sys.stderr)
         self._told = now

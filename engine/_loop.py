@@ -58,8 +58,8 @@ class EngineLoop:
         A daemon thread left polling outlives the interpreter: an event after it is
         gone (a parked connection's server hanging up, say) made uvloop call
         PyGILState_Ensure on a finalized runtime, and the process died of SIGSEGV
-        after it had printed its last line (one exit in seven, after a cancel from
-        another process).  Work that was not cancelled is left as a kill leaves it."""
+        after it had printed its last line (one exit in seven to twenty, after a
+        cancel from another process).  Work that was not cancelled is left as a kill leaves it."""
         if not self._thread.is_alive() or threading.current_thread() is self._thread:
             return
         # a clean-up stuck in a system call past the timeout: stop all the same
