@@ -141,7 +141,12 @@ def get(args: argparse.Namespace) -> int:
 
 # -- mirror ------------------------------------------------------------------------------
 def mirror(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # a list that cannot be read is bad usage
+        raise InvalidRequestError(
+            f"{args.input}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     try:
         entries = unique_names(parse_list(text))
     except ValueError as exc:
