@@ -3,13 +3,16 @@
 Exit status 0 only when every file is complete (and verified where asked); 1 when a
 download failed; 2 for bad usage; 130 after Ctrl-C (the downloads are paused: run
 the same command again to resume).  Errors are one line on stderr each (a traceback
-only with ``--debug``).
+only with ``--debug``).  A reader of the output that goes away early (``| head``)
+ends it quietly with 141, as SIGPIPE ends ``ls``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -93,7 +96,9 @@ def _stop(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader gone early is told below
+        return code
     except (Interrupted, KeyboardInterrupt) as exc:
         why = signal.Signals(_stopped_by).name if _stopped_by else "interrupted"
         again = "; run the same command again to resume" if isinstance(exc, Interrupted) else ""
@@ -104,11 +109,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bgtransfer: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _drop_output()
+        return 128 + signal.SIGPIPE
     except (TransferError, OSError) as exc:
         if args.debug:
             raise
         print(f"bgtransfer: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _drop_output() -> None:
+    """The reader of the output went away (``bgtransfer list | head -1``): end without
+    a word, with the status of a program that SIGPIPE ends, as ``ls`` does (Python
+    ignores SIGPIPE, so the write raised instead).  What is still buffered goes to
+    /dev/null: the interpreter flushes stdout at exit and would fail again (Python's
+    own recipe, in the signal module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # replaced, closed
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def run() -> None:

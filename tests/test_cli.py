@@ -18,6 +18,7 @@ from mounts import tmpfs
 from polling import wait_for
 from servers import FaultServer, Nginx, free_port, sha256
 
+from engine import BackgroundDownloader
 from engine._core import control_path
 
 
@@ -485,3 +486,29 @@ def test_sigterm_and_sighup_pause_like_ctrl_c(
         assert server.bytes_sent <= len(body) + 2 * (1 << 20)
     finally:
         server.close()
+
+
+def test_output_cut_short_ends_quietly(nginx: Nginx, tmp_path: Path) -> None:
+    """``bgtransfer list | head -1``: the reader goes away, the command ends as SIGPIPE
+    ends ``ls`` (status 141, not a word), not with "error: Broken pipe" and status 1;
+    and ``get URL | true`` still leaves the file complete."""
+    state = tmp_path / "s"
+    d = BackgroundDownloader(state_dir=state)
+    for i in range(400):  # more lines than a pipe holds: the write fails at once
+        d.create_download(nginx.url("small.bin"), tmp_path / f"waiting-{i:03d}.bin")
+    for args in (["list"], ["get", nginx.url("small.bin"), "-o", "got.bin"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written
+        try:
+            done = subprocess.run(
+                argv(*args, "--state-dir", str(state)),
+                cwd=tmp_path,
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, ""), args
+    assert (tmp_path / "got.bin").read_bytes() == (nginx.www / "small.bin").read_bytes()
