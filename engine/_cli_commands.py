@@ -141,6 +141,8 @@ def get(args: argparse.Namespace) -> int:
 
 # -- mirror ------------------------------------------------------------------------------
 def mirror(args: argparse.Namespace) -> int:
+    if args.parallel < 1:  # as -c is refused out of range: not made 1 without a word
+        raise InvalidRequestError(f"-j/--parallel must be at least 1, not {args.parallel}")
     try:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
     except (OSError, UnicodeDecodeError) as exc:  # a list that cannot be read is bad usage
@@ -170,7 +172,7 @@ def mirror(args: argparse.Namespace) -> int:
     started = time.monotonic()
     view = MirrorView(args.quiet, len(entries))
     try:
-        (count, size), failed = _run_mirror(d, todo, max(1, args.parallel), view)
+        (count, size), failed = _run_mirror(d, todo, args.parallel, view)
         view.finished(count + skipped, len(entries))
     finally:
         view.close()

@@ -159,6 +159,7 @@ def test_checksum_of_a_small_file_held_in_memory(nginx: Nginx, tmp_path: Path) -
         (["resume"], 2, "GUID"),
         (["cancel", "0000"], 2, "no operation"),
         (["mirror", "-i", "missing.txt", "-d", "out"], 2, "missing.txt: No such file"),
+        (["mirror", "-i", "missing.txt", "-d", "out", "-j", "0"], 2, "--parallel"),
     ],
 )
 def test_bad_usage_is_one_line_and_status_2(
