@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from polling import wait_for
 from servers import FtpServer, SshServer
+from sftp_server import PASSWORD, USER, PasswordSftpServer
 
 from engine import (
     BackgroundDownloader,
@@ -184,3 +185,32 @@ def test_http_error_type_is_not_used_for_ftp(
     with pytest.raises(TransferError) as info:
         op.start().wait(30)
     assert not isinstance(info.value, HttpError)
+
+
+def test_sftp_password_login(served: Path, make_downloader: Make, tmp_path: Path) -> None:
+    """SFTP with the credential's password (no key): ranged connections, each logged
+    in, byte-exact; a wrong password is a typed error after a refused login, with
+    nothing written."""
+    server = PasswordSftpServer(served, tmp_path / "sftp")
+    try:
+        config = TransferConfig(ssh_known_hosts=str(server.known_hosts), retries=0)
+        good = make_downloader(
+            server_credential=Credential(USER, PASSWORD),
+            config=config,
+            max_connections_per_file=4,
+            block_size=1 << 20,
+        )
+        for name in ("big.bin", "small.bin"):
+            good.create_download(server.url(served / name), tmp_path / name).start().wait(60)
+            assert (tmp_path / name).read_bytes() == (served / name).read_bytes()
+        assert server.refused == 0
+        assert server.logins >= 2  # the first request's connection and the others
+        bad = make_downloader(server_credential=Credential(USER, "wrong"), config=config)
+        op = bad.create_download(server.url(served / "small.bin"), tmp_path / "no")
+        with pytest.raises(TransferError):
+            op.start().wait(30)
+        assert op.status is S.ERROR
+        assert server.refused >= 1
+        assert not (tmp_path / "no").exists()
+    finally:
+        server.close()
