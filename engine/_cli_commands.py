@@ -51,6 +51,14 @@ def downloader(args: argparse.Namespace) -> BackgroundDownloader:
     return d
 
 
+def one_line(exc: BaseException) -> str:
+    """An OSError (a StorageError too) as the shell's tools word one, ``PATH: reason``,
+    not as Python does, ``[Errno 28] reason: 'PATH'``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 def go_on(op: DownloadOperation, progress: Any) -> None:
     """Let an operation found in the state directory continue, whatever it waits for."""
     if op.status is S.ERROR:
@@ -143,6 +151,9 @@ def get(args: argparse.Namespace) -> int:
 def mirror(args: argparse.Namespace) -> int:
     if args.parallel < 1:  # as -c is refused out of range: not made 1 without a word
         raise InvalidRequestError(f"-j/--parallel must be at least 1, not {args.parallel}")
+    target = os.path.abspath(args.dir)
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise InvalidRequestError(f"{target}: not a directory")
     try:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
     except (OSError, UnicodeDecodeError) as exc:  # a list that cannot be read is bad usage
@@ -156,7 +167,6 @@ def mirror(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry.checksum:
             parse(entry.checksum)
-    target = os.path.abspath(args.dir)
     os.makedirs(target, exist_ok=True)
     d = downloader(args)
     current = _current(d)
@@ -183,7 +193,8 @@ def mirror(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     for op, error in failed:
-        print(f"bgtransfer: {op.result_file.name}: {error}", file=sys.stderr)
+        about = "" if isinstance(error, OSError) and error.filename else f"{op.result_file.name}: "
+        print(f"bgtransfer: {about}{one_line(error)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -311,7 +322,7 @@ def resume(args: argparse.Namespace) -> int:
     ops = d.get_current_downloads() if args.all else [_find(d, args.guid)]
     errors = follow(d, ops, args.quiet)
     for exc in errors:
-        print(f"bgtransfer: error: {exc}", file=sys.stderr)
+        print(f"bgtransfer: error: {one_line(exc)}", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -21,6 +21,7 @@ import asyncio
 import atexit
 import contextlib
 import dataclasses
+import errno
 import json
 import operator
 import os
@@ -229,9 +230,13 @@ class Store:
                 os.umask(old)
             os.chmod(db, 0o600)
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(
-                getattr(exc, "errno", None) or 5, f"state database unusable: {exc}", str(state_dir)
-            ) from exc
+            code, why = getattr(exc, "errno", None) or errno.EIO, str(exc)
+            if isinstance(exc, FileExistsError) and not state_dir.is_dir():
+                code, why = errno.ENOTDIR, "not a directory"  # a file in the way
+            elif isinstance(exc, OSError) and exc.strerror:
+                named = exc.filename not in (None, str(state_dir))
+                why = f"{exc.filename}: {exc.strerror}" if named else exc.strerror
+            raise StorageError(code, f"state database unusable: {why}", str(state_dir)) from exc
         self._checkpoints = PerProcess(lambda: _Checkpointer(db))
         self._commits = 0
         self._lock = threading.Lock()

@@ -19,7 +19,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import InvalidRequestError, TransferError
-from engine._cli_commands import Interrupted, cancel, demo, get, list_, mirror, resume
+from engine._cli_commands import (
+    Interrupted,
+    cancel,
+    demo,
+    get,
+    list_,
+    mirror,
+    one_line,
+    resume,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TransferError, OSError) as exc:
         if args.debug:
             raise
-        print(f"bgtransfer: error: {exc}", file=sys.stderr)
+        print(f"bgtransfer: error: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -160,12 +160,14 @@ def test_checksum_of_a_small_file_held_in_memory(nginx: Nginx, tmp_path: Path) -
         (["cancel", "0000"], 2, "no operation"),
         (["mirror", "-i", "missing.txt", "-d", "out"], 2, "missing.txt: No such file"),
         (["mirror", "-i", "missing.txt", "-d", "out", "-j", "0"], 2, "--parallel"),
+        (["mirror", "-i", "missing.txt", "-d", "a-file"], 2, "a-file: not a directory"),
     ],
 )
 def test_bad_usage_is_one_line_and_status_2(
     tmp_path: Path, args: list[str], status: int, words: str
 ) -> None:
     """Bad arguments: exit 2 and one clear line, no traceback."""
+    (tmp_path / "a-file").touch()
     done = bgt(*args, cwd=tmp_path, state=tmp_path / "s")
     assert done.returncode == status, done.stderr
     assert words in done.stderr
@@ -187,6 +189,21 @@ def test_not_found_and_unreachable_are_status_1(nginx: Nginx, tmp_path: Path) ->
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr
     assert not (tmp_path / "n").exists()
+
+
+def test_storage_errors_read_as_the_shell_tools_word_them(nginx: Nginx, tmp_path: Path) -> None:
+    """A path that cannot be written, and a state directory that is a file: exit 1 and
+    one line ``PATH: reason``, not Python's ``[Errno N] reason: 'PATH'``."""
+    long_name = "n" * 300
+    done = bgt("get", nginx.url("small.bin"), "-o", long_name, cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == 1
+    assert done.stderr == f"bgtransfer: error: {tmp_path / long_name}: File name too long\n"
+    (tmp_path / "f").touch()
+    listed = bgt("list", cwd=tmp_path, state=tmp_path / "f")
+    assert listed.returncode == 1
+    assert listed.stderr == (
+        f"bgtransfer: error: {tmp_path / 'f'}: state database unusable: not a directory\n"
+    )
 
 
 def test_list_resume_cancel(body: bytes, tmp_path: Path) -> None:
