@@ -13,12 +13,23 @@ from engine.errors import InvalidRequestError
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
+_ENGINE_HEADERS = frozenset({"range", "if-range"})
+"""Headers the engine sets on each request itself: a caller's Range asked every
+connection for the same bytes, and every 206 was refused as not the range asked for."""
+
+
 def check_header(name: str, value: str) -> None:
-    """Refuse a header that could split the request: names are tokens, no CR/LF/NUL."""
+    """Refuse a header that could split the request (names are tokens, no CR/LF/NUL
+    in values), and the headers of the engine's own ranged requests."""
     if not _TOKEN.match(name):
         raise InvalidRequestError(f"invalid request header name {name!r}")
     if any(c in value for c in "\r\n\0"):
         raise InvalidRequestError(f"request header {name!r}: value contains CR, LF or NUL")
+    if name.lower() in _ENGINE_HEADERS:
+        raise InvalidRequestError(
+            f"request header {name!r} is bgtransfer's own: it asks each connection for "
+            "the range it needs (If-Range with the validator)"
+        )
 
 
 @functools.lru_cache(maxsize=256)

@@ -343,6 +343,13 @@ def test_request_headers_downloader_and_operation(
             d.set_request_header("X-Bad", bad)
     with pytest.raises(InvalidRequestError):
         d.set_request_header("Bad Name", "v")
+    # the engine's own: each connection asks for its range (a caller's Range made every
+    # 206 "not the range asked for", and the download failed after its retries)
+    for name in ("Range", "if-range"):
+        with pytest.raises(InvalidRequestError, match="bgtransfer's own"):
+            d.set_request_header(name, "bytes=0-9")
+        with pytest.raises(InvalidRequestError, match="bgtransfer's own"):
+            op.set_request_header(name, "bytes=0-9")
 
 
 def test_server_credential(
