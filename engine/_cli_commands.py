@@ -180,7 +180,7 @@ def mirror(args: argparse.Namespace) -> int:
         else:
             todo.append((entry, path, current.get(path)))
     started = time.monotonic()
-    view = MirrorView(args.quiet, len(entries))
+    view = MirrorView(args.quiet, len(entries), skipped)
     try:
         (count, size), failed = _run_mirror(d, todo, args.parallel, view)
         view.finished(count + skipped, len(entries))

@@ -127,15 +127,23 @@ class FileView:
 
 
 class MirrorView(FileView):
-    """A total bar over every file, and bars for the files in flight (removed when done)."""
+    """A total bar over every file, with the count of those done (as curl -Z counts
+    its transfers), and bars for the files in flight (removed when done)."""
 
-    def __init__(self, quiet: bool, files: int) -> None:
+    def __init__(self, quiet: bool, files: int, already: int = 0) -> None:
         super().__init__(quiet)
         self._done_bytes = 0
         self._live: dict[object, int] = {}
+        self._files = files
+        self._completed = already  # complete before the command: skipped
+        self._failed = 0
         self._total = None
         if self._progress is not None:
-            self._total = self._progress.add_task(f"{files} files", total=None, extra="")
+            self._total = self._progress.add_task(f"{files} files", total=None, extra=self._count())
+
+    def _count(self) -> str:
+        failed = f", {self._failed} failed" if self._failed else ""
+        return f"{self._completed}/{self._files} done{failed}"
 
     def update(self, op: DownloadOperation) -> None:
         if self._progress is None or self._total is None:
@@ -147,14 +155,22 @@ class MirrorView(FileView):
                 if task is not None:
                     self._progress.remove_task(task)
                     self._done_bytes += p.bytes_received
+                    if p.status is S.COMPLETED:
+                        self._completed += 1
+                    else:
+                        self._failed += 1
                 self._live.pop(op.guid, None)
             else:
                 self._live[op.guid] = p.bytes_received
             done = self._done_bytes + sum(self._live.values())
+            count = self._count()
         if p.status not in ENDED:
             super().update(op)
-        self._progress.update(self._total, completed=done)
+        self._progress.update(self._total, completed=done, extra=count)
 
     def finished(self, completed: int, files: int) -> None:
         if self._progress is not None and self._total is not None:
-            self._progress.update(self._total, extra=f"{completed}/{files} done")
+            with self._lock:
+                self._completed, self._files = completed, files
+                count = self._count()
+            self._progress.update(self._total, extra=count)

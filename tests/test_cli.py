@@ -387,6 +387,51 @@ def test_progress_bar_on_a_terminal_and_ctrl_c_pauses(body: bytes, tmp_path: Pat
         server.close()
 
 
+def test_mirror_on_a_terminal_counts_the_files_done(
+    nginx: Nginx, body: bytes, tmp_path: Path
+) -> None:
+    """On a pty the mirror's total bar counts the files done while others still run
+    (the one already complete counts from the start)."""
+    server = FaultServer(body)
+    server.rate = 256 << 10  # the third file takes its time
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "there.bin").write_bytes(b"complete before the command")
+    (tmp_path / "list.txt").write_text(
+        f"{nginx.url('small.bin')} a.bin\n{nginx.url('small.bin')} there.bin\n"
+        f"{nginx.url('empty.bin')} b.bin\n{server.url} slow.bin\n"
+    )
+    state = tmp_path / "s"
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: bgtransfer on the pty
+            os.chdir(tmp_path)
+            os.execv(
+                sys.executable,
+                argv("mirror", "-i", "list.txt", "-d", "out", "--state-dir", str(state)),
+            )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"3/4 done" not in seen:
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                seen += os.read(fd, 65536)
+        assert b"1/4 done" in seen  # before the others ended: the skipped one
+        assert not (tmp_path / "out" / "slow.bin").exists()  # counted while it ran
+        os.kill(pid, signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 130
+    finally:
+        server.close()
+
+
 def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path: Path) -> None:
     """SIGINT during a mirror: exit 130, every running download paused with its data;
     running the same command again completes them all, byte-exact."""
