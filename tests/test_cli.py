@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -346,39 +347,52 @@ def test_mirror_killed_mid_run_never_leaves_a_partial_file_under_its_name(
     assert sorted(p.name for p in out.iterdir()) == names  # no partial file left over
 
 
+class _Terminal:
+    """The command on a pty, as a user at a terminal runs it; ``seen`` is what it wrote."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.seen = b""
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: bgtransfer on the pty
+            os.chdir(cwd)
+            os.execv(sys.executable, argv(*args))
+
+    def until(self, shown: Callable[[bytes], bool], seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not shown(self.seen):
+            assert time.monotonic() < deadline, self.seen
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                self.seen += os.read(self.fd, 65536)
+
+    def interrupt(self) -> int:
+        """Ctrl-C; the exit status, once all it wrote is read."""
+        os.kill(self.pid, signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # the pty is gone with the process
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
 def test_progress_bar_on_a_terminal_and_ctrl_c_pauses(body: bytes, tmp_path: Path) -> None:
     """On a pty the bar shows; Ctrl-C exits 130 and the same command then resumes."""
     server = FaultServer(body)
     server.rate = 1 << 20
     state = tmp_path / "s"
     try:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: bgtransfer on the pty
-            os.chdir(tmp_path)
-            os.execv(
-                sys.executable,
-                argv("get", server.url, "-o", "t.bin", "-c", "2", "--state-dir", str(state)),
-            )
-        seen = b""
-        deadline = time.monotonic() + 30
-        while b"MB" not in seen and b"kB" not in seen:
-            assert time.monotonic() < deadline, seen
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                seen += os.read(fd, 65536)
-        assert b"t.bin" in seen
-        os.kill(pid, signal.SIGINT)
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 130
-        assert b"run the same command again" in seen
+        term = _Terminal(
+            tmp_path, "get", server.url, "-o", "t.bin", "-c", "2", "--state-dir", str(state)
+        )
+        term.until(lambda seen: b"MB" in seen or b"kB" in seen)
+        assert b"t.bin" in term.seen
+        assert term.interrupt() == 130
+        assert b"run the same command again" in term.seen
         server.rate = 0
         done = bgt("get", server.url, "-o", "t.bin", "-q", cwd=tmp_path, state=state)
         assert done.returncode == 0, done.stderr
@@ -402,32 +416,13 @@ def test_mirror_on_a_terminal_counts_the_files_done(
     )
     state = tmp_path / "s"
     try:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: bgtransfer on the pty
-            os.chdir(tmp_path)
-            os.execv(
-                sys.executable,
-                argv("mirror", "-i", "list.txt", "-d", "out", "--state-dir", str(state)),
-            )
-        seen = b""
-        deadline = time.monotonic() + 30
-        while b"3/4 done" not in seen:
-            assert time.monotonic() < deadline, seen
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                seen += os.read(fd, 65536)
-        assert b"1/4 done" in seen  # before the others ended: the skipped one
+        term = _Terminal(
+            tmp_path, "mirror", "-i", "list.txt", "-d", "out", "--state-dir", str(state)
+        )
+        term.until(lambda seen: b"3/4 done" in seen)
+        assert b"1/4 done" in term.seen  # before the others ended: the skipped one
         assert not (tmp_path / "out" / "slow.bin").exists()  # counted while it ran
-        os.kill(pid, signal.SIGINT)
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 130
+        assert term.interrupt() == 130
     finally:
         server.close()
 
