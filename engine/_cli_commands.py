@@ -121,6 +121,16 @@ def _current(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
     return {os.fspath(op.result_file): op for op in d.get_current_downloads()}
 
 
+def _other_source(op: DownloadOperation) -> InvalidRequestError:
+    """The refusal of a URL other than the one a file's unfinished operation has: its
+    partial data is of that one, and without validators to tell (no ETag, no
+    Last-Modified) a continuation from another URL could mix two contents."""
+    return InvalidRequestError(
+        f"{op.result_file} is being downloaded from {op.requested_uri} "
+        f"(bgtransfer cancel {op.guid} first)"
+    )
+
+
 # -- get ---------------------------------------------------------------------------------
 def get(args: argparse.Namespace) -> int:
     d = downloader(args)
@@ -131,10 +141,7 @@ def get(args: argparse.Namespace) -> int:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
     op = _current(d).get(os.fspath(output))
     if op is not None and op.requested_uri != args.url:
-        raise InvalidRequestError(
-            f"{output} is being downloaded from {op.requested_uri} "
-            f"(bgtransfer cancel {op.guid} first)"
-        )
+        raise _other_source(op)
     if op is None:
         op = d.create_download(args.url, output)
     if args.checksum:
@@ -172,17 +179,22 @@ def mirror(args: argparse.Namespace) -> int:
     current = _current(d)
     todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
     skipped = 0
+    elsewhere: list[tuple[DownloadOperation, TransferError]] = []
     present = set(os.listdir(target))  # one read of the folder, not a stat a name
     for entry in entries:
         path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
-        if path not in current and entry.name in present and _complete(path, entry.checksum):
+        op = current.get(path)
+        if op is None and entry.name in present and _complete(path, entry.checksum):
             skipped += 1
+        elif op is not None and op.requested_uri != entry.url:
+            elsewhere.append((op, _other_source(op)))  # as get refuses it
         else:
-            todo.append((entry, path, current.get(path)))
+            todo.append((entry, path, op))
     started = time.monotonic()
     view = MirrorView(args.quiet, len(entries), skipped)
     try:
         (count, size), failed = _run_mirror(d, todo, args.parallel, view)
+        failed = elsewhere + failed
         view.finished(count + skipped, len(entries))
     finally:
         view.close()
@@ -193,8 +205,9 @@ def mirror(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     for op, error in failed:
-        about = "" if isinstance(error, OSError) and error.filename else f"{op.result_file.name}: "
-        print(f"bgtransfer: {about}{one_line(error)}", file=sys.stderr)
+        detail = one_line(error)
+        about = "" if str(op.result_file) in detail else f"{op.result_file.name}: "
+        print(f"bgtransfer: {about}{detail}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -456,6 +456,38 @@ def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path
         server.close()
 
 
+def test_mirror_refuses_a_new_url_for_a_file_under_way(body: bytes, tmp_path: Path) -> None:
+    """A list whose URL for a file changed since its download began: that file fails
+    with the line get prints (cancel first: its partial data is of the old URL), the
+    others complete, status 1; the partial data is left as it was."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    (tmp_path / "list.txt").write_text(f"{server.url} a.bin\n")
+    command = ("mirror", "-q", "-i", "list.txt", "-d", "out", "-c", "1")
+    try:
+        proc = subprocess.Popen(argv(*command, "--state-dir", str(state)), cwd=tmp_path)
+        wait_for(control_path(tmp_path / "out" / "a.bin").exists)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        server.rate = 0
+        (tmp_path / "list.txt").write_text(f"{server.url}?v=2 a.bin\n{server.url} b.bin\n")
+        done = bgt(*command, cwd=tmp_path, state=state)
+        assert done.returncode == 1
+        (guid,) = [
+            line.split()[0] for line in bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
+        ]
+        assert (
+            f"out/a.bin is being downloaded from {server.url} (bgtransfer cancel {guid} first)"
+            in done.stderr
+        )
+        assert (tmp_path / "out" / "b.bin").read_bytes() == body
+        assert control_path(tmp_path / "out" / "a.bin").exists()
+        assert not (tmp_path / "out" / "a.bin").exists()
+    finally:
+        server.close()
+
+
 def _stderr_until(proc: subprocess.Popen[bytes], marker: bytes, seconds: float) -> bytes:
     """What ``proc`` wrote to stderr until ``marker`` appeared (or ``seconds`` passed)."""
     assert proc.stderr is not None
