@@ -43,8 +43,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"bgtransfer {version('bgtransfer')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "bgtransfer (not installed)"
+
+
+_EPILOG = """exit status: 0 when every file is complete (and verified where asked), 1 when a
+download failed, 2 for bad usage, 130 after Ctrl-C (143 SIGTERM, 129 SIGHUP): the
+downloads are paused, run the same command again to resume."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bgtransfer", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="bgtransfer",
+        description="Background downloads: many ranged connections a file, resumable after\n"
+        "any interruption, never a file that looks complete and is not.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("get", help="download one file; running it again resumes")
     g.add_argument("url")

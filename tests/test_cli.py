@@ -176,6 +176,18 @@ def test_bad_usage_is_one_line_and_status_2(
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_version_and_help(tmp_path: Path) -> None:
+    """--version names the installed distribution; --help tells the exit statuses."""
+    from importlib.metadata import version
+
+    shown = bgt("--version", cwd=tmp_path)
+    assert (shown.returncode, shown.stdout) == (0, f"bgtransfer {version('bgtransfer')}\n")
+    helped = bgt("--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    assert "exit status: 0 when every file is complete" in helped.stdout
+    assert "``" not in helped.stdout  # no reST from a docstring
+
+
 def test_not_found_and_unreachable_are_status_1(nginx: Nginx, tmp_path: Path) -> None:
     """A 404 and a refused connection: exit 1, one line each, --debug shows the traceback."""
     missing = bgt("get", nginx.url("nope"), "-o", "n", cwd=tmp_path, state=tmp_path / "s")
