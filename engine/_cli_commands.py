@@ -13,22 +13,25 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from engine import (
     BackgroundDownloader,
     BackgroundTransferStatus,
+    Credential,
     DownloadOperation,
     InvalidRequestError,
     TransferError,
     run,
 )
 from engine._checksum import file_digest, parse
-from engine._cli_names import name_from_url, parse_list, unique_names
+from engine._cli_names import name_from_url, parse_list, split_login, unique_names
 from engine._cli_views import LOOK_EVERY, FileView, MirrorView, Waits
 
 S = BackgroundTransferStatus
@@ -39,9 +42,16 @@ class Interrupted(Exception):
     """Ctrl-C: the running operations were paused, to be resumed by running it again."""
 
 
-def downloader(args: argparse.Namespace) -> BackgroundDownloader:
+def downloader(
+    args: argparse.Namespace, found: Iterable[tuple[str, str] | None] = ()
+) -> BackgroundDownloader:
+    """The downloader of this command: its state directory, connections, headers, and
+    the login of ``--user`` or of the URLs (``found``: what ``split_login`` took out of
+    each; one login a command)."""
     d = BackgroundDownloader(
-        state_dir=args.state_dir, max_connections_per_file=getattr(args, "connections", 8)
+        state_dir=args.state_dir,
+        max_connections_per_file=getattr(args, "connections", 8),
+        server_credential=_credential(getattr(args, "user", None), found),
     )
     for header in getattr(args, "header", []):
         name, sep, value = header.partition(":")
@@ -49,6 +59,26 @@ def downloader(args: argparse.Namespace) -> BackgroundDownloader:
             raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
         d.set_request_header(name.strip(), value.strip())
     return d
+
+
+def _credential(user: str | None, found: Iterable[tuple[str, str] | None]) -> Credential | None:
+    """``--user USER[:PASSWORD]`` (the password asked on the terminal when left out),
+    else the one ``user:password`` the URLs carried."""
+    if user is not None:
+        name, colon, password = user.partition(":")
+        if not colon:
+            if not sys.stdin.isatty():
+                raise InvalidRequestError(f"--user {name}: no PASSWORD, and no terminal to ask on")
+            import getpass
+
+            password = getpass.getpass(f"password for {name}: ")
+        return Credential(name, password)
+    logins = {login for login in found if login is not None}
+    if len(logins) > 1:
+        raise InvalidRequestError(
+            f"the URLs carry {len(logins)} different logins: one a command (split the list)"
+        )
+    return Credential(*logins.pop()) if logins else None
 
 
 def one_line(exc: BaseException) -> str:
@@ -133,17 +163,18 @@ def _other_source(op: DownloadOperation) -> InvalidRequestError:
 
 # -- get ---------------------------------------------------------------------------------
 def get(args: argparse.Namespace) -> int:
-    d = downloader(args)
-    output = Path(os.path.abspath(args.output or name_from_url(args.url)))
+    url, login = split_login(args.url)
+    d = downloader(args, [login])
+    output = Path(os.path.abspath(args.output or name_from_url(url)))
     if args.output and output.is_dir():  # as cp and aria2c's -d: the URL's name in it
-        output /= name_from_url(args.url)
+        output /= name_from_url(url)
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
     op = _current(d).get(os.fspath(output))
-    if op is not None and op.requested_uri != args.url:
+    if op is not None and op.requested_uri != url:
         raise _other_source(op)
     if op is None:
-        op = d.create_download(args.url, output)
+        op = d.create_download(url, output)
     if args.checksum:
         op.expected_checksum = args.checksum
     errors = follow(d, [op], args.quiet)
@@ -171,11 +202,17 @@ def mirror(args: argparse.Namespace) -> int:
         entries = unique_names(parse_list(text))
     except ValueError as exc:
         raise InvalidRequestError(f"{args.input}: {exc}") from None
+    logins: list[tuple[str, str] | None] = []
+    for i, entry in enumerate(entries):
+        url, login = split_login(entry.url)
+        if login is not None:
+            entries[i] = dataclasses.replace(entry, url=url)
+            logins.append(login)
     for entry in entries:
         if entry.checksum:
             parse(entry.checksum)
     os.makedirs(target, exist_ok=True)
-    d = downloader(args)
+    d = downloader(args, logins)
     current = _current(d)
     todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
     skipped = 0

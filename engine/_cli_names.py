@@ -46,6 +46,21 @@ def _last_segment(path: str) -> str:
     return unquote(leaf)
 
 
+def split_login(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without the ``user:password@`` it carries, and that pair (decoded, as
+    curl decodes it); ``url`` and None when it carries no password.  The engine stores
+    an operation's URL and refuses one with a password: the pair goes to the
+    downloader's credential, which stays in memory (as curl's ``-u`` would)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    return url.replace(parts.netloc, host, 1), (
+        unquote(parts.username or ""),
+        unquote(parts.password),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     url: str

@@ -57,6 +57,15 @@ download failed, 2 for bad usage, 130 after Ctrl-C (143 SIGTERM, 129 SIGHUP): th
 downloads are paused, run the same command again to resume."""
 
 
+def _login(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-u",
+        "--user",
+        help="USER[:PASSWORD] for the server, kept in memory only (asked when left out); "
+        "a user:password in a URL is taken the same way",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgtransfer",
@@ -78,16 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
+    _login(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
     m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
     m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
     m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    _login(m)
     sub.add_parser("list", help="operations in the state directory")
     r = sub.add_parser("resume", help="resume one operation, or --all")
     r.add_argument("guid", nargs="?")
     r.add_argument("--all", action="store_true")
+    _login(r)
     c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
     c.add_argument("guid")
     d = sub.add_parser("demo", help="serve a generated file on loopback and download it")

@@ -352,6 +352,32 @@ def test_request_headers_downloader_and_operation(
             op.set_request_header(name, "bytes=0-9")
 
 
+def test_a_password_in_the_url_is_refused(
+    fault_server: FaultServer, make_downloader: Make, tmp_path: Path
+) -> None:
+    """A URL with user:password would put the password in the state database: refused,
+    and the error does not repeat it; a user name alone is fine (SFTP logs in with it)."""
+    d = make_downloader()
+    for url in ("http://alice:s3cret@127.0.0.1:1/f", "ftp://alice:s3cret@127.0.0.1:1/f"):
+        with pytest.raises(InvalidRequestError, match="server_credential") as refused:
+            d.create_download(url, tmp_path / "f")
+        assert "s3cret" not in str(refused.value)
+        assert "alice:***@127.0.0.1:1/f" in str(refused.value)
+    named = d.create_download("sftp://alice@127.0.0.1:1/f", tmp_path / "named")
+    assert named.requested_uri == "sftp://alice@127.0.0.1:1/f"
+    fault_server.rate = 1 << 20
+    op = d.create_download(fault_server.url, tmp_path / "paused")
+    op.start()
+    wait_for(lambda: op.progress.bytes_received > 0)
+    op.pause()
+    with pytest.raises(InvalidRequestError, match="server_credential"):
+        op.requested_uri = fault_server.url.replace("//", "//alice:s3cret@")
+    assert op.requested_uri == fault_server.url
+    op.cancel()
+    for stored in (tmp_path / "state").glob("operations.sqlite3*"):  # the log too
+        assert b"s3cret" not in stored.read_bytes()
+
+
 def test_server_credential(
     fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
 ) -> None:

@@ -219,6 +219,47 @@ def test_storage_errors_read_as_the_shell_tools_word_them(nginx: Nginx, tmp_path
     )
 
 
+def test_login_from_the_url_or_user_stays_in_memory(body: bytes, tmp_path: Path) -> None:
+    """get http://user:password@host/... logs in as curl would, -u USER:PASSWORD too;
+    the password is never in the state database, and no line repeats it.  A mirror
+    list whose URLs carry two different logins is bad usage."""
+    server = FaultServer(body)
+    server.auth = "user:s3cret pw"
+    state = tmp_path / "s"
+    with_login = server.url.replace("//", "//user:s3cret%20pw@")
+    try:
+        done = bgt("get", with_login, "-o", "a.bin", cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "a.bin").read_bytes() == body
+        done = bgt(
+            "get", server.url, "-u", "user:s3cret pw", "-o", "b.bin", cwd=tmp_path, state=state
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "b.bin").read_bytes() == body
+        refused = bgt("get", server.url, "-o", "c.bin", cwd=tmp_path, state=state)
+        assert refused.returncode == 1
+        assert "401" in refused.stderr
+        gone = f"http://user:s3cret@127.0.0.1:{free_port()}/f"  # refused: its line names it
+        missing = bgt("get", gone, "-o", "d", cwd=tmp_path, state=state)
+        assert missing.returncode == 1
+        assert "127.0.0.1" in missing.stderr
+        assert "s3cret" not in missing.stderr
+        (tmp_path / "list.txt").write_text(
+            f"{with_login} m1.bin\n{server.url.replace('//', '//other:pw@')} m2.bin\n"
+        )
+        two = bgt("mirror", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=state)
+        assert two.returncode == 2
+        assert "2 different logins" in two.stderr
+        (tmp_path / "list.txt").write_text(f"{with_login} m1.bin\n{with_login} m2.bin\n")
+        one = bgt("mirror", "-q", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=state)
+        assert one.returncode == 0, one.stderr
+        assert all((tmp_path / "out" / n).read_bytes() == body for n in ("m1.bin", "m2.bin"))
+        for stored in state.glob("operations.sqlite3*"):
+            assert b"s3cret" not in stored.read_bytes()
+    finally:
+        server.close()
+
+
 def test_list_resume_cancel(body: bytes, tmp_path: Path) -> None:
     """list shows an interrupted operation; cancel removes it; resume --all finishes another."""
     server = FaultServer(body)
