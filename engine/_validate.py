@@ -68,7 +68,7 @@ def check_uri(uri: str) -> None:
         raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r}")
     if any(c in uri for c in "\r\n\0 "):
         raise InvalidRequestError(f"URL contains whitespace or control characters: {uri!r}")
-    if parts.password is not None:
+    if "@" in parts.netloc and parts.password is not None:  # (no parse a plain URL)
         raise InvalidRequestError(
             f"{without_password(uri)}: a password in the URL would be stored with the "
             "operation; pass it as server_credential, which stays in memory"
