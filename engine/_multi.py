@@ -39,6 +39,14 @@ PARK_FOR = 2.0
 connection within milliseconds; one reused later is registered anew)."""
 
 
+def _readable_now(fd: int) -> bool:
+    """Whether ``fd`` has something to read (poll: select refuses descriptors past
+    1023, and a process with many files open gives sockets such numbers)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _Watch:
     """What the loop watches for one socket of libcurl's: a duplicate of it."""
 
@@ -167,7 +175,7 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
 
     def _readable(self, fd: int, w: _Watch) -> None:
         if w.parked_at:  # libcurl expects nothing of an idle socket: let it go
-            if not select.select([w.dup], [], [], 0)[0]:
+            if not _readable_now(w.dup):
                 return  # an event from before it was parked, whose data libcurl read
             if self._parked.get(fd) is w:
                 del self._parked[fd]
@@ -179,6 +187,17 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
     def _writable(self, fd: int, w: _Watch) -> None:
         if w.write and not w.parked_at:
             self._drive(fd, pycurl.CSELECT_OUT)
+
+    def close_after_loop(self) -> None:
+        """``aclose`` for a multi whose loop is closed: libcurl's connections and their
+        duplicates are let go now, not with the process.  (``aclose`` awaits nothing;
+        removing a reader from a closed asyncio or uvloop loop is a no-op.)"""
+        closing = self.aclose()
+        try:
+            closing.send(None)
+        except StopIteration:
+            return
+        closing.close()  # it waited for something: a pycurl this was not written for
 
     async def aclose(self) -> None:
         """Close the multi handle and every duplicate (its transfers are cancelled)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -81,9 +82,24 @@ def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
     """The running loop's multi handle, its pool of easy handles, and the slots its
     requests take (one engine loop per process: one of each)."""
     loop = running_loop()
-    if loop not in _shared:
-        _shared[loop] = (new_multi(), HandlePool(), Slots())
-    return _shared[loop]
+    shared = _shared.get(loop)
+    if shared is None:
+        _forget_closed_loops()
+        shared = _shared[loop] = (new_multi(), HandlePool(), Slots())
+    return shared
+
+
+def _forget_closed_loops() -> None:
+    """Let go of what loops closed since had: the multi's connections and their
+    duplicates, the pool's handles.  Only the engine loop runs operations, but a
+    program (the tests are one) may run downloads on loops of its own, one after
+    another: each kept six descriptors open for the life of the process, and a
+    thousand tests reached the 1024 that ``select`` takes."""
+    for loop in [loop for loop in _shared if loop.is_closed()]:
+        multi, pool, _ = _shared.pop(loop)
+        with contextlib.suppress(RuntimeError, OSError, pycurl.error):  # not this loop's
+            multi.close_after_loop()
+            pool.close()
 
 
 _DEFAULT_RANK = BackgroundTransferPriority.DEFAULT.rank

@@ -429,6 +429,11 @@ class HandlePool:
         else:
             curl.close()
 
+    def close(self) -> None:
+        for curl in self._free:
+            curl.close()
+        self._free.clear()
+
 
 def new_multi(max_total: int = 256, max_host: int = 64) -> Any:
     """A multi handle driven on the running loop through the multi-socket API."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from servers import Nginx
 
 from engine import _multi
 from engine._multi import Multi
+from engine._segmented import SegmentedDownload
 
 
 class KeptAliveServer:
@@ -181,6 +183,70 @@ def test_a_connection_the_server_closes_while_idle(closing: KeptAliveServer) -> 
 
     _run(main())
     assert closing.connections == 10
+
+
+def test_a_closed_loops_connections_are_let_go(kept: KeptAliveServer, tmp_path: Path) -> None:
+    """Downloads run on a loop of the caller's (not the engine's): once that loop is
+    closed, the next loop's first download closes the old loop's kept-alive
+    connection and its duplicate (each loop kept six descriptors for the life of the
+    process: the test suite neared the 1024 that select takes)."""
+    port = int(kept.url.split(":")[2].split("/")[0])
+
+    async def fetch(name: str) -> None:
+        await SegmentedDownload(kept.url, tmp_path / name).run()
+        assert (tmp_path / name).read_bytes() == kept.body
+
+    before = _client_sockets(port)
+    asyncio.run(fetch("first"))
+    first = _client_sockets(port) - before
+    assert len(first) == 1  # kept alive in the closed loop's multi
+    uvloop.run(fetch("second"))
+    now = _client_sockets(port) - before
+    assert len(now) == 1
+    assert not now & first  # the first loop's connection is gone
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Every descriptor below 1100 taken: new sockets get numbers that ``select``
+    refuses (FD_SETSIZE is 1024), as in a process with many files open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("high_descriptors")
+def test_parked_connections_past_descriptor_1023(
+    kept: KeptAliveServer, closing: KeptAliveServer
+) -> None:
+    """A parked connection whose duplicate is numbered past 1023: a stale event still
+    leaves it parked, and a server's close still lets it go (select raised
+    ValueError there, in the loop's callback, and the closed connection stayed)."""
+
+    async def main() -> None:
+        multi, curl = Multi(), pycurl.Curl()
+        assert await _get(multi, curl, kept.url) == kept.body
+        (fd,) = _parked_sockets(multi)
+        watch = multi._parked[fd]
+        assert watch.dup > 1023
+        multi._readable(fd, watch)  # a stale event: nothing to read
+        assert multi._parked.get(fd) is watch
+        assert await _get(multi, curl, closing.url) == closing.body
+        await asyncio.sleep(0.2)  # the server has closed that connection by now
+        assert _parked_sockets(multi) == [fd]  # the kept one only
+        await multi.aclose()
+        curl.close()
+
+    _run(main())
 
 
 def test_connections_libcurl_closes_itself(
