@@ -202,7 +202,7 @@ def mirror(args: argparse.Namespace) -> int:
         entries = unique_names(parse_list(text))
     except ValueError as exc:
         raise InvalidRequestError(f"{args.input}: {exc}") from None
-    logins: list[tuple[str, str] | None] = []
+    logins: list[tuple[str, str]] = []  # those the URLs carried
     for i, entry in enumerate(entries):
         url, login = split_login(entry.url)
         if login is not None:

@@ -97,9 +97,9 @@ def _forget_closed_loops() -> None:
     thousand tests reached the 1024 that ``select`` takes."""
     for loop in [loop for loop in _shared if loop.is_closed()]:
         multi, pool, _ = _shared.pop(loop)
+        pool.close()
         with contextlib.suppress(RuntimeError, OSError, pycurl.error):  # not this loop's
             multi.close_after_loop()
-            pool.close()
 
 
 _DEFAULT_RANK = BackgroundTransferPriority.DEFAULT.rank

@@ -69,29 +69,12 @@ def check_uri(uri: str) -> None:
     if any(c in uri for c in "\r\n\0 "):
         raise InvalidRequestError(f"URL contains whitespace or control characters: {uri!r}")
     if "@" in parts.netloc and parts.password is not None:  # (no parse a plain URL)
+        host = parts.netloc.rpartition("@")[2]
+        shown = uri.replace(parts.netloc, f"{parts.username}:***@{host}", 1)
         raise InvalidRequestError(
-            f"{without_password(uri)}: a password in the URL would be stored with the "
-            "operation; pass it as server_credential, which stays in memory"
+            f"{shown}: a password in the URL would be stored with the operation; pass it "
+            "as server_credential, which stays in memory"
         )
-
-
-def _authority(uri: str) -> tuple[int, int]:
-    """Where the authority (``user:password@host:port``) of ``uri`` starts and ends."""
-    start = uri.find("://") + 3
-    if start < 3:
-        return 0, 0
-    end = uri.find("/", start)
-    return start, end if end >= 0 else len(uri)
-
-
-def without_password(uri: str) -> str:
-    """``uri`` with the password of its user info, if any, shown as ``***``."""
-    start, end = _authority(uri)
-    info, at, host = uri[start:end].rpartition("@")
-    user, colon, _ = info.partition(":")
-    if not at or not colon:
-        return uri
-    return f"{uri[:start]}{user}:***@{host}{uri[end:]}"
 
 
 def new_guid() -> str:
