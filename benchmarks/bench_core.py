@@ -16,7 +16,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 from sidebyside import record
 
-from engine._core import RangeFile, remove_partial
+from engine._disk.core import RangeFile, remove_partial
 
 SIZE = 1 << 30
 BLOCK = 1 << 20

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from engine import cli
-from engine._loop import engine_loop
+from engine._runtime.loop import engine_loop
 
 _counts: collections.Counter[str] = collections.Counter()
 

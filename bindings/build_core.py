@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -17,8 +18,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSRC = ROOT / "csrc"
 
+sys.path.insert(0, str(HERE))
+from source_digest import source_digest  # noqa: E402  (beside this file, not a package)
+
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "rangefile.cdef").read_text())
+# What the core was built from: the tests refuse to run against a core built from other sources.
+ffibuilder.cdef("const char *bgt_source_digest(void);")
 
 _flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 if os.environ.get("BGTRANSFER_WERROR") == "1":
@@ -30,7 +36,8 @@ if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
 
 ffibuilder.set_source(
     "engine._native",
-    '#include "rangefile.h"\n#include "filer.h"',
+    '#include "rangefile.h"\n#include "filer.h"\n'
+    f'static const char *bgt_source_digest(void) {{ return "{source_digest(ROOT)}"; }}',
     sources=[os.path.relpath(src, Path.cwd()) for src in _sources],
     include_dirs=[os.path.relpath(CSRC, Path.cwd())],
     extra_compile_args=_flags,

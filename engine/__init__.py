@@ -5,22 +5,9 @@ operations from a coroutine on the engine's own loop); the submodules with a lea
 underscore are private.
 """
 
-from engine._conditions import LinuxNetworkMonitor, NetworkMonitor
-from engine._config import TransferConfig
-from engine._loop import run
-from engine._values import (
-    BackgroundDownloadProgress,
-    BackgroundDownloadRangesDownloadedEventArgs,
-    BackgroundTransferBehavior,
-    BackgroundTransferCostPolicy,
-    BackgroundTransferFileRange,
-    BackgroundTransferPriority,
-    BackgroundTransferStatus,
-    Credential,
-    Deferral,
-    ResponseInformation,
-)
-from engine._web_error import WebErrorStatus
+from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor
+from engine._runtime.loop import run
+from engine.config import TransferConfig
 from engine.downloader import (
     BackgroundDownloader,
     BackgroundTransferCompletionGroup,
@@ -40,6 +27,19 @@ from engine.errors import (
     TransportError,
 )
 from engine.operation import DownloadOperation
+from engine.values import (
+    BackgroundDownloadProgress,
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferBehavior,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferFileRange,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+    Deferral,
+    ResponseInformation,
+)
+from engine.web_error import WebErrorStatus
 
 __all__ = [
     "BackgroundDownloadProgress",

@@ -14,19 +14,19 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import IO
 
-from engine._conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
-from engine._config import TransferConfig
-from engine._store import OpRecord, Store
-from engine._validate import absolute, check_header, check_uri, new_guid
-from engine._values import (
+from engine._ops.validate import absolute, check_header, check_uri, new_guid
+from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
+from engine._state.store import OpRecord, Store
+from engine.config import TransferConfig
+from engine.errors import InvalidRequestError, InvalidStateError
+from engine.operation import DownloadOperation
+from engine.values import (
     BackgroundTransferBehavior,
     BackgroundTransferCostPolicy,
     BackgroundTransferPriority,
     BackgroundTransferStatus,
     Credential,
 )
-from engine.errors import InvalidRequestError, InvalidStateError
-from engine.operation import DownloadOperation
 
 RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine._web_error import WebErrorStatus
+from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
     import uuid

@@ -28,34 +28,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._checksum import parse
-from engine._core import RangeFile, control_path, peek, remove_partial
-from engine._loop import engine_here, engine_loop, running_loop
-from engine._oplock import OpLock
-from engine._outcome import Outcome
-from engine._reading import Readers
-from engine._reporting import ProgressCallback, Reporter
-from engine._requests import ask_to_cancel
-from engine._runner import Runner
-from engine._scheduler import scheduler
-from engine._segmented import SegmentedDownload, Snapshot
-from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
-from engine._store import OpRecord, Store
-from engine._streams import ResultStream
-from engine._transport import ResponseHead
-from engine._validate import check_header, check_uri
-from engine._values import (
-    BackgroundDownloadProgress,
-    BackgroundDownloadRangesDownloadedEventArgs,
-    BackgroundTransferBehavior,
-    BackgroundTransferCostPolicy,
-    BackgroundTransferFileRange,
-    BackgroundTransferPriority,
-    BackgroundTransferStatus,
-    ResponseInformation,
-)
-from engine._values import Event as ApiEvent
-from engine._web_error import WebErrorStatus
+from engine._disk.checksum import parse
+from engine._disk.core import RangeFile, control_path, peek, remove_partial
+from engine._download.segmented import SegmentedDownload, Snapshot
+from engine._net.transport import ResponseHead
+from engine._ops.cross_process import ask_to_cancel
+from engine._ops.outcome import Outcome
+from engine._ops.reading import Readers
+from engine._ops.reporting import ProgressCallback, Reporter
+from engine._ops.runner import Runner
+from engine._ops.scheduler import scheduler
+from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
+from engine._ops.streams import ResultStream
+from engine._ops.validate import check_header, check_uri
+from engine._runtime.loop import engine_here, engine_loop, running_loop
+from engine._state.oplock import OpLock
+from engine._state.store import OpRecord, Store
 from engine.errors import (
     ControlFileError,
     HttpError,
@@ -66,6 +54,18 @@ from engine.errors import (
     TransferError,
     TransportError,
 )
+from engine.values import (
+    BackgroundDownloadProgress,
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferBehavior,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferFileRange,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    ResponseInformation,
+)
+from engine.values import Event as ApiEvent
+from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
     import uuid
@@ -398,7 +398,7 @@ class DownloadOperation:
         """CANCELED: stop, remove the partial data; the awaiting call raises TransferCanceled.
 
         An operation another live process drives is canceled by that process, asked
-        through the state database (``engine._requests``); this returns once it has."""
+        through the state database (``engine._ops.cross_process``); this returns once it has."""
         if self._oplock.held_elsewhere():
             if ask_to_cancel(self):
                 with self._lock:

@@ -8,24 +8,13 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import installed  # noqa: F401  (first: refuses a stale install)
 import pytest
 import uvloop
 from network import SwitchableNetwork
 from servers import FaultServer, Nginx
 
-import engine
 from engine import BackgroundDownloader, TransferConfig
-
-# engine/ sits at the top of the repository; importing it from there would lack the
-# compiled core and hide a broken build.  pytest's rootdir is not on sys.path (tests/
-# has no __init__.py), so this holds unless someone runs ``python -m pytest``.
-try:
-    import engine._native
-except ImportError as exc:  # pragma: no cover - a message for a broken set-up
-    raise SystemExit(
-        f"engine imported from {engine.__file__} has no compiled core: "
-        "run `pip install '.[test]'` and then `pytest` (not `python -m pytest`)"
-    ) from exc
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import random
 import sys
 import time
 
-from engine._core import RangeFile
+from engine._disk.core import RangeFile
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from engine._loopback import LoopbackServer, RangeHandler
+from engine._net.loopback import LoopbackServer, RangeHandler
 
 NGINX_CONF = """
 {user}

@@ -18,7 +18,7 @@ from engine import (
     Deferral,
     DownloadOperation,
 )
-from engine._values import merge_ranges
+from engine.values import merge_ranges
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

@@ -22,10 +22,10 @@ from engine import (
     DownloadOperation,
     InvalidStateError,
 )
-from engine._connections import Slots
-from engine._loop import engine_loop
-from engine._scheduler import Scheduler
-from engine._segmented import _multi_for_loop
+from engine._download.segmented import _multi_for_loop
+from engine._net.connections import Slots
+from engine._ops.scheduler import Scheduler
+from engine._runtime.loop import engine_loop
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

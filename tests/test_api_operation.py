@@ -37,7 +37,7 @@ from engine import (
     TransportError,
     WebErrorStatus,
 )
-from engine._core import control_path, part_path
+from engine._disk.core import control_path, part_path
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]
@@ -569,7 +569,7 @@ def test_settable_members_persist(nginx: Nginx, make_downloader: Make, tmp_path:
     assert op.method == "GET"
     assert op.result_file == tmp_path / "p"
     assert op.transfer_group is None
-    from engine._store import Store
+    from engine._state.store import Store
 
     rec = Store.at(tmp_path / "state").get(str(op.guid))
     assert rec is not None

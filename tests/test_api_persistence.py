@@ -17,16 +17,16 @@ import pytest
 from polling import wait_for
 from servers import FaultServer, Nginx
 
-import engine
+import engine._ops.cross_process
 from engine import (
     BackgroundDownloader,
     BackgroundTransferStatus,
     DownloadOperation,
     ResultFileInUseError,
-    _store,
 )
-from engine._core import control_path, part_path
-from engine._store import Store
+from engine._disk.core import control_path, part_path
+from engine._state import store as _store
+from engine._state.store import Store
 
 S = BackgroundTransferStatus
 CHILD = str(Path(__file__).with_name("attach_child.py"))
@@ -266,7 +266,7 @@ def test_the_engine_thread_ends_before_the_interpreter_does(tmp_path: Path) -> N
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from engine._oplock import OpLock
+from engine._state.oplock import OpLock
 OpLock(Path(sys.argv[1]), sys.argv[2]).acquire()
 print("held", flush=True)
 time.sleep(60)
@@ -279,7 +279,7 @@ def test_a_cancel_nobody_takes_is_withdrawn(
     """A process that holds an operation but never looks at the asks (here: one that
     only took its lock): the cancel is withdrawn after ANSWER_WITHIN and refused with
     ResultFileInUseError, the operation left as it was."""
-    monkeypatch.setattr(engine._requests, "ANSWER_WITHIN", 0.3)
+    monkeypatch.setattr(engine._ops.cross_process, "ANSWER_WITHIN", 0.3)
     state = tmp_path / "state"
     d = BackgroundDownloader(state_dir=state)
     op = d.create_download("http://127.0.0.1:9/never", tmp_path / "x.bin")

@@ -22,9 +22,9 @@ from engine import (
     TransportError,
     WebErrorStatus,
 )
-from engine._core import control_path
-from engine._states import TERMINAL, TRANSITIONS, Event, next_status
-from engine._store import Store
+from engine._disk.core import control_path
+from engine._ops.states import TERMINAL, TRANSITIONS, Event, next_status
+from engine._state.store import Store
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

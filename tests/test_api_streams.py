@@ -24,7 +24,7 @@ from engine import (
     TransferCanceled,
     TransferTimeoutError,
 )
-from engine._core import control_path
+from engine._disk.core import control_path
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

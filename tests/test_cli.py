@@ -20,7 +20,7 @@ from polling import wait_for
 from servers import FaultServer, Nginx, free_port, sha256
 
 from engine import BackgroundDownloader
-from engine._core import control_path
+from engine._disk.core import control_path
 
 
 def argv(*args: str) -> list[str]:

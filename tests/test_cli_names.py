@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._cli_names import name_from_url, parse_list, safe_name, unique_names
+from engine.cli.names import name_from_url, parse_list, safe_name, unique_names
 
 
 @pytest.mark.parametrize(

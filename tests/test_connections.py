@@ -1,4 +1,4 @@
-"""Connection slots (engine/_connections.py): caps, priority order, turns, cancels.
+"""Connection slots (engine/_net/connections.py): caps, priority order, turns, cancels.
 
 On a real event loop with real tasks; the requests are tasks that hold a slot
 until the test lets them go.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine._connections import Slots
+from engine._net.connections import Slots
 
 
 class _Requests:

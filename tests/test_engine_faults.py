@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from servers import FaultServer, sha256
 
-from engine._config import TransferConfig
-from engine._core import part_path
-from engine._segmented import SegmentedDownload
-from engine._web_error import WebErrorStatus
+from engine._disk.core import part_path
+from engine._download.segmented import SegmentedDownload
+from engine.config import TransferConfig
 from engine.errors import TransportError
+from engine.web_error import WebErrorStatus
 
 Run = Callable[[Any], Any]
 SIZE = 12 * 1024 * 1024 + 777

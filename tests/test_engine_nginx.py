@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from servers import Nginx, sha256
 
-from engine._config import TransferConfig
-from engine._core import control_path, part_path
-from engine._segmented import SegmentedDownload
-from engine._web_error import WebErrorStatus
+from engine._disk.core import control_path, part_path
+from engine._download.segmented import SegmentedDownload
+from engine.config import TransferConfig
 from engine.errors import HttpError, TransportError
+from engine.web_error import WebErrorStatus
 
 Run = Callable[[Any], Any]
 

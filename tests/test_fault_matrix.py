@@ -17,7 +17,7 @@ from engine import (
     TransferError,
     WebErrorStatus,
 )
-from engine._core import control_path, part_path
+from engine._disk.core import control_path, part_path
 
 S = BackgroundTransferStatus
 W = WebErrorStatus

@@ -1,4 +1,4 @@
-"""The C filer (csrc/filer.c through engine._files): finishing a small result file,
+"""The C filer (csrc/filer.c through engine._disk.files): finishing a small result file,
 with or without a partial file made beforehand, and what a failed or orphaned job
 leaves behind.  Real files in a temp dir, real threads."""
 
@@ -12,8 +12,8 @@ import pytest
 from engine._native import ffi, lib
 from polling import wait_for
 
-from engine._core import part_path
-from engine._files import filer
+from engine._disk.core import part_path
+from engine._disk.files import filer
 from engine.errors import StorageError
 
 

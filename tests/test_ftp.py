@@ -21,10 +21,10 @@ from engine import (
     TransferError,
     WebErrorStatus,
 )
-from engine._connections import Slots
-from engine._core import control_path
-from engine._loop import engine_loop
-from engine._segmented import _multi_for_loop
+from engine._disk.core import control_path
+from engine._download.segmented import _multi_for_loop
+from engine._net.connections import Slots
+from engine._runtime.loop import engine_loop
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

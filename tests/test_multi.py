@@ -18,9 +18,9 @@ import pytest
 import uvloop
 from servers import Nginx
 
-from engine import _multi
-from engine._multi import Multi
-from engine._segmented import SegmentedDownload
+from engine._download.segmented import SegmentedDownload
+from engine._net import multi as _multi
+from engine._net.multi import Multi
 
 
 class KeptAliveServer:

@@ -1,4 +1,4 @@
-"""An operation's outcome (engine/_outcome.py) with real threads."""
+"""An operation's outcome (engine/_ops/outcome.py) with real threads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine._outcome import Outcome
+from engine._ops.outcome import Outcome
 
 
 def test_a_result_set_on_one_thread_wakes_a_wait_on_another() -> None:
@@ -58,7 +58,7 @@ def test_callbacks_run_once_in_order_and_one_that_raises_stops_none(
     outcome.add_done_callback(lambda o: calls.append(f"first {o.result()}"))
     outcome.add_done_callback(broken)
     outcome.add_done_callback(lambda o: calls.append("third"))
-    with caplog.at_level(logging.ERROR, logger="engine._outcome"):
+    with caplog.at_level(logging.ERROR, logger="engine._ops.outcome"):
         outcome.set_result(7)
     assert calls == ["first 7", "broken", "third"]
     assert "callback bug" in caplog.text

@@ -14,7 +14,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine._core import RangeFile, control_path, part_path, peek
+from engine._disk.core import RangeFile, control_path, part_path, peek
 from engine.errors import InvalidRequestError, InvalidStateError, StorageError
 
 BLOCK = 4096

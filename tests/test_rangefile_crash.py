@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine._core import RangeFile, remove_partial
+from engine._disk.core import RangeFile, remove_partial
 
 CHILD = Path(__file__).with_name("killed_writer.py")
 SIZE = 24 * 1024 * 1024 + 1234

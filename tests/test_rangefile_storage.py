@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mounts import tmpfs
 
-from engine._core import RangeFile, control_path, part_path
+from engine._disk.core import RangeFile, control_path, part_path
 from engine.errors import ControlFileError, StorageError
 
 BLOCK = 4096

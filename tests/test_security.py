@@ -18,7 +18,7 @@ from engine import (
     TransferError,
     WebErrorStatus,
 )
-from engine._core import part_path
+from engine._disk.core import part_path
 
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]

@@ -1,4 +1,4 @@
-"""The shared ticker (engine/_ticker.py) on a real event loop."""
+"""The shared ticker (engine/_runtime/ticker.py) on a real event loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import weakref
 from collections.abc import Callable
 
-from engine._ticker import Ticker, ticker
+from engine._runtime.ticker import Ticker, ticker
 
 
 async def _until(done: Callable[[], bool]) -> None:

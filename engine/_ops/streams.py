@@ -22,8 +22,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from engine._core import part_path
-from engine._loop import engine_loop
+from engine._disk.core import part_path
+from engine._runtime.loop import engine_loop
 from engine.errors import InvalidStateError, StorageError, TransferTimeoutError
 
 if TYPE_CHECKING:

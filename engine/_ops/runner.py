@@ -11,18 +11,18 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from engine._core import remove_partial
-from engine._loop import running_loop
-from engine._requests import drive
-from engine._scheduler import scheduler
-from engine._segmented import SegmentedDownload
-from engine._states import ENGINE_PAUSE_FOR, TERMINAL, Event
-from engine._ticker import ticker
-from engine._transport import RequestOptions
-from engine._validate import host_of
-from engine._values import BackgroundTransferCostPolicy, BackgroundTransferStatus
-from engine._web_error import WebErrorStatus
+from engine._disk.core import remove_partial
+from engine._download.segmented import SegmentedDownload
+from engine._net.transport import RequestOptions
+from engine._ops.cross_process import drive
+from engine._ops.scheduler import scheduler
+from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event
+from engine._ops.validate import host_of
+from engine._runtime.loop import running_loop
+from engine._runtime.ticker import ticker
 from engine.errors import IntegrityError, TransferError
+from engine.values import BackgroundTransferCostPolicy, BackgroundTransferStatus
+from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
     from engine.operation import DownloadOperation

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 from typing import Protocol
 
-from engine._loop import running_loop
+from engine._runtime.loop import running_loop
 
 
 class Schedulable(Protocol):

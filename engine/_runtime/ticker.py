@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 
-from engine._loop import PerLoop, running_loop
+from engine._runtime.loop import PerLoop, running_loop
 
 
 class Ticker:

@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine._core import remove_partial
-from engine._loop import PerLoop, engine_here
-from engine._ticker import ticker
+from engine._disk.core import remove_partial
+from engine._runtime.loop import PerLoop, engine_here
+from engine._runtime.ticker import ticker
 from engine.errors import InvalidStateError, ResultFileInUseError, TransferError
 
 if TYPE_CHECKING:
-    from engine._outcome import Outcome
-    from engine._store import Store
+    from engine._ops.outcome import Outcome
+    from engine._state.store import Store
     from engine.operation import DownloadOperation
 
 LOOK_EVERY = 0.5

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
-from engine._once import PerProcess
+from engine._runtime.once import PerProcess
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)

@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine._loop import engine_here
-from engine._once import PerProcess
+from engine._runtime.loop import engine_here
+from engine._runtime.once import PerProcess
 from engine.errors import ResultFileInUseError, StorageError
 
 _SCHEMA = """
@@ -81,7 +81,7 @@ the loop of 5000 small files on tmpfs took 3% less).  A database made before kee
 its rowid table: the statements are the same for both.
 
 ``requests``: a cancel asked by a process of the operation another one drives
-(engine/_requests.py).  ``answer`` is NULL until the driver takes it ('taken'),
+(engine/_ops/cross_process.py).  ``answer`` is NULL until the driver takes it ('taken'),
 then 'done' or 'refused: why'."""
 
 FINISHED_SQL = "status IN (5, 6) OR (status = 7 AND acknowledged = 1)"
@@ -384,7 +384,7 @@ class Store:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [OpRecord.from_row(r) for r in rows]
 
-    # -- cancels asked across processes (engine/_requests.py) --------------------
+    # -- cancels asked across processes (engine/_ops/cross_process.py) --------------------
     def ask_cancel(self, guid: str) -> None:
         """Ask whichever process drives ``guid`` to cancel it (replaces an old ask)."""
         self._write(

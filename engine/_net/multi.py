@@ -32,7 +32,7 @@ from typing import Any
 
 import pycurl
 
-from engine._loop import running_loop
+from engine._runtime.loop import running_loop
 
 PARK_FOR = 2.0
 """Seconds an idle connection's reader stays registered (a mirror reuses each

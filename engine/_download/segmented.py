@@ -26,15 +26,12 @@ from typing import Any, NamedTuple
 
 import pycurl
 
-from engine._checksum import file_digest, new_hash
-from engine._config import TransferConfig
-from engine._connections import Slots
-from engine._core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
-from engine._files import filer
-from engine._loop import running_loop
-from engine._segments import Segments, Stop, Stream
-from engine._ticker import Ticker, ticker
-from engine._transport import (
+from engine._disk.checksum import file_digest, new_hash
+from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
+from engine._disk.files import filer
+from engine._download.segments import Segments, Stop, Stream
+from engine._net.connections import Slots
+from engine._net.transport import (
     FtpReplies,
     HandlePool,
     RequestOptions,
@@ -49,10 +46,13 @@ from engine._transport import (
     set_range,
     unplain,
 )
-from engine._validate import host_of
-from engine._values import BackgroundTransferPriority
-from engine._web_error import WebErrorStatus
+from engine._ops.validate import host_of
+from engine._runtime.loop import running_loop
+from engine._runtime.ticker import Ticker, ticker
+from engine.config import TransferConfig
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
+from engine.values import BackgroundTransferPriority
+from engine.web_error import WebErrorStatus
 
 _MAX_RESTARTS = 3
 
@@ -116,7 +116,7 @@ async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
 
 _DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
 """Finishing and reopening a large result file (fsync, rename, verify) off the engine
-loop; small files go through the C filer (``engine._files``) instead."""
+loop; small files go through the C filer (``engine._disk.files``) instead."""
 
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
@@ -402,7 +402,7 @@ class SegmentedDownload:
     async def _fetch(self, start: int, end: int | None) -> Stream:
         """One request for ``[start, end)``; returns its stream once settled.
 
-        It waits for a slot (``engine._connections``) in the plan, so no other
+        It waits for a slot (``engine._net.connections``) in the plan, so no other
         connection asks for its bytes meanwhile (one may still take half of them:
         the range is put in the request once the slot is there)."""
         multi, pool, slots = _multi_for_loop()

@@ -30,9 +30,9 @@ from engine import (
     TransferError,
     run,
 )
-from engine._checksum import file_digest, parse
-from engine._cli_names import name_from_url, parse_list, split_login, unique_names
-from engine._cli_views import LOOK_EVERY, FileView, MirrorView, Waits
+from engine._disk.checksum import file_digest, parse
+from engine.cli.names import name_from_url, parse_list, split_login, unique_names
+from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 
 S = BackgroundTransferStatus
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
@@ -389,7 +389,7 @@ def demo(args: argparse.Namespace) -> int:
     """Serve a generated file on loopback and download it: no URL needed to see it work."""
     import tempfile  # the demo's only (3 ms of start-up for every other command)
 
-    from engine._loopback import LoopbackServer  # the demo's server, not an engine call
+    from engine._net.loopback import LoopbackServer  # the demo's server, not an engine call
 
     body = os.urandom(1 << 20) * max(1, args.size_mib)
     server = LoopbackServer(body)

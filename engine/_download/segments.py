@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from engine._config import TransferConfig
-from engine._core import RangeFile
-from engine._transport import ResponseHead
+from engine._disk.core import RangeFile
+from engine._net.transport import ResponseHead
+from engine.config import TransferConfig
 from engine.errors import TransferError
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import enum
 
-from engine._values import BackgroundTransferStatus as S
 from engine.errors import InvalidStateError
+from engine.values import BackgroundTransferStatus as S
 
 
 class Event(enum.Enum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from engine._values import BackgroundTransferStatus
+from engine.values import BackgroundTransferStatus
 
 if TYPE_CHECKING:
     from engine.operation import DownloadOperation

@@ -18,9 +18,8 @@ from typing import Any
 
 import pycurl
 
-from engine._config import TransferConfig
-from engine._multi import Multi
-from engine._web_error import WebErrorStatus
+from engine._net.multi import Multi
+from engine.config import TransferConfig
 from engine.errors import (
     HttpError,
     InvalidRequestError,
@@ -29,6 +28,7 @@ from engine.errors import (
     TransferTimeoutError,
     TransportError,
 )
+from engine.web_error import WebErrorStatus
 
 _E_HTTP2_STREAM = getattr(pycurl, "E_HTTP2_STREAM", 92)
 _SEEK_OK: int = pycurl.SEEKFUNC_OK

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import InvalidRequestError, TransferError
-from engine._cli_commands import (
+from engine.cli.commands import (
     Interrupted,
     cancel,
     demo,

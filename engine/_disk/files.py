@@ -17,10 +17,10 @@ import os
 import weakref
 from typing import Any
 
-from engine._core import PART_SUFFIX
-from engine._loop import running_loop
+from engine._disk.core import PART_SUFFIX
 from engine._native import ffi, lib
-from engine._once import PerProcess
+from engine._runtime.loop import running_loop
+from engine._runtime.once import PerProcess
 from engine.errors import StorageError
 
 _BATCH = 256

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine._loop import engine_here, engine_loop
-from engine._values import (
+from engine._runtime.loop import engine_here, engine_loop
+from engine.values import (
     BackgroundDownloadRangesDownloadedEventArgs,
     BackgroundTransferFileRange,
     BackgroundTransferStatus,

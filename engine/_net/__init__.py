@@ -1,0 +1,1 @@
+"""libcurl through pycurl: the multi handle, easy-handle set-up, request slots per host."""

@@ -1,0 +1,1 @@
+"""What outlives a process: the SQLite state database and the lock on who drives an operation."""
