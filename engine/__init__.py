@@ -11,6 +11,8 @@ from engine.config import TransferConfig
 from engine.downloader import (
     BackgroundDownloader,
     BackgroundTransferCompletionGroup,
+    BackgroundTransferCompletionGroupTrigger,
+    BackgroundTransferCompletionGroupTriggerDetails,
     BackgroundTransferGroup,
 )
 from engine.errors import (
@@ -47,6 +49,8 @@ __all__ = [
     "BackgroundDownloader",
     "BackgroundTransferBehavior",
     "BackgroundTransferCompletionGroup",
+    "BackgroundTransferCompletionGroupTrigger",
+    "BackgroundTransferCompletionGroupTriggerDetails",
     "BackgroundTransferCostPolicy",
     "BackgroundTransferFileRange",
     "BackgroundTransferGroup",

@@ -10,12 +10,14 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+from engine._ops.reporting import run_handler
 from engine._ops.validate import absolute, check_header, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
+from engine._runtime.loop import engine_loop
 from engine._state.store import OpRecord, Store
 from engine.config import TransferConfig
 from engine.errors import InvalidRequestError, InvalidStateError
@@ -66,6 +68,13 @@ class BackgroundTransferGroup:
     @transfer_behavior.setter
     def transfer_behavior(self, value: BackgroundTransferBehavior) -> None:
         self._store.group_behavior(self.name, value.value)
+
+    def _adopted_by(self, store: Store) -> BackgroundTransferGroup:
+        """This group in another state directory (a downloader's own), with this
+        group's behaviour: a SERIALIZED group made without ``state_dir`` stays
+        SERIALIZED for a downloader that has one, instead of running PARALLEL there."""
+        store.group_behavior(self.name, self.transfer_behavior.value)
+        return BackgroundTransferGroup(self.name, store)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BackgroundTransferGroup) and (self.name, self._store) == (
@@ -121,12 +130,52 @@ class BackgroundTransferCompletionGroup:
         self._future.set_result(list(self._members))
 
     @property
+    def is_enabled(self) -> bool:
+        """Whether ``enable()`` was called (Windows' ``IsEnabled``)."""
+        return self._enabled
+
+    @property
+    def trigger(self) -> BackgroundTransferCompletionGroupTrigger:
+        """Windows hands this to ``BackgroundTaskBuilder.SetTrigger``; here
+        ``trigger.register(task)`` runs ``task(details)`` when the group fires."""
+        return BackgroundTransferCompletionGroupTrigger(self)
+
+    @property
     def completed(self) -> asyncio.Future[list[DownloadOperation]]:
         """Awaitable: the member operations, once all have ended."""
         return asyncio.wrap_future(self._future)
 
     def on_completed(self, callback: Callable[[list[DownloadOperation]], None]) -> None:
         self._future.add_done_callback(lambda fut: callback(fut.result()))
+
+
+@dataclasses.dataclass(frozen=True)
+class BackgroundTransferCompletionGroupTriggerDetails:
+    """What a completion group's task receives: every member, ended one way or another."""
+
+    downloads: list[DownloadOperation]
+
+
+class BackgroundTransferCompletionGroupTrigger:
+    """The trigger of a completion group.  Windows starts a registered background task
+    with it, even in a new process; Python has no such host, so the task runs in the
+    process that holds the group, once, on the engine loop (an ``async def`` task is
+    awaited there).  Registered after the group fired, it runs at once."""
+
+    def __init__(self, group: BackgroundTransferCompletionGroup) -> None:
+        self._group = group
+
+    def register(
+        self,
+        task: Callable[[BackgroundTransferCompletionGroupTriggerDetails], Awaitable[None] | None],
+    ) -> None:
+        """Run ``task(details)`` when every member has ended (the group is enabled)."""
+
+        def fired(fut: concurrent.futures.Future[list[DownloadOperation]]) -> None:
+            details = BackgroundTransferCompletionGroupTriggerDetails(fut.result())
+            engine_loop().loop.call_soon_threadsafe(lambda: run_handler(task(details)))
+
+        self._group._future.add_done_callback(fired)
 
 
 @dataclasses.dataclass
@@ -228,6 +277,8 @@ class BackgroundDownloader:
         if not method or not method.isalpha():
             raise InvalidRequestError(f"invalid method {method!r}")
         self._store = Store.at(state_dir)
+        if transfer_group is not None and transfer_group._store is not self._store:
+            transfer_group = transfer_group._adopted_by(self._store)
         self.transfer_group = transfer_group
         self.method = method.upper()
         self.priority = priority
@@ -248,6 +299,11 @@ class BackgroundDownloader:
     @property
     def state_dir(self) -> Path:
         return self._store.state_dir
+
+    @property
+    def completion_group(self) -> BackgroundTransferCompletionGroup | None:
+        """The completion group its operations join (Windows' ``CompletionGroup``)."""
+        return self._settings.completion_group
 
     @property
     def free_space_reserve(self) -> int:
@@ -329,17 +385,24 @@ class BackgroundDownloader:
         return self.create_download(uri, result_file, name)
 
     # -- finding ---------------------------------------------------------------------
-    def get_current_downloads(self) -> list[DownloadOperation]:
-        """Every unfinished operation in the state directory, from earlier processes too."""
-        return [self._adopt(rec) for rec in self._store.current()]
+    def get_current_downloads(self, *, include_groups: bool = False) -> list[DownloadOperation]:
+        """The unfinished operations of no transfer group, from earlier processes too.
+
+        As Windows' ``GetCurrentDownloadsAsync()``, members of a transfer group are left
+        to ``get_current_downloads_for_transfer_group``: an app's discovery code never
+        takes over another part's grouped downloads.  ``include_groups=True`` (beyond
+        Windows) returns every unfinished operation of the state directory."""
+        return [self._adopt(rec) for rec in self._store.current(ungrouped=not include_groups)]
 
     def get_current_downloads_for_transfer_group(
         self, group: BackgroundTransferGroup
     ) -> list[DownloadOperation]:
         return [self._adopt(rec) for rec in self._store.current(group.name)]
 
-    async def get_current_downloads_async(self) -> list[DownloadOperation]:
-        return await asyncio.to_thread(self.get_current_downloads)
+    async def get_current_downloads_async(
+        self, *, include_groups: bool = False
+    ) -> list[DownloadOperation]:
+        return await asyncio.to_thread(self.get_current_downloads, include_groups=include_groups)
 
     async def get_current_downloads_for_transfer_group_async(
         self, group: BackgroundTransferGroup

@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from engine._ops.reading import Readers
 from engine._ops.reporting import ProgressCallback, Reporter
 from engine._ops.runner import Runner
 from engine._ops.scheduler import scheduler
+from engine._ops.starting import Starting
 from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
 from engine._ops.streams import ResultStream
 from engine._ops.validate import check_header, check_uri
@@ -101,6 +102,8 @@ class DownloadOperation:
     _response: tuple[object, ResponseInformation] | None = None
     _ranges: list[tuple[int, int]] | None = None
     _restarts_seen = 0
+    _response_seen = False  # the running job's first response was reported
+    _runner: Runner | None = None
     _unsaved_running = False
     _connections = 0
     _new = False  # made by create_download in this process and not yet run: no files
@@ -182,8 +185,16 @@ class DownloadOperation:
 
     @cost_policy.setter
     def cost_policy(self, value: BackgroundTransferCostPolicy) -> None:
+        """Acted on at once: a PAUSED_COSTED_NETWORK operation allowed now goes on, a
+        running one on a metered network that may no longer use it pauses."""
         self._store.update(self._rec.guid, cost_policy=value.value)
         self._rec.cost_policy = value.value
+        self._on_engine(self._poke_runner)
+
+    def _poke_runner(self) -> None:
+        runner = self._runner
+        if runner is not None:
+            runner.poke()
 
     @property
     def is_random_access_required(self) -> bool:
@@ -252,15 +263,32 @@ class DownloadOperation:
         return name if behavior is BackgroundTransferBehavior.SERIALIZED else None
 
     # -- starting and waiting ---------------------------------------------------------
-    async def start_async(self, progress: ProgressCallback | None = None) -> DownloadOperation:
-        """Start; resolves on COMPLETED, raises on ERROR, TransferCanceled on cancel."""
-        self._begin(Event.START, progress, asyncio.get_running_loop())
+    def start_async(
+        self, progress: ProgressCallback | None = None
+    ) -> Coroutine[Any, Any, DownloadOperation]:
+        """Start; resolves on COMPLETED, raises on ERROR, TransferCanceled on cancel.
+
+        Cancelling the awaiting task cancels the download, even before it ran a step."""
+        return Starting(lambda: self._run_async(Event.START, progress), self._cancel_unstarted)
+
+    def attach_async(
+        self, progress: ProgressCallback | None = None
+    ) -> Coroutine[Any, Any, DownloadOperation]:
+        """Take over an operation found by get_current_downloads and let it go on.
+
+        Cancelling the awaiting task cancels the download, even before it ran a step."""
+        return Starting(lambda: self._run_async(Event.ATTACH, progress), self._cancel_unstarted)
+
+    async def _run_async(
+        self, event: Event, progress: ProgressCallback | None
+    ) -> DownloadOperation:
+        self._begin(event, progress, asyncio.get_running_loop())
         return await self._await_outcome()
 
-    async def attach_async(self, progress: ProgressCallback | None = None) -> DownloadOperation:
-        """Take over an operation found by get_current_downloads and let it go on."""
-        self._begin(Event.ATTACH, progress, asyncio.get_running_loop())
-        return await self._await_outcome()
+    def _cancel_unstarted(self) -> None:
+        """A cancelled token given to StartAsync/AttachAsync cancels the download."""
+        if self.status not in TERMINAL:
+            self.cancel()
 
     def start(self, progress: ProgressCallback | None = None) -> DownloadOperation:
         """Start without asyncio and return at once; ``wait()`` blocks until the end."""
@@ -515,7 +543,12 @@ class DownloadOperation:
             headers: dict[str, str] = {}
             for key, value in head.headers:
                 headers[key] = f"{headers[key]}, {value}" if key in headers else value
-            made = self._response = (source, ResponseInformation(url, headers, ranges, head.status))
+            wire = head.status
+            status = 200 if wire == 206 else wire  # the resource, as Windows reports it
+            made = self._response = (
+                source,
+                ResponseInformation(url, headers, ranges, status, wire),
+            )
         return made[1]
 
     def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
@@ -688,12 +721,16 @@ class DownloadOperation:
         self._connections = snap.connections
         if snap.total_bytes_to_receive:
             self._total = snap.total_bytes_to_receive
-        self._response_changed = self._response_changed or snap.has_response_changed
         if job is not None:
             if job.restarts > self._restarts_seen:
                 self._restarts_seen = job.restarts
-                self._restarted = True
-                self._reporter.restarted()
+                self._note_restart()
+            if job.last_head is not None and not self._response_seen:
+                # "Whenever new response information is available due to a new request
+                # being invoked": the first response of each run (start, resume, a
+                # restart), not every ranged request of one run
+                self._response_seen = True
+                self._response_changed = True
             if job.last_head is not None:  # made into ResponseInformation when asked
                 self._response_from = (
                     job.actual_url,
@@ -704,6 +741,19 @@ class DownloadOperation:
                 self._ranges = job.rf.ranges()
         self._flush_ranges_event(final=False)
         self._report()
+
+    def _new_job(self, job: SegmentedDownload) -> None:
+        """A run of the download begins: its restarts and first response count anew."""
+        self._job = job
+        self._restarts_seen = 0
+        self._response_seen = False
+
+    def _note_restart(self) -> None:
+        """The download started over from zero: true in the next progress report, and
+        the next ranges_downloaded event says so (what it added before is void)."""
+        self._restarted = True
+        self._response_seen = False  # the restart's own response is a new one
+        self._reporter.restarted()
 
     def _report(self) -> None:
         self._reporter.report(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -80,12 +80,26 @@ class BackgroundTransferFileRange:
 
 @dataclasses.dataclass(frozen=True)
 class ResponseInformation:
-    """The last response: the URI after redirects and the headers as the server sent them."""
+    """The last response: the URI after redirects and the headers as the server sent them.
+
+    ``status_code`` is what Windows reports: 200 for a resource being served, even
+    though every request on the wire asks for a range and is answered 206 (Windows
+    also splits downloads into ranged requests and shows their 200).  Code that
+    ported ``IsFailed`` checks (``status_code != 200``) keeps working.  The status
+    line the server actually sent for the last request is ``wire_status_code``.
+    """
 
     actual_uri: str
     headers: Mapping[str, str]
     is_resumable: bool
     status_code: int
+    wire_status_code: int = -1
+    """The last response's own status (206 for a range); -1 when built without one:
+    then the same as ``status_code``."""
+
+    def __post_init__(self) -> None:
+        if self.wire_status_code == -1:
+            object.__setattr__(self, "wire_status_code", self.status_code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +115,11 @@ class Credential:
 
 
 class Deferral:
-    """Holds back the next ``ranges_downloaded`` event until ``complete()`` is called."""
+    """Holds back the next ``ranges_downloaded`` event until ``complete()`` is called.
+
+    A context manager, as C#'s ``using (args.GetDeferral())``: ``with
+    args.get_deferral():`` (or ``async with``) completes it when the block ends,
+    however it ends."""
 
     def __init__(self, on_complete: Callable[[], None]) -> None:
         self._on_complete = on_complete
@@ -114,6 +132,18 @@ class Deferral:
                 return
             self._done = True
         self._on_complete()
+
+    def __enter__(self) -> Deferral:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.complete()
+
+    async def __aenter__(self) -> Deferral:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.complete()
 
 
 @dataclasses.dataclass
@@ -131,16 +161,22 @@ class BackgroundDownloadRangesDownloadedEventArgs:
 
 A = TypeVar("A")
 
+Handler = Callable[["DownloadOperation", A], "Awaitable[None] | None"]
+"""An event handler: a plain function, or an ``async def`` (awaited by the engine)."""
+
 
 class Event(Generic[A]):
-    """``subscribe(handler) -> token`` / ``unsubscribe(token)``; handlers get ``(op, args)``."""
+    """``subscribe(handler) -> token`` / ``unsubscribe(token)``; handlers get ``(op, args)``.
+
+    A handler may be an ``async def``: the event counts as handled when its coroutine
+    returns (it holds the event as a deferral would), not when it first awaits."""
 
     def __init__(self) -> None:
-        self._handlers: dict[int, Callable[[DownloadOperation, A], None]] = {}
+        self._handlers: dict[int, Handler[A]] = {}
         self._next = 0
         self._lock = threading.Lock()
 
-    def subscribe(self, handler: Callable[[DownloadOperation, A], None]) -> int:
+    def subscribe(self, handler: Handler[A]) -> int:
         with self._lock:
             self._next += 1
             self._handlers[self._next] = handler
@@ -150,7 +186,7 @@ class Event(Generic[A]):
         with self._lock:
             self._handlers.pop(token, None)
 
-    def handlers(self) -> list[Callable[[DownloadOperation, A], None]]:
+    def handlers(self) -> list[Handler[A]]:
         with self._lock:
             return list(self._handlers.values())
 

@@ -89,12 +89,19 @@ def test_content_change_restarts_and_says_so(
     )
     restarted: list[bool] = []
     progress_restarts: list[bool] = []
+    changed: list[bool] = []
+
+    def progress(o: DownloadOperation) -> None:
+        snap = o.progress
+        progress_restarts.append(snap.has_restarted)
+        changed.append(snap.has_response_changed)
+
     op.ranges_downloaded.subscribe(lambda o, a: restarted.append(a.was_download_restarted))
-    op.start(lambda o: progress_restarts.append(o.progress.has_restarted)).wait(30)
+    op.start(progress).wait(30)
     assert (tmp_path / "c").read_bytes() == new
-    assert op.progress.has_response_changed
     deadline = time.monotonic() + 5
     while True not in restarted:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert True in progress_restarts
+    assert True in changed

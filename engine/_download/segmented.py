@@ -127,6 +127,10 @@ filer with O_DIRECT as the file is finished: the engine loop makes no write for 
 small file, and its fsync has no data left to write back.  Past this, written by the
 loop, a run at a time."""
 
+_KEPT_BLOCK = 16 << 10
+"""Block size of the bitmap a paused small file is kept with: a resume fetches again
+at most this much of what had arrived."""
+
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -175,6 +179,9 @@ class SegmentedDownload:
     """A plain file (small, or of unknown length): no bitmap, held in memory while
     it fits (see _HOLD), its partial file made only when something must be written."""
     _grow_fd = -1  # the plain file's partial file, once made
+    _rf_base = 0
+    _done_seen = 0
+    """Bytes complete in ``rf`` when it was opened (``bytes_written`` counts from there)."""
     _grow_pos = 0
     _held_at = 0
     _body_ended = False  # unknown length: a response ended cleanly
@@ -238,8 +245,16 @@ class SegmentedDownload:
         return path
 
     def snapshot(self) -> Snapshot:
-        if self.rf is not None and not self.rf.closed:
-            done = self.rf.bytes_complete
+        rf = self.rf
+        if rf is not None and not rf.closed:
+            # What arrived, not only whole blocks: the core counts every byte it is
+            # handed (rf_write), so a slow download moves at each tick instead of a
+            # block (or a direct-I/O run) at a time.  A piece written again after a
+            # broken request counts twice until its block completes; never past size.
+            done = max(rf.bytes_complete, min(rf.size, self._rf_base + rf.bytes_written))
+            self._done_seen = done
+        elif rf is not None and not self.finished:
+            done = self._done_seen  # closed by a pause or a failure: what it had
         elif self.finished:
             done = self.size or 0
         else:
@@ -277,6 +292,7 @@ class SegmentedDownload:
                     self.finished = True
                     return
         except BaseException:
+            self._keep_plain()
             self._close()
             raise
         finally:
@@ -436,7 +452,7 @@ class SegmentedDownload:
         finally:
             slots.give(self._host)
             inflight.remove(stream)
-        if stream.checked and stream.stop in (None, Stop.RANGE_END):
+        if stream.checked and stream.stop in (None, Stop.RANGE_END, Stop.HTTP):
             self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)
         if not stream.checked and code == 0 and stream.stop is None:
@@ -583,6 +599,8 @@ class SegmentedDownload:
         st.head.parse()
         st.head.as_http(st.start, st.end)
         accepted = self._accept_head(st)
+        if st.stop is Stop.HTTP:
+            self.last_head = st.head  # Windows shows the error response (a 404) too
         if accepted:
             self.last_head = st.head
             if self.require_ranges and (self.size is None or not self.ranges_ok):
@@ -695,6 +713,7 @@ class SegmentedDownload:
             remove_partial(self.result)  # a stale partial file is not written through
             if self.on_resumable is not None:
                 self.on_resumable()
+            self._rf_base = 0
             self.rf = RangeFile(
                 self.result,
                 size,
@@ -716,6 +735,7 @@ class SegmentedDownload:
             if self.on_resumable is not None:
                 self.on_resumable()
             self.rf = rf
+            self._rf_base = rf.bytes_complete
             self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
         # else a damaged control file was removed: start afresh
 
@@ -779,6 +799,48 @@ class SegmentedDownload:
         self._plain = False
         await filer().finish(fd, self._name, held, self._held_at)
         self.size = self._grow_pos
+
+    def _keep_plain(self) -> None:
+        """A small file paused (or broken off) keeps what arrived: its bytes go into a
+        result file with a bitmap of small blocks, which the next run resumes from (a
+        restart from zero is left to servers without ranges).  At most first_request
+        bytes are copied, once, as the download stops; never on the data path."""
+        size = self.size
+        if (
+            self.rf is not None
+            or not self._plain
+            or not self.ranges_ok
+            or size is None
+            or not 0 < self._grow_pos < size
+            or self.finishing
+        ):
+            return
+        data = bytearray()
+        try:
+            if self._grow_fd >= 0 and self._held_at:
+                data += os.pread(self._grow_fd, self._held_at, 0)
+            if len(data) != self._held_at:
+                return  # the spilled part is not all there: nothing safe to keep
+            data += self._held
+            if self._grow_fd >= 0:
+                os.close(self._grow_fd)
+                self._grow_fd = -1
+            remove_partial(self.result)
+            if self.on_resumable is not None:
+                self.on_resumable()
+            with RangeFile(
+                self.result,
+                size,
+                _KEPT_BLOCK,
+                etag=self.etag,
+                last_modified=self.last_modified,
+            ) as rf:
+                rf.write(0, data)
+                rf.drain()
+                rf.flush(durable=False)
+        except (OSError, TransferError):
+            with contextlib.suppress(OSError, TransferError):
+                remove_partial(self.result)  # as before: the next run starts again
 
     def _close(self) -> None:
         if self.rf is not None:

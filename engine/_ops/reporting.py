@@ -9,8 +9,9 @@ the next event.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from engine._runtime.loop import engine_here, engine_loop
@@ -27,7 +28,36 @@ if TYPE_CHECKING:
     from engine.operation import DownloadOperation
 
 S = BackgroundTransferStatus
-ProgressCallback = Callable[["DownloadOperation"], None]
+ProgressCallback = Callable[["DownloadOperation"], "Awaitable[None] | None"]
+"""``progress(op)``: a plain function, or an ``async def`` run as a task of the loop
+it is delivered on (C#'s ``async void`` handler): the next report does not wait for it."""
+
+_running: set[asyncio.Future[None]] = set()
+"""Handler coroutines still running: a task only the loop refers to may be collected."""
+
+
+def run_handler(result: Awaitable[None] | None, done: Callable[[], None] | None = None) -> bool:
+    """Run what an ``async def`` handler returned as a task of the running loop, and
+    call ``done`` when it ends; its exception goes to the loop's exception handler,
+    as a plain handler's does.  False (and nothing run) for a plain handler's None."""
+    if result is None or not inspect.isawaitable(result):
+        return False
+    task = asyncio.ensure_future(result)
+    _running.add(task)
+
+    def ended(fut: asyncio.Future[None]) -> None:
+        _running.discard(fut)
+        try:
+            if not fut.cancelled() and (exc := fut.exception()) is not None:
+                fut.get_loop().call_exception_handler(
+                    {"message": "exception in a bgtransfer event handler", "exception": exc}
+                )
+        finally:
+            if done is not None:
+                done()
+
+    task.add_done_callback(ended)
+    return True
 
 
 class Reporter:
@@ -75,8 +105,9 @@ class Reporter:
     def _call_progress(self, callback: ProgressCallback, op: DownloadOperation) -> None:
         """``op`` travels with the queued call: a download nobody holds (started with a
         callback and dropped) stays alive until its last report is told."""
-        callback(op)
+        run_handler(callback(op))
         op._restarted = False  # true in the first snapshot after a restart only
+        op._response_changed = False  # likewise, after a new response
 
     def _deliver(
         self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any
@@ -142,6 +173,8 @@ class Reporter:
         )
         try:
             for handler in op.ranges_downloaded.handlers():
-                handler(op, args)
+                result = handler(op, args)
+                if result is not None and inspect.isawaitable(result):
+                    run_handler(result, make().complete)  # held until the coroutine returns
         finally:
             release()

@@ -8,10 +8,11 @@ Everything here runs on the engine loop.  Status changes go through the operatio
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from engine._disk.core import remove_partial
+from engine._disk.core import control_path, remove_partial
 from engine._download.segmented import SegmentedDownload
 from engine._net.transport import RequestOptions
 from engine._ops.cross_process import drive
@@ -82,6 +83,16 @@ class Runner:
     def __init__(self, op: DownloadOperation) -> None:
         self.op = op
         self._host = host_of(op._rec.uri)
+        self._poked: asyncio.Event | None = None
+        self._watch: _Watch | None = None
+
+    def poke(self) -> None:
+        """The application changed a condition (its cost policy): look again now, not
+        at the next poll, whether the operation may run (or must pause)."""
+        if self._poked is not None:
+            self._poked.set()
+        elif self._watch is not None:
+            self._watch._look()
 
     async def run(self) -> None:
         op = self.op
@@ -90,6 +101,7 @@ class Runner:
             op._fail_outcome(op._elsewhere_error())
             return
         board = drive(op)  # while this process drives it, another may ask for a cancel
+        op._runner = self
         try:
             while op.status not in TERMINAL and op.status not in (
                 S.PAUSED_BY_APPLICATION,
@@ -117,6 +129,8 @@ class Runner:
                 op._outcome.set_exception(exc)
             raise
         finally:
+            if op._runner is self:
+                op._runner = None
             board.leave(op)
             op._oplock.release()
 
@@ -128,7 +142,13 @@ class Runner:
             return False
         if op.status is not ENGINE_PAUSE_FOR[blocked]:
             op._move(blocked)
-        await asyncio.sleep(op._settings.config.poll_interval)
+        poked = self._poked = asyncio.Event()
+        try:
+            await asyncio.wait_for(poked.wait(), op._settings.config.poll_interval)
+        except TimeoutError:
+            pass
+        finally:
+            self._poked = None
         return True
 
     def _blocked(self) -> Event | None:
@@ -161,10 +181,12 @@ class Runner:
         job.rank = op._rank
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
-        op._job = job
+        if not job.new and op._bytes > 0 and not os.path.lexists(control_path(op.result_file)):
+            op._note_restart()  # data had arrived, and nothing of it can be resumed
+        op._new_job(job)
         task = asyncio.current_task(running_loop())
         assert task is not None
-        watch = _Watch(self, task)
+        watch = self._watch = _Watch(self, task)
         try:
             try:
                 await job.run()
@@ -179,6 +201,7 @@ class Runner:
             self._settle_error(exc)
             return
         finally:
+            self._watch = None
             watch.stop()  # (job.run reported its last progress as it ended)
             op._ranges = None
             op._job = None

@@ -5,7 +5,9 @@ Theory of operation
 An operation that wants to run awaits ``admit``; ``release`` gives its place back.
 Waiting operations are admitted in order of (priority rank, queue position) while
 fewer than ``max_active`` run; a member of a SERIALIZED group is admitted only when
-no other member of its group runs and it is first of its group's waiting members.
+no other member of its group runs and it is first of its group's waiting members
+(by the same order: a HIGH member goes near the front of its group, a LOW one near
+the end, as Windows documents ``BackgroundTransferPriority`` within a group).
 libcurl's own caps (total and per host, ``_transport.new_multi``) bound connections
 underneath; this layer keeps a thousand queued operations from opening a thousand
 files and requests at once, and decides who goes first.  All of it runs on the
@@ -77,7 +79,7 @@ class Scheduler:
         for waiter in self._waiting:
             group = waiter.op.serial_group
             if group is not None and (
-                group not in heads or waiter.op.sort_key[1] < heads[group].op.sort_key[1]
+                group not in heads or waiter.op.sort_key < heads[group].op.sort_key
             ):
                 heads[group] = waiter
         for waiter in sorted(self._waiting, key=lambda w: w.op.sort_key):

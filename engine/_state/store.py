@@ -373,13 +373,16 @@ class Store:
             row = db.execute("SELECT * FROM operations WHERE guid = ?", (guid,)).fetchone()
         return OpRecord.from_row(row) if row else None
 
-    def current(self, group: str | None = None) -> list[OpRecord]:
-        """Operations not finished (COMPLETED, CANCELED, or an ERROR already reported)."""
+    def current(self, group: str | None = None, *, ungrouped: bool = False) -> list[OpRecord]:
+        """Operations not finished (COMPLETED, CANCELED, or an ERROR already reported):
+        of ``group`` when given, else those of no group when ``ungrouped``, else all."""
         sql = f"SELECT * FROM operations WHERE NOT ({FINISHED_SQL})"
         args: tuple[Any, ...] = ()
         if group is not None:
             sql += " AND group_name = ?"
             args = (group,)
+        elif ungrouped:
+            sql += " AND group_name IS NULL"
         with self._cursor() as db:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [OpRecord.from_row(r) for r in rows]

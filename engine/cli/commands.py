@@ -148,7 +148,7 @@ def pause_all(ops: list[DownloadOperation]) -> None:
 
 def _current(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
     """The unfinished operations by result file, as an absolute path str."""
-    return {os.fspath(op.result_file): op for op in d.get_current_downloads()}
+    return {os.fspath(op.result_file): op for op in d.get_current_downloads(include_groups=True)}
 
 
 def _other_source(op: DownloadOperation) -> InvalidRequestError:
@@ -344,7 +344,7 @@ async def _mirror(
 
 # -- list, resume, cancel ----------------------------------------------------------------
 def list_(args: argparse.Namespace) -> int:
-    ops = downloader(args).get_current_downloads()
+    ops = downloader(args).get_current_downloads(include_groups=True)
     for op in ops:
         p = op.progress
         share = (
@@ -359,7 +359,7 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def _find(d: BackgroundDownloader, guid: str) -> DownloadOperation:
-    for op in d.get_current_downloads():
+    for op in d.get_current_downloads(include_groups=True):
         if str(op.guid) == guid or (len(guid) >= 8 and str(op.guid).startswith(guid)):
             return op
     raise InvalidRequestError(f"no operation {guid} in {d.state_dir}")
@@ -369,7 +369,7 @@ def resume(args: argparse.Namespace) -> int:
     d = downloader(args)
     if args.all == bool(args.guid):
         raise InvalidRequestError("resume takes one GUID or --all")
-    ops = d.get_current_downloads() if args.all else [_find(d, args.guid)]
+    ops = d.get_current_downloads(include_groups=True) if args.all else [_find(d, args.guid)]
     errors = follow(d, ops, args.quiet)
     for exc in errors:
         print(f"bgtransfer: error: {one_line(exc)}", file=sys.stderr)
