@@ -302,6 +302,15 @@ def test_bytes_received_moves_with_the_data_not_a_block_at_a_time(
 # -- 7. Pause keeps what arrived; HasRestarted ----------------------------------------------
 
 
+def _paused_at(op: DownloadOperation, received: int) -> tuple[DownloadOperation, list[bool]]:
+    """Start ``op``, pause it once ``received`` bytes arrived; the has_restarted it reported."""
+    restarted: list[bool] = []
+    op.start(lambda o: restarted.append(o.progress.has_restarted))
+    wait_for(lambda: op.progress.bytes_received >= received)
+    op.pause()
+    return op, restarted
+
+
 def test_pausing_a_small_file_keeps_what_arrived(
     paced: Callable[..., FaultServer], make_downloader: Make, tmp_path: Path
 ) -> None:
@@ -313,13 +322,8 @@ def test_pausing_a_small_file_keeps_what_arrived(
     (Here it supports resume: no start over.)
     """
     server = paced(2 * MIB, MIB)
-    data = server.body
     out = tmp_path / "small2m.bin"
-    op = make_downloader().create_download(server.url, out)
-    restarted: list[bool] = []
-    op.start(lambda o: restarted.append(o.progress.has_restarted))
-    wait_for(lambda: op.progress.bytes_received >= 600_000)
-    op.pause()
+    op, restarted = _paused_at(make_downloader().create_download(server.url, out), 600_000)
 
     def kept() -> int:
         return sum(r.length for r in op.get_downloaded_ranges())
@@ -327,10 +331,10 @@ def test_pausing_a_small_file_keeps_what_arrived(
     wait_for(lambda: kept() >= 600_000 - (16 << 10))
     op.resume()
     op.wait(60)
-    assert out.read_bytes() == data
+    assert out.read_bytes() == server.body
     resumed_from = int((server.ranges_seen[-1] or "bytes=0-").split("=")[1].split("-")[0])
     assert resumed_from >= 600_000 - (16 << 10)
-    assert server.bytes_sent < len(data) + (256 << 10)
+    assert server.bytes_sent < len(server.body) + (256 << 10)
     assert True not in restarted
 
 
@@ -344,17 +348,12 @@ def test_a_server_without_ranges_restarts_a_paused_small_file_and_says_so(
     is set to true only in the first progress notification sent after the restart."
     """
     server = paced(2 * MIB, MIB, fault="no-ranges")
-    data = server.body
     out = tmp_path / "norange.bin"
-    op = make_downloader().create_download(server.url, out)
-    restarted: list[bool] = []
-    op.start(lambda o: restarted.append(o.progress.has_restarted))
-    wait_for(lambda: op.progress.bytes_received >= 300_000)
-    op.pause()
+    op, restarted = _paused_at(make_downloader().create_download(server.url, out), 300_000)
     before = len(restarted)
     op.resume()
     op.wait(60)
-    assert out.read_bytes() == data
+    assert out.read_bytes() == server.body
     wait_for(lambda: restarted[-1] is False and len(restarted) > before)
     assert restarted[before:].count(True) == 1
 
