@@ -130,22 +130,21 @@ class Scenario1Download:
         self.tasks.append(asyncio.ensure_future(self.handle_download(download, True)))
 
     def pause_all(self) -> None:
-        log(f"Downloads: {len(self.active_downloads)}")
-        for download in self.active_downloads:
-            current = download.progress
-            if current.status is S.RUNNING:
-                download.pause()
-                log(f"Paused: {download.guid}")
-            else:
-                log(f"Skipped: {download.guid}, Status: {current.status.name}")
+        self.for_each_in(S.RUNNING, DownloadOperation.pause, "Paused")
 
     def resume_all(self) -> None:
+        self.for_each_in(S.PAUSED_BY_APPLICATION, DownloadOperation.resume, "Resumed")
+
+    def for_each_in(
+        self, status: BackgroundTransferStatus, act: Callable[[DownloadOperation], None], did: str
+    ) -> None:
+        """PauseAll_Click / ResumeAll_Click: act on the downloads in ``status``, skip others."""
         log(f"Downloads: {len(self.active_downloads)}")
         for download in self.active_downloads:
-            current = download.progress
-            if current.status is S.PAUSED_BY_APPLICATION:
-                download.resume()
-                log(f"Resumed: {download.guid}")
+            current = download.progress  # a snapshot: Progress changes while we look
+            if current.status is status:
+                act(download)
+                log(f"{did}: {download.guid}")
             else:
                 log(f"Skipped: {download.guid}, Status: {current.status.name}")
 
