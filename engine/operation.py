@@ -189,7 +189,8 @@ class DownloadOperation:
         running one on a metered network that may no longer use it pauses."""
         self._store.update(self._rec.guid, cost_policy=value.value)
         self._rec.cost_policy = value.value
-        self._on_engine(self._poke_runner)
+        if self._runner is not None:  # nothing runs it yet: its runner reads the new value
+            self._on_engine(self._poke_runner)
 
     def _poke_runner(self) -> None:
         runner = self._runner

@@ -810,6 +810,7 @@ class SegmentedDownload:
             self.rf is not None
             or not self._plain
             or not self.ranges_ok
+            or self.request.single_request  # a request that cannot ask for a range
             or size is None
             or not 0 < self._grow_pos < size
             or self.finishing

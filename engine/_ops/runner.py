@@ -145,7 +145,7 @@ class Runner:
         poked = self._poked = asyncio.Event()
         try:
             await asyncio.wait_for(poked.wait(), op._settings.config.poll_interval)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             pass
         finally:
             self._poked = None

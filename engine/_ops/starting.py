@@ -13,6 +13,7 @@ the first step into a cancel of the download.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -62,3 +63,11 @@ class Starting(Coroutine[Any, Any, T]):
         self._closed = True
         if self._inner is not None:
             self._inner.close()
+
+    def __del__(self) -> None:
+        if self._inner is None and not self._closed:  # as Python says of a plain coroutine
+            warnings.warn(
+                "start_async()/attach_async() was never awaited: the download did not start",
+                RuntimeWarning,
+                stacklevel=2,
+            )
