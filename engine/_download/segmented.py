@@ -599,9 +599,10 @@ class SegmentedDownload:
         st.head.parse()
         st.head.as_http(st.start, st.end)
         accepted = self._accept_head(st)
-        if st.stop is Stop.HTTP:
-            self.last_head = st.head  # Windows shows the error response (a 404) too
-        if accepted:
+        if not accepted:
+            if st.stop is Stop.HTTP:
+                self.last_head = st.head  # Windows shows the error response (a 404) too
+        else:
             self.last_head = st.head
             if self.require_ranges and (self.size is None or not self.ranges_ok):
                 status = (
