@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import FAST
 from network import SwitchableNetwork
 from polling import wait_for
 from servers import FaultServer, Nginx
@@ -32,6 +31,7 @@ from engine import (
     BackgroundTransferStatus,
     DownloadOperation,
     HttpError,
+    TransferConfig,
 )
 
 S = BackgroundTransferStatus
@@ -40,6 +40,9 @@ Make = Callable[..., BackgroundDownloader]
 Run = Callable[[Coroutine[Any, Any, T]], T]
 
 MIB = 1 << 20
+QUICK = TransferConfig(poll_interval=0.05, backoff_base=0.05, backoff_max=0.5, block_size=1 << 16)
+"""The tests' quick polls and back-off (conftest's, which a module cannot import by name
+when benchmarks/ has a conftest of its own)."""
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +291,7 @@ def test_bytes_received_moves_with_the_data_not_a_block_at_a_time(
     Reference, BackgroundDownloadProgress.BytesReceived: "The total number of data bytes
     received. This value does not include bytes received as response headers."
     """
-    config = dataclasses.replace(FAST, block_size=MIB, first_request=64 << 10)
+    config = dataclasses.replace(QUICK, block_size=MIB, first_request=64 << 10)
     d = make_downloader(config=config, block_size=MIB, max_connections_per_file=1)
     op = d.create_download(paced(3 * MIB, 4 * MIB).url, tmp_path / "p")
     seen: list[int] = []
@@ -495,7 +498,7 @@ def test_a_cost_policy_change_releases_a_costed_pause_at_once(
     paused due to cost policy (for example, transitioned to a costed 3G network)."
     """
     network.metered = True
-    slow_polls = dataclasses.replace(FAST, poll_interval=3600.0)
+    slow_polls = dataclasses.replace(QUICK, poll_interval=3600.0)
     d = make_downloader(
         config=slow_polls, cost_policy=BackgroundTransferCostPolicy.UNRESTRICTED_ONLY
     )
