@@ -268,7 +268,7 @@ class Scenario5RandomAccess:
         reads = 0
         while not download_task.done():
             offset = stream.tell()
-            data = await asyncio.to_thread(stream.read, BYTES_PER_MEGABYTE)
+            data = await stream.read_async(BYTES_PER_MEGABYTE)  # a task a seek may cancel
             reads += 1
             log(f"Reading from offset {offset:,}, completed with {len(data):,} bytes")
             if reads == 1:
