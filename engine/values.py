@@ -82,11 +82,11 @@ class BackgroundTransferFileRange:
 class ResponseInformation:
     """The last response: the URI after redirects and the headers as the server sent them.
 
-    ``status_code`` is what Windows reports: 200 for a resource being served, even
-    though every request on the wire asks for a range and is answered 206 (Windows
-    also splits downloads into ranged requests and shows their 200).  Code that
-    ported ``IsFailed`` checks (``status_code != 200``) keeps working.  The status
-    line the server actually sent for the last request is ``wire_status_code``.
+    ``status_code`` is the resource's status as Windows apps test it: 200 while it
+    is served, even though every request bgtransfer sends asks for a range and is
+    answered 206; the sample's ``IsFailed`` (``StatusCode != 200``) and code ported
+    from it keep working.  The status line the server sent for the last request is
+    ``wire_status_code``; for an error both are the error's (404).
     """
 
     actual_uri: str

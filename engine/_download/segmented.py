@@ -180,8 +180,9 @@ class SegmentedDownload:
     it fits (see _HOLD), its partial file made only when something must be written."""
     _grow_fd = -1  # the plain file's partial file, once made
     _rf_base = 0
-    _done_seen = 0
     """Bytes complete in ``rf`` when it was opened (``bytes_written`` counts from there)."""
+    _done_seen = 0
+    """The bytes received the last snapshot of an open ``rf`` counted."""
     _grow_pos = 0
     _held_at = 0
     _body_ended = False  # unknown length: a response ended cleanly
