@@ -39,6 +39,9 @@ class TransferConfig:
     max_redirects: int = 10
     ca_file: str | None = None
     """A CA bundle to trust instead of the system's (TLS is always verified)."""
+    ca_path: str | None = None
+    """A directory of CA certificates (OpenSSL's hashed names, ``openssl rehash``) to
+    trust instead of the system's."""
     direct_io: bool = True
     """Write whole pages of a file fetched over ranges with O_DIRECT, from the C core's
     writer threads, where the file system allows it: no page-cache copy, and nothing

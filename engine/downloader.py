@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import stat
@@ -12,7 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from engine._ops.reporting import run_handler
 from engine._ops.validate import absolute, check_header, check_uri, new_guid
@@ -20,7 +21,7 @@ from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free
 from engine._runtime.loop import engine_loop
 from engine._state.store import OpRecord, Store
 from engine.config import TransferConfig
-from engine.errors import InvalidRequestError, InvalidStateError
+from engine.errors import InvalidRequestError, InvalidStateError, TransferError
 from engine.operation import DownloadOperation
 from engine.values import (
     BackgroundTransferBehavior,
@@ -29,6 +30,9 @@ from engine.values import (
     BackgroundTransferStatus,
     Credential,
 )
+
+if TYPE_CHECKING:
+    import uuid
 
 RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
 
@@ -41,6 +45,17 @@ _live: weakref.WeakValueDictionary[tuple[Path, str], DownloadOperation] = (
 """Operations this process holds, by (state dir, guid): one object per operation while
 anyone holds it (a running one is held by its task), not every one a long-lived process
 ever made."""
+
+
+class EndedDownload(NamedTuple):
+    """*Beyond*: what is remembered of an operation that completed or was canceled."""
+
+    guid: uuid.UUID
+    requested_uri: str
+    result_file: Path
+    status: BackgroundTransferStatus
+    ended: float
+    """When, in seconds since the epoch."""
 
 
 class BackgroundTransferGroup:
@@ -393,6 +408,37 @@ class BackgroundDownloader:
         takes over another part's grouped downloads.  ``include_groups=True`` (beyond
         Windows) returns every unfinished operation of the state directory."""
         return [self._adopt(rec) for rec in self._store.current(ungrouped=not include_groups)]
+
+    def get_failed_downloads(self) -> list[DownloadOperation]:
+        """*Beyond*: operations that ended in ERROR and whose error was seen (those
+        ``get_current_downloads`` leaves out).  Their partial data and control file
+        stay: ``resume()`` continues them (after a new ``requested_uri``, say), and
+        ``cancel()`` or ``expire`` removes them."""
+        return [self._adopt(rec) for rec in self._store.failed()]
+
+    def get_ended_downloads(self) -> list[EndedDownload]:
+        """*Beyond*: the operations that completed or were canceled, oldest first, until
+        ``expire`` forgets them."""
+        import uuid  # here only (see DownloadOperation.guid)
+
+        return [
+            EndedDownload(uuid.UUID(g), uri, Path(path), BackgroundTransferStatus(status), at)
+            for g, uri, path, status, _, at in self._store.ended()
+        ]
+
+    def expire(self, keep: float) -> list[DownloadOperation]:
+        """*Beyond*: cancel the failed operations (``get_failed_downloads``) older than
+        ``keep`` seconds, removing their partial data, and forget the ended ones older
+        than that; the operations canceled."""
+        before = time.time() - keep
+        gone = []
+        for rec in self._store.failed(before):
+            op = self._adopt(rec)
+            with contextlib.suppress(TransferError):  # resumed by another process meanwhile
+                op.cancel()
+                gone.append(op)
+        self._store.forget_ended(before)
+        return gone
 
     def get_current_downloads_for_transfer_group(
         self, group: BackgroundTransferGroup

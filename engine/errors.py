@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from engine._ops.masking import mask_text
 from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
 
 class TransferError(Exception):
     """Base of every bgtransfer error; carries the WebErrorStatus and the operation's guid."""
+
+    attempts = 1
+    """Tries in a row that failed before the engine gave up (retries of a transient
+    failure: a refused connection, a reset, a 503...)."""
+    retried_for = 0.0
+    """Seconds from the first of those tries failing to the last."""
 
     def __init__(
         self,
@@ -27,6 +34,12 @@ class TransferError(Exception):
         super().__init__(*args)
         self.web_error_status = web_error_status
         self.guid = guid
+
+    def __str__(self) -> str:
+        """The message with the secrets of any URL in it masked: an error is printed,
+        logged and stored as the operation's reason, and a presigned URL's signature
+        must be in none of them."""
+        return mask_text(super().__str__())
 
 
 class InvalidRequestError(TransferError, ValueError):

@@ -81,6 +81,9 @@ _CLEARS_ERROR = (S.RUNNING, S.PAUSED_BY_APPLICATION, S.COMPLETED, S.CANCELED)
 """Statuses that leave no web error behind (a tuple: a set would hash an Enum member,
 a Python-level call)."""
 
+_NEW_URI_IN = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS, S.ERROR)
+"""Statuses in which requested_uri may change: nothing is fetching from the old one."""
+
 _RANK = {p.value: p.rank for p in BackgroundTransferPriority}
 """Queue rank by stored priority value: the scheduler sorts by it, a file at a time."""
 
@@ -141,9 +144,11 @@ class DownloadOperation:
 
     @requested_uri.setter
     def requested_uri(self, uri: str) -> None:
-        """Settable while paused (e.g. a fresh signed URL); resume() then continues."""
+        """Settable while paused or failed (e.g. a fresh signed URL); resume() then
+        continues from the partial data when the new URL serves the same content (same
+        size and validators: else it starts over, never mixing two contents)."""
         with self._lock:
-            if self.status not in (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS):
+            if self.status not in _NEW_URI_IN:
                 raise InvalidStateError(
                     f"requested_uri can only change while paused, not in {self.status.name}"
                 )
@@ -238,6 +243,14 @@ class DownloadOperation:
     def current_web_error_status(self) -> WebErrorStatus | None:
         value = self._rec.web_error
         return None if value is None else WebErrorStatus(value)
+
+    @property
+    def error(self) -> TransferError | None:
+        """*Beyond*: what it failed or paused on (ERROR, PAUSED_RECOVERABLE_WEB_ERROR_STATUS),
+        its message as stored (secrets in URLs masked); None in any other status."""
+        if self._rec.error_message is None or self.status not in _NEW_URI_IN[1:]:
+            return None
+        return self._stored_error()
 
     @property
     def progress(self) -> BackgroundDownloadProgress:
@@ -608,6 +621,8 @@ class DownloadOperation:
                 fields["acknowledged"] = 0
             self._unsaved_running = old is S.IDLE and new is S.RUNNING
             if new in TERMINAL:
+                if new is S.CANCELED:  # the ended table remembers it as canceled
+                    self._store.update(self._rec.guid, status=new._value_)
                 self._store.delete(self._rec.guid)  # finished: no row left to find again
             elif not self._unsaved_running:
                 self._store.update(self._rec.guid, **fields)

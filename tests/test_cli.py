@@ -276,7 +276,8 @@ def test_list_resume_cancel(body: bytes, tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         listed = bgt("list", cwd=tmp_path, state=state)
-        lines = listed.stdout.strip().splitlines()
+        header, *lines = listed.stdout.strip().splitlines()
+        assert header.split() == ["ID", "STATUS", "SIZE", "DONE", "FILE", "URL", "REASON"]
         assert len(lines) == 2
         assert all("RUNNING" in line for line in lines)
         one = next(line.split()[0] for line in lines if "one.bin" in line)
@@ -305,7 +306,7 @@ def test_cancel_stops_a_get_running_in_another_shell(body: bytes, tmp_path: Path
             text=True,
         )
         wait_for(control_path(tmp_path / "f.bin").exists)
-        (line,) = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
+        (_, line) = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
         done = bgt("cancel", line.split()[0], cwd=tmp_path, state=state)
         assert done.returncode == 0, done.stderr
         _, err = proc.communicate(timeout=30)
@@ -497,7 +498,7 @@ def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
-        listed = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
+        listed = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()[1:]
         assert len(listed) == 4
         assert all("PAUSED_BY_APPLICATION" in line for line in listed), listed
         assert not any((tmp_path / "out" / n).exists() for n in names)
@@ -509,11 +510,41 @@ def test_mirror_ctrl_c_pauses_and_the_same_command_resumes(body: bytes, tmp_path
         server.close()
 
 
-def test_mirror_refuses_a_new_url_for_a_file_under_way(body: bytes, tmp_path: Path) -> None:
-    """A list whose URL for a file changed since its download began: that file fails
-    with the line get prints (cancel first: its partial data is of the old URL), the
-    others complete, status 1; the partial data is left as it was."""
+def test_mirror_continues_a_file_from_its_new_url(body: bytes, tmp_path: Path) -> None:
+    """A list whose URL for a file changed since its download began (a re-signed URL):
+    the same content (its ETag) continues from the new URL without starting over."""
     server = FaultServer(body)
+    server.rate = 1 << 20
+    state = tmp_path / "s"
+    (tmp_path / "list.txt").write_text(f"{server.url} a.bin\n")
+    command = ("mirror", "-q", "-i", "list.txt", "-d", "out", "-c", "1")
+    try:
+        proc = subprocess.Popen(argv(*command, "--state-dir", str(state)), cwd=tmp_path)
+        wait_for(control_path(tmp_path / "out" / "a.bin").exists)
+        wait_for(lambda: server.bytes_sent > 3 << 20)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        (op,) = BackgroundDownloader(state_dir=state).get_current_downloads()
+        kept = op.progress.bytes_received
+        assert kept >= 2 << 20
+        server.rate = 0
+        sent = server.bytes_sent
+        (tmp_path / "list.txt").write_text(f"{server.url}?v=2 a.bin\n{server.url} b.bin\n")
+        done = bgt(*command, cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out" / "a.bin").read_bytes() == body
+        assert (tmp_path / "out" / "b.bin").read_bytes() == body
+        assert server.bytes_sent - sent <= 2 * len(body) - kept + (1 << 20)  # a.bin went on
+    finally:
+        server.close()
+
+
+def test_mirror_refuses_a_new_url_for_data_without_a_validator(body: bytes, tmp_path: Path) -> None:
+    """Partial data with no ETag or Last-Modified cannot show that a new URL serves the
+    same content: that file fails with a line saying so, the others complete, status 1;
+    the partial data is left as it was."""
+    server = FaultServer(body)
+    server.etag = server.last_modified = ""
     server.rate = 1 << 20
     state = tmp_path / "s"
     (tmp_path / "list.txt").write_text(f"{server.url} a.bin\n")
@@ -527,13 +558,9 @@ def test_mirror_refuses_a_new_url_for_a_file_under_way(body: bytes, tmp_path: Pa
         (tmp_path / "list.txt").write_text(f"{server.url}?v=2 a.bin\n{server.url} b.bin\n")
         done = bgt(*command, cwd=tmp_path, state=state)
         assert done.returncode == 1
-        (guid,) = [
-            line.split()[0] for line in bgt("list", cwd=tmp_path, state=state).stdout.splitlines()
-        ]
-        assert (
-            f"out/a.bin is being downloaded from {server.url} (bgtransfer cancel {guid} first)"
-            in done.stderr
-        )
+        guid = bgt("list", cwd=tmp_path, state=state).stdout.splitlines()[1].split()[0]
+        assert f"out/a.bin is being downloaded from {server.url}, and its partial" in done.stderr
+        assert f"(bgtransfer cancel {guid} first)" in done.stderr
         assert (tmp_path / "out" / "b.bin").read_bytes() == body
         assert control_path(tmp_path / "out" / "a.bin").exists()
         assert not (tmp_path / "out" / "a.bin").exists()

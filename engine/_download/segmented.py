@@ -191,6 +191,7 @@ class SegmentedDownload:
     _stat_result: tuple[str, int | None] = ("", None)
     """SFTP: (time, size) of the file, from the stat at the start of a round."""
     _failures = 0
+    _failing_since = 0.0  # loop time of the first of the failures in a row
     _ticker: Ticker | None = None
     _flushed = 0.0
     new = False
@@ -524,7 +525,11 @@ class SegmentedDownload:
     async def _transient(self, err: TransferError, retry_after: float | None) -> None:
         """Back off (exponential, jittered, Retry-After honoured) or give up after N in a row."""
         self._failures += 1
+        now = asyncio.get_running_loop().time()
+        if self._failures == 1:
+            self._failing_since = now
         if self._failures > self.config.retries:
+            err.attempts, err.retried_for = self._failures, now - self._failing_since
             raise err
         delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (self._failures - 1))
         import random  # here only: a failure's jitter, not every command's start-up
@@ -706,9 +711,12 @@ class SegmentedDownload:
         if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
             os.close(self._grow_fd)
             self._grow_fd = -1
-        if size is None or size <= self.config.first_request:
-            # Unknown length, or a body the first response carries whole: a plain file,
-            # no bitmap (a broken small body costs at most first_request again).
+        if size is None or size <= self.config.first_request or not ranges:
+            # Unknown length, a body the first response carries whole, or a server
+            # without ranges: a plain file, no bitmap (a broken small body costs at most
+            # first_request again).  Without ranges nothing can be resumed, so no control
+            # file says there is: the next run asks once, as for a new file, instead of
+            # probing with ranges the server ignores.
             self._plain = True
         else:
             self._plain = False

@@ -345,6 +345,8 @@ def configure(
     curl.setopt(pycurl.SSL_VERIFYHOST, 2)
     if config.ca_file:
         curl.setopt(pycurl.CAINFO, config.ca_file)
+    if config.ca_path:
+        curl.setopt(pycurl.CAPATH, config.ca_path)
     curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(config.connect_timeout * 1000))
     curl.setopt(pycurl.LOW_SPEED_LIMIT, config.low_speed_limit)
     curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(config.response_timeout)))

@@ -64,6 +64,19 @@ CREATE TABLE IF NOT EXISTS operations (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS one_live_operation_per_result ON operations(result_file)
     WHERE status NOT IN (5, 6) AND NOT (status = 7 AND acknowledged = 1);
+CREATE TABLE IF NOT EXISTS ended (
+    guid TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    result_file TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    ended REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS remember_ended BEFORE DELETE ON operations BEGIN
+    INSERT OR REPLACE INTO ended VALUES (old.guid, old.uri, old.result_file,
+        CASE old.status WHEN 6 THEN 6 ELSE 5 END, old.total,
+        (julianday('now') - 2440587.5) * 86400.0);
+END;
 CREATE TABLE IF NOT EXISTS groups (
     name TEXT PRIMARY KEY,
     behavior INTEGER NOT NULL
@@ -79,6 +92,11 @@ guid in an index of its own, one b-tree more to change for every row inserted an
 deleted; a commit of a mirror's rows wrote two pages of log instead of three, and
 the loop of 5000 small files on tmpfs took 3% less).  A database made before keeps
 its rowid table: the statements are the same for both.
+
+``ended``: what ``bgtransfer list --all`` shows of the operations that finished.  A
+trigger fills it as their rows go (in SQLite: not a Python call more a file), a row
+marked CANCELED first is remembered as canceled, any other as completed; ``expire``
+forgets them after the retention time.
 
 ``requests``: a cancel asked by a process of the operation another one drives
 (engine/_ops/cross_process.py).  ``answer`` is NULL until the driver takes it ('taken'),
@@ -367,6 +385,27 @@ class Store:
     def delete(self, guid: str) -> None:
         """Forget a finished operation: nothing is left to resume or report."""
         self._write("DELETE FROM operations WHERE guid = ?", (guid,))
+
+    def failed(self, before: float | None = None) -> list[OpRecord]:
+        """Operations that ended in ERROR after the error was seen (``current`` leaves
+        them out; their partial data stays); ``before``: only those failed earlier."""
+        sql = "SELECT * FROM operations WHERE status = 7 AND acknowledged = 1"
+        args: tuple[Any, ...] = ()
+        if before is not None:
+            sql += " AND updated < ?"
+            args = (before,)
+        with self._cursor() as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [OpRecord.from_row(r) for r in rows]
+
+    def ended(self) -> list[tuple[str, str, str, int, int, float]]:
+        """(guid, uri, result_file, status, total, ended) of the finished operations."""
+        with self._cursor() as db:
+            rows = db.execute("SELECT * FROM ended ORDER BY ended").fetchall()
+        return [tuple(r) for r in rows]
+
+    def forget_ended(self, before: float) -> None:
+        self._write("DELETE FROM ended WHERE ended < ?", (before,))
 
     def get(self, guid: str) -> OpRecord | None:
         with self._cursor() as db:

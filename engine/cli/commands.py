@@ -31,8 +31,11 @@ from engine import (
     run,
 )
 from engine._disk.checksum import file_digest, parse
-from engine.cli.names import name_from_url, parse_list, split_login, unique_names
+from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
+from engine.cli.names import output_path, read_list, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
+from engine.cli.words import describe, say
+from engine.config import TransferConfig
 
 S = BackgroundTransferStatus
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
@@ -40,6 +43,20 @@ _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
 
 class Interrupted(Exception):
     """Ctrl-C: the running operations were paused, to be resumed by running it again."""
+
+    def __init__(self, ops: list[DownloadOperation] | None = None) -> None:
+        super().__init__("interrupted")
+        self.ops = ops or []
+
+    def starting_over(self) -> list[DownloadOperation]:
+        """The paused ones whose server does not resume (no ranges, or no size): their
+        next run starts from zero."""
+        out = []
+        for op in self.ops:
+            info = op.get_response_information()
+            if info is not None and not info.is_resumable and op.status is not S.COMPLETED:
+                out.append(op)
+        return out
 
 
 def downloader(
@@ -52,13 +69,36 @@ def downloader(
         state_dir=args.state_dir,
         max_connections_per_file=getattr(args, "connections", 8),
         server_credential=_credential(getattr(args, "user", None), found),
+        config=_tls_config(args),
     )
+    expire(d, keep_seconds(getattr(args, "keep_failed", None)))
     for header in getattr(args, "header", []):
         name, sep, value = header.partition(":")
         if not sep:
             raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
         d.set_request_header(name.strip(), value.strip())
     return d
+
+
+def _tls_config(args: argparse.Namespace) -> TransferConfig | None:
+    """``--cacert FILE`` and ``--capath DIR``, else what curl reads from the environment:
+    ``CURL_CA_BUNDLE``, then ``SSL_CERT_DIR`` and ``SSL_CERT_FILE``."""
+    ca_file, ca_path = getattr(args, "cacert", None), getattr(args, "capath", None)
+    if ca_file is None and ca_path is None:
+        ca_file = os.environ.get("CURL_CA_BUNDLE") or None
+        if ca_file is None:
+            ca_path = os.environ.get("SSL_CERT_DIR") or None
+            ca_file = os.environ.get("SSL_CERT_FILE") or None
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise InvalidRequestError(f"{ca_file}: no such CA certificate file")
+    if ca_path is not None and not os.path.isdir(ca_path):
+        raise InvalidRequestError(f"{ca_path}: no such CA certificate directory")
+    if ca_file is None and ca_path is None:
+        return None
+    return TransferConfig(
+        ca_file=os.path.abspath(ca_file) if ca_file else None,
+        ca_path=os.path.abspath(ca_path) if ca_path else None,
+    )
 
 
 def _credential(user: str | None, found: Iterable[tuple[str, str] | None]) -> Credential | None:
@@ -79,14 +119,6 @@ def _credential(user: str | None, found: Iterable[tuple[str, str] | None]) -> Cr
             f"the URLs carry {len(logins)} different logins: one a command (split the list)"
         )
     return Credential(*logins.pop()) if logins else None
-
-
-def one_line(exc: BaseException) -> str:
-    """An OSError (a StorageError too) as the shell's tools word one, ``PATH: reason``,
-    not as Python does, ``[Errno 28] reason: 'PATH'``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return str(exc)
 
 
 def go_on(op: DownloadOperation, progress: Any) -> None:
@@ -135,7 +167,7 @@ def wait_all(ops: list[DownloadOperation], waits: Waits) -> list[TransferError]:
                 errors.append(exc)
     except KeyboardInterrupt:
         pause_all(ops)
-        raise Interrupted from None
+        raise Interrupted(ops) from None
     return errors
 
 
@@ -146,40 +178,26 @@ def pause_all(ops: list[DownloadOperation]) -> None:
                 op.pause()
 
 
-def _current(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
-    """The unfinished operations by result file, as an absolute path str."""
-    return {os.fspath(op.result_file): op for op in d.get_current_downloads(include_groups=True)}
-
-
-def _other_source(op: DownloadOperation) -> InvalidRequestError:
-    """The refusal of a URL other than the one a file's unfinished operation has: its
-    partial data is of that one, and without validators to tell (no ETag, no
-    Last-Modified) a continuation from another URL could mix two contents."""
-    return InvalidRequestError(
-        f"{op.result_file} is being downloaded from {op.requested_uri} "
-        f"(bgtransfer cancel {op.guid} first)"
-    )
-
-
 # -- get ---------------------------------------------------------------------------------
 def get(args: argparse.Namespace) -> int:
     url, login = split_login(args.url)
     d = downloader(args, [login])
-    output = Path(os.path.abspath(args.output or name_from_url(url)))
-    if args.output and output.is_dir():  # as cp and aria2c's -d: the URL's name in it
-        output /= name_from_url(url)
+    output = output_path(args.output, url, create=args.create_dirs)
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
-    op = _current(d).get(os.fspath(output))
-    if op is not None and op.requested_uri != url:
-        raise _other_source(op)
+    op = by_result(d).get(os.fspath(output))
+    if op is not None:
+        op = point_at(op, url)  # the same URL, or a new one for the same content
     if op is None:
         op = d.create_download(url, output)
     if args.checksum:
         op.expected_checksum = args.checksum
     errors = follow(d, [op], args.quiet)
     if errors:
-        raise errors[0]
+        if args.debug:
+            raise errors[0]
+        say(f"error: {describe(errors[0], op)}")
+        return 1
     if not args.quiet:
         print(op.result_file)
     return 0
@@ -192,60 +210,63 @@ def mirror(args: argparse.Namespace) -> int:
     target = os.path.abspath(args.dir)
     if os.path.lexists(target) and not os.path.isdir(target):
         raise InvalidRequestError(f"{target}: not a directory")
-    try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
-    except (OSError, UnicodeDecodeError) as exc:  # a list that cannot be read is bad usage
-        raise InvalidRequestError(
-            f"{args.input}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-    try:
-        entries = unique_names(parse_list(text))
-    except ValueError as exc:
-        raise InvalidRequestError(f"{args.input}: {exc}") from None
+    listed = read_list(args.input)  # every line read and checked before any download
+    entries, bad = listed.entries, listed.bad
+    for line in bad + listed.renamed:
+        say(line)
+    if not entries:
+        if bad:
+            return 1
+        raise InvalidRequestError(f"{args.input}: no URL in the list")
     logins: list[tuple[str, str]] = []  # those the URLs carried
     for i, entry in enumerate(entries):
         url, login = split_login(entry.url)
         if login is not None:
             entries[i] = dataclasses.replace(entry, url=url)
             logins.append(login)
-    for entry in entries:
-        if entry.checksum:
-            parse(entry.checksum)
     os.makedirs(target, exist_ok=True)
     d = downloader(args, logins)
-    current = _current(d)
+    current = by_result(d)
     todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
     skipped = 0
-    elsewhere: list[tuple[DownloadOperation, TransferError]] = []
+    refused: list[tuple[DownloadOperation | None, str]] = []
     present = set(os.listdir(target))  # one read of the folder, not a stat a name
     for entry in entries:
         path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
         op = current.get(path)
         if op is None and entry.name in present and _complete(path, entry.checksum):
             skipped += 1
-        elif op is not None and op.requested_uri != entry.url:
-            elsewhere.append((op, _other_source(op)))  # as get refuses it
-        else:
-            todo.append((entry, path, op))
+            continue
+        if op is not None and op.requested_uri != entry.url:
+            try:
+                op = point_at(op, entry.url)  # as get does: the same content, a new URL
+            except InvalidRequestError as exc:
+                refused.append((op, str(exc)))
+                continue
+        todo.append((entry, path, op))
     started = time.monotonic()
     view = MirrorView(args.quiet, len(entries), skipped)
     try:
         (count, size), failed = _run_mirror(d, todo, args.parallel, view)
-        failed = elsewhere + failed
         view.finished(count + skipped, len(entries))
     finally:
         view.close()
     took = time.monotonic() - started
     print(
-        f"{count} downloaded, {skipped} already complete, {len(failed)} failed; "
+        f"{count} downloaded, {skipped} already complete, {len(failed) + len(refused)} failed"
+        f"{f', {len(bad)} bad lines' if bad else ''}; "
         f"{size / 1e6:.1f} MB in {took:.1f} s ({size / max(took, 1e-9) / 1e6:.0f} MB/s)",
         file=sys.stderr,
     )
+    for _, line in refused:
+        say(line)
     for op, error in failed:
-        detail = one_line(error)
+        detail = describe(error, op, args.debug)
         about = "" if str(op.result_file) in detail else f"{op.result_file.name}: "
-        print(f"bgtransfer: {about}{detail}", file=sys.stderr)
-    return 1 if failed else 0
+        say(f"{about}{detail}")
+    if bad:
+        say(f"{len(bad)} bad lines in {args.input} were skipped (see above)")
+    return 1 if failed or refused or bad else 0
 
 
 def _complete(path: str, checksum: str | None) -> bool:
@@ -343,41 +364,34 @@ async def _mirror(
 
 
 # -- list, resume, cancel ----------------------------------------------------------------
-def list_(args: argparse.Namespace) -> int:
-    ops = downloader(args).get_current_downloads(include_groups=True)
-    for op in ops:
-        p = op.progress
-        share = (
-            f"{100 * p.bytes_received / p.total_bytes_to_receive:5.1f}%"
-            if p.total_bytes_to_receive
-            else "    ?"
-        )
-        print(f"{op.guid}  {p.status.name:<36} {share}  {p.bytes_received:>14}  {op.result_file}")
-    if not ops and not args.quiet:
-        print("no operations in progress", file=sys.stderr)
-    return 0
-
-
-def _find(d: BackgroundDownloader, guid: str) -> DownloadOperation:
-    for op in d.get_current_downloads(include_groups=True):
-        if str(op.guid) == guid or (len(guid) >= 8 and str(op.guid).startswith(guid)):
-            return op
-    raise InvalidRequestError(f"no operation {guid} in {d.state_dir}")
-
-
 def resume(args: argparse.Namespace) -> int:
+    """One operation (a GUID or its first characters), or every unfinished one with
+    ``--all``, failed ones too; ``--url`` continues one from a new URL."""
     d = downloader(args)
     if args.all == bool(args.guid):
-        raise InvalidRequestError("resume takes one GUID or --all")
-    ops = d.get_current_downloads(include_groups=True) if args.all else [_find(d, args.guid)]
+        raise InvalidRequestError("resume takes one GUID (or its first characters) or --all")
+    if args.url and args.all:
+        raise InvalidRequestError("--url goes with one GUID, not --all")
+    ops = unfinished(d) if args.all else [find(d, args.guid)]
+    if args.url:
+        url, login = split_login(args.url)
+        if login is not None:
+            raise InvalidRequestError("a password goes in -u/--user, not in --url")
+        op = point_at(ops[0], url)
+        if op is None:  # it had not started: a new one from the new URL
+            op = d.create_download(url, ops[0].result_file)
+        ops = [op]
     errors = follow(d, ops, args.quiet)
+    by_guid = {op.guid: op for op in ops}
     for exc in errors:
-        print(f"bgtransfer: error: {one_line(exc)}", file=sys.stderr)
+        if args.debug:
+            raise exc
+        say(f"error: {describe(exc, by_guid.get(exc.guid) if exc.guid else None)}")
     return 1 if errors else 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    op = _find(downloader(args), args.guid)
+    op = find(downloader(args), args.guid)
     op.cancel()
     if not args.quiet:
         print(f"{op.guid} canceled ({op.result_file})", file=sys.stderr)

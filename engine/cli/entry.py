@@ -23,12 +23,14 @@ from engine.cli.commands import (
     Interrupted,
     cancel,
     demo,
+    downloader,
     get,
-    list_,
     mirror,
-    one_line,
     resume,
 )
+from engine.cli.kept import DEFAULT_KEEP
+from engine.cli.listing import list_
+from engine.cli.words import describe, say
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +42,29 @@ class _Parser(argparse.ArgumentParser):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, help="where operations are kept")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and libcurl's own errors"
+    )
+    parser.add_argument(
+        "--keep-failed",
+        metavar="DURATION",
+        help="how long a failed download keeps its partial data and stays listed "
+        f"(30m, 12h, 7d...; default $BGTRANSFER_KEEP_FAILED, else {DEFAULT_KEEP})",
+    )
+
+
+def _trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="CA certificates (PEM) to trust instead of the system's "
+        "(default $CURL_CA_BUNDLE, else $SSL_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--capath",
+        metavar="DIR",
+        help="a directory of CA certificates (openssl rehash) to trust (default $SSL_CERT_DIR)",
+    )
 
 
 def _version() -> str:
@@ -81,13 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "-o",
         "--output",
-        type=Path,
-        help="result file, or a folder for the URL's name (default: that name here)",
+        help="result file, or a folder for the URL's name (a trailing / always means a "
+        "folder; default: that name here)",
+    )
+    g.add_argument(
+        "--create-dirs", action="store_true", help="make the folder of -o when it is missing"
     )
     g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
     _login(g)
+    _trust(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
@@ -95,13 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
     m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     _login(m)
-    sub.add_parser("list", help="operations in the state directory")
-    r = sub.add_parser("resume", help="resume one operation, or --all")
-    r.add_argument("guid", nargs="?")
+    _trust(m)
+    ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
+    ls.add_argument("--all", action="store_true", help="also those that completed or were canceled")
+    r = sub.add_parser("resume", help="resume one operation (failed ones too), or --all")
+    r.add_argument("guid", nargs="?", help="its GUID, or the first characters of it")
     r.add_argument("--all", action="store_true")
+    r.add_argument("--url", help="continue from this URL (the same file, moved or re-signed)")
     _login(r)
+    _trust(r)
     c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
-    c.add_argument("guid")
+    c.add_argument("guid", help="its GUID, or the first characters of it")
     d = sub.add_parser("demo", help="serve a generated file on loopback and download it")
     d.add_argument("--size-mib", type=int, default=256)
     d.add_argument("-c", "--connections", type=int, default=8)
@@ -113,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": get,
     "mirror": mirror,
-    "list": list_,
+    "list": lambda args: list_(args, downloader(args)),
     "resume": resume,
     "cancel": cancel,
     "demo": demo,
@@ -143,13 +175,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except (Interrupted, KeyboardInterrupt) as exc:
         why = signal.Signals(_stopped_by).name if _stopped_by else "interrupted"
-        again = "; run the same command again to resume" if isinstance(exc, Interrupted) else ""
+        again = ""
+        if isinstance(exc, Interrupted):
+            again = "; run the same command again to resume"
+            over = exc.starting_over()
+            if over:
+                names = ", ".join(op.result_file.name for op in over)
+                again = (
+                    f"; the server of {names} does not resume downloads (no ranges): "
+                    "running the same command again starts over"
+                )
         print(f"bgtransfer: {why}{again}", file=sys.stderr)
         return 128 + (_stopped_by or signal.SIGINT)
     except (InvalidRequestError, ValueError) as exc:
         if args.debug:
             raise
-        print(f"bgtransfer: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     except BrokenPipeError:
         _drop_output()
@@ -157,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TransferError, OSError) as exc:
         if args.debug:
             raise
-        print(f"bgtransfer: error: {one_line(exc)}", file=sys.stderr)
+        say(f"error: {describe(exc)}")
         return 1
 
 

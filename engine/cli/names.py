@@ -8,9 +8,15 @@ or dash; collisions get ``.1``, ``.2``... before the extension.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from engine._disk.checksum import parse
+from engine.errors import InvalidRequestError
 
 _MAX_NAME = 200
 _UNSAFE = frozenset("/\\\0")
@@ -61,34 +67,101 @@ def split_login(url: str) -> tuple[str, tuple[str, str] | None]:
     )
 
 
+def output_path(output: str | None, url: str, *, create: bool) -> Path:
+    """The result file of ``get URL -o OUTPUT``: OUTPUT itself, or the URL's name in it
+    when it is a folder.  A trailing slash always means a folder (as for cp and curl):
+    one that does not exist is made with ``--create-dirs``, else refused; so is a
+    file's missing folder."""
+    if not output:
+        return Path(os.path.abspath(name_from_url(url)))
+    path = Path(os.path.abspath(output))
+    folder = output.endswith(("/", os.sep)) or path.is_dir()
+    where = path if folder else path.parent
+    if not where.is_dir():
+        if os.path.lexists(where):
+            raise InvalidRequestError(f"{where}: not a directory")
+        if not create:
+            raise InvalidRequestError(f"{where}: no such directory (--create-dirs makes it)")
+        os.makedirs(where, exist_ok=True)
+    return path / name_from_url(url) if folder else path
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     url: str
     name: str
     checksum: str | None
+    line: int = 0
+    """Its line in the list (1 for the first)."""
 
 
-def parse_list(text: str) -> list[Entry]:
-    """One entry a line: ``URL [NAME] [ALGO=HEX]``; blank lines and ``#`` comments skipped."""
-    entries = []
-    for number, line in enumerate(text.splitlines(), 1):
+SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp"})
+
+
+def _entry(number: int, fields: list[str]) -> Entry:
+    """One line's entry; ValueError saying what is wrong with it."""
+    url, rest = fields[0], fields[1:]
+    checksum = rest.pop() if rest and "=" in rest[-1] else None
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"{url!r} is not a URL")
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"{url!r}: {parts.scheme} is not http, https, ftp, ftps or sftp")
+    if checksum is not None:
+        parse(checksum)  # its own ValueError says what is wrong
+    name = " ".join(rest) if rest else _last_segment(parts.path)
+    return Entry(url, safe_name(name), checksum, number)
+
+
+@dataclasses.dataclass
+class MirrorList:
+    """A mirror list read whole: what to download, and what to tell about it."""
+
+    entries: list[Entry]
+    """The good lines, their names made unique."""
+    bad: list[str]
+    """``SOURCE:N: what is wrong``, for each line that cannot be downloaded."""
+    renamed: list[str]
+    """``SOURCE:N: ...``, for each entry whose name another line took first."""
+
+
+def parse_list(lines: Iterable[str], source: str = "list") -> MirrorList:
+    """A mirror list, one ``URL [NAME] [ALGO=HEX]`` a line (blank lines and ``#``
+    comments skipped), read whole (see ``MirrorList``).
+
+    The one place a list is parsed: a list streamed line by line replaces it whole."""
+    entries, problems = [], []
+    for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
-        url, rest = fields[0], fields[1:]
-        checksum = rest.pop() if rest and "=" in rest[-1] else None
-        parts = urlsplit(url)
-        if not parts.scheme:
-            raise ValueError(f"line {number}: {url!r} is not a URL")
-        name = " ".join(rest) if rest else _last_segment(parts.path)
-        entries.append(Entry(url, safe_name(name), checksum))
-    return entries
+        try:
+            entries.append(_entry(number, fields))
+        except ValueError as exc:
+            problems.append(f"{source}:{number}: {exc}")
+    unique, renamed = unique_names(entries)
+    notices = [
+        f"{source}:{entry.line}: the name is taken by line {first}: saved as {entry.name}"
+        for entry, first in renamed
+    ]
+    return MirrorList(unique, problems, notices)
 
 
-def unique_names(entries: list[Entry]) -> list[Entry]:
-    """Give colliding names (case-insensitively) a ``.N`` suffix before the extension."""
-    seen: set[str] = set()
-    out = []
+def read_list(source: str) -> MirrorList:
+    """``parse_list`` of the file ``source`` (``-``: standard input); one that cannot
+    be read is bad usage."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"{source}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_list(text.splitlines(), source)
+
+
+def unique_names(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, int]]]:
+    """Give colliding names (case-insensitively) a ``.N`` suffix before the extension;
+    the entries renamed, each with the line of the entry that has its name."""
+    seen: dict[str, int] = {}
+    out, renamed = [], []
     for entry in entries:
         name = entry.name
         stem, dot, ext = name.rpartition(".")
@@ -98,6 +171,11 @@ def unique_names(entries: list[Entry]) -> list[Entry]:
         while name.lower() in seen:
             n += 1
             name = f"{stem}.{n}{dot}{ext}"
-        seen.add(name.lower())
-        out.append(entry if name is entry.name else dataclasses.replace(entry, name=name))
-    return out
+        seen[name.lower()] = entry.line
+        if name is entry.name:
+            out.append(entry)
+        else:
+            moved = dataclasses.replace(entry, name=name)
+            out.append(moved)
+            renamed.append((moved, seen[entry.name.lower()]))
+    return out, renamed
