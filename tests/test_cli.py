@@ -15,29 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_run import argv, bgt
 from mounts import tmpfs
 from polling import wait_for
 from servers import FaultServer, Nginx, free_port, sha256
 
 from engine import BackgroundDownloader
 from engine._disk.core import control_path
-
-
-def argv(*args: str) -> list[str]:
-    """The command line of ``python -m engine ARGS``."""
-    return [sys.executable, "-m", "engine", *args]
-
-
-def bgt(*args: str, cwd: Path, state: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m engine`` (the same program as ``bgtransfer``) to completion."""
-    extra = ["--state-dir", str(state)] if state is not None else []
-    return subprocess.run(
-        argv(*args, *extra),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_get_downloads_byte_exact(nginx: Nginx, tmp_path: Path) -> None:
@@ -459,13 +443,14 @@ def test_mirror_on_a_terminal_counts_the_files_done(
     nginx: Nginx, body: bytes, tmp_path: Path
 ) -> None:
     """On a pty the mirror's total bar counts the files done while others still run
-    (the one already complete counts from the start)."""
+    (the one already complete counts from the start), and shows the total size once
+    every file's is known."""
     server = FaultServer(body)
     server.rate = 256 << 10  # the third file takes its time
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "there.bin").write_bytes(b"complete before the command")
     (tmp_path / "list.txt").write_text(
-        f"{nginx.url('small.bin')} a.bin\n{nginx.url('small.bin')} there.bin\n"
+        f"{nginx.url('big.bin')} a.bin\n{nginx.url('small.bin')} there.bin\n"
         f"{nginx.url('empty.bin')} b.bin\n{server.url} slow.bin\n"
     )
     state = tmp_path / "s"
@@ -475,6 +460,8 @@ def test_mirror_on_a_terminal_counts_the_files_done(
         )
         term.until(lambda seen: b"3/4 done" in seen)
         assert b"1/4 done" in term.seen  # before the others ended: the skipped one
+        total = (nginx.www / "big.bin").stat().st_size + len(body)
+        term.until(lambda seen: f"/{total / 1e6:.1f} MB".encode() in seen)
         assert not (tmp_path / "out" / "slow.bin").exists()  # counted while it ran
         assert term.interrupt() == 130
     finally:

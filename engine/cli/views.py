@@ -128,12 +128,15 @@ class FileView:
 
 class MirrorView(FileView):
     """A total bar over every file, with the count of those done (as curl -Z counts
-    its transfers), and bars for the files in flight (removed when done)."""
+    its transfers), and bars for the files in flight (removed when done).  The total
+    bar's size is known once every file to fetch has told its own (or ended)."""
 
     def __init__(self, quiet: bool, files: int, already: int = 0) -> None:
         super().__init__(quiet)
         self._done_bytes = 0
         self._live: dict[object, int] = {}
+        self._sizes: dict[object, int] = {}  # the files to fetch whose size is known
+        self._to_fetch = files - already
         self._files = files
         self._completed = already  # complete before the command: skipped
         self._failed = 0
@@ -150,7 +153,8 @@ class MirrorView(FileView):
             return
         p = op.progress
         with self._lock:
-            if p.status in ENDED:
+            if p.total_bytes_to_receive or p.status in ENDED:
+                self._sizes[op.guid] = p.total_bytes_to_receive or p.bytes_received
                 task = self._tasks.pop(op.guid, None)
                 if task is not None:
                     self._progress.remove_task(task)
@@ -164,9 +168,11 @@ class MirrorView(FileView):
                 self._live[op.guid] = p.bytes_received
             done = self._done_bytes + sum(self._live.values())
             count = self._count()
+            known = len(self._sizes) >= self._to_fetch
+            total = sum(self._sizes.values()) if known else None
         if p.status not in ENDED:
             super().update(op)
-        self._progress.update(self._total, completed=done, extra=count)
+        self._progress.update(self._total, completed=done, total=total, extra=count)
 
     def finished(self, completed: int, files: int) -> None:
         if self._progress is not None and self._total is not None:

@@ -97,7 +97,7 @@ def _hint(exc: TransferError, kept: bool) -> str:
     if code in (401, 407):
         return f"check the login (-u USER[:PASSWORD]), then {again}"
     if code in (403, 404, 410):
-        return f"check the URL; a new URL for the same file continues it ({again} with it)"
+        return f"check the URL; {again}, or with a new URL for the same file"
     if status in _NETWORK or 500 <= code < 600 or code in (408, 429):
         return f"check the address and the network, or wait for the server; then {again}"
     if isinstance(exc, IntegrityError):
