@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import installed  # noqa: F401  (first: refuses a stale install)
 import pytest
+import trustme
 import uvloop
 from network import SwitchableNetwork
 from servers import FaultServer, Nginx
@@ -32,6 +33,31 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     server = Nginx(tmp_path_factory.mktemp("nginx"))
     for name, size in NGINX_FILES.items():
         (server.www / name).write_bytes(os.urandom(size))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A certificate authority of the tests' own, which no system trusts."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_nginx(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Nginx]:
+    """nginx with HTTPS and HTTP/2 (certificate for localhost and 127.0.0.1 from the test CA)."""
+    root = tmp_path_factory.mktemp("tls-nginx")
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    chain, key = root / "chain.pem", root / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    with chain.open("wb") as fh:
+        for blob in cert.cert_chain_pems:
+            fh.write(blob.bytes())
+    server = Nginx(root, tls=(chain, key))
+    (server.www / "big.bin").write_bytes(os.urandom(24 << 20))
+    (server.www / "small.bin").write_bytes(os.urandom(10_000))
     try:
         yield server
     finally:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,30 +22,6 @@ from engine._disk.core import part_path
 S = BackgroundTransferStatus
 Make = Callable[..., BackgroundDownloader]
 FAST = TransferConfig(poll_interval=0.05, backoff_base=0.05, backoff_max=0.2, retries=1)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def tls_nginx(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Nginx]:
-    """nginx with HTTPS and HTTP/2 (certificate for localhost and 127.0.0.1 from the test CA)."""
-    root = tmp_path_factory.mktemp("tls-nginx")
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    chain, key = root / "chain.pem", root / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    with chain.open("wb") as fh:
-        for blob in cert.cert_chain_pems:
-            fh.write(blob.bytes())
-    server = Nginx(root, tls=(chain, key))
-    (server.www / "big.bin").write_bytes(os.urandom(24 << 20))
-    (server.www / "small.bin").write_bytes(os.urandom(10_000))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

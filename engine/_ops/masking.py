@@ -61,8 +61,16 @@ def mask_url(url: str) -> str:
     return url[:query] + _PARAMETER.sub(_mask_parameter, url[query:])
 
 
+def _mask_found(match: re.Match[str]) -> str:
+    """A URL found in text, masked; the punctuation after it (``URL: why``, ``(URL)``)
+    is the sentence's, not the URL's."""
+    found = match.group(0)
+    url = found.rstrip(".,:;)]")
+    return mask_url(url) + found[len(url) :]
+
+
 def mask_text(text: str) -> str:
     """Every URL in ``text`` masked (``mask_url``); text without one is returned as is."""
     if "://" not in text:
         return text
-    return _URL.sub(lambda m: mask_url(m.group(0)), text)
+    return _URL.sub(_mask_found, text)
