@@ -423,7 +423,7 @@ class BackgroundDownloader:
 
         return [
             EndedDownload(uuid.UUID(g), uri, Path(path), BackgroundTransferStatus(status), at)
-            for g, uri, path, status, _, at in self._store.ended()
+            for g, uri, path, status, at in self._store.ended()
         ]
 
     def expire(self, keep: float) -> list[DownloadOperation]:
