@@ -299,7 +299,7 @@ def _run_mirror(
     try:
         return run(_mirror(d, todo, parallel, view, running))
     except KeyboardInterrupt:
-        raise Interrupted from None
+        raise Interrupted(list(running.values())) from None
 
 
 async def _mirror(
