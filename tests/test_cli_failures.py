@@ -17,7 +17,7 @@ from polling import wait_for
 from servers import FaultServer, Nginx, sha256
 
 from engine import BackgroundDownloader
-from engine._core import control_path, part_path
+from engine._disk.core import control_path, part_path
 
 SIZE = 12 << 20
 """Three times the first request (4 MiB)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine import TransportError
-from engine._masking import mask_text, mask_url
+from engine._ops.masking import mask_text, mask_url
 
 
 @pytest.mark.parametrize(
