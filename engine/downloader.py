@@ -432,7 +432,12 @@ class BackgroundDownloader:
         than that; the operations canceled."""
         before = time.time() - keep
         gone = []
+        taken = {rec.result_file for rec in self._store.current()}
         for rec in self._store.failed(before):
+            if rec.result_file in taken:  # a newer operation's data is there now: forgotten
+                self._store.update(rec.guid, status=BackgroundTransferStatus.CANCELED.value)
+                self._store.delete(rec.guid)
+                continue
             op = self._adopt(rec)
             with contextlib.suppress(TransferError):  # resumed by another process meanwhile
                 op.cancel()

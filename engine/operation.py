@@ -150,7 +150,8 @@ class DownloadOperation:
         with self._lock:
             if self.status not in _NEW_URI_IN:
                 raise InvalidStateError(
-                    f"requested_uri can only change while paused, not in {self.status.name}"
+                    f"requested_uri can only change while paused or failed, not in "
+                    f"{self.status.name}"
                 )
             check_uri(uri)
             self._store.update(self._rec.guid, uri=uri)

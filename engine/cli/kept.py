@@ -56,8 +56,10 @@ def unfinished(d: BackgroundDownloader) -> list[DownloadOperation]:
 
 
 def by_result(d: BackgroundDownloader) -> dict[str, DownloadOperation]:
-    """The unfinished operations by result file, as an absolute path str."""
-    return {os.fspath(op.result_file): op for op in unfinished(d)}
+    """The unfinished operations by result file, as an absolute path str; a current
+    one before a failed one of the same file (the API may have made it since)."""
+    ops = d.get_failed_downloads() + d.get_current_downloads()
+    return {os.fspath(op.result_file): op for op in ops}
 
 
 def find(d: BackgroundDownloader, prefix: str) -> DownloadOperation:
