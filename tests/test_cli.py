@@ -401,7 +401,10 @@ class _Terminal:
             assert time.monotonic() < deadline, self.seen
             ready, _, _ = select.select([self.fd], [], [], 0.5)
             if ready:
-                self.seen += os.read(self.fd, 65536)
+                try:
+                    self.seen += os.read(self.fd, 65536)
+                except OSError:  # the pty is gone with the process
+                    raise AssertionError(f"the command ended: {self.seen!r}") from None
 
     def interrupt(self) -> int:
         """Ctrl-C; the exit status, once all it wrote is read."""
@@ -462,6 +465,7 @@ def test_mirror_on_a_terminal_counts_the_files_done(
         assert b"1/4 done" in term.seen  # before the others ended: the skipped one
         total = (nginx.www / "big.bin").stat().st_size + len(body)
         term.until(lambda seen: f"/{total / 1e6:.1f} MB".encode() in seen)
+        assert b"failed" not in term.seen  # a file whose size is known is not ended
         assert not (tmp_path / "out" / "slow.bin").exists()  # counted while it ran
         assert term.interrupt() == 130
     finally:

@@ -155,6 +155,7 @@ class MirrorView(FileView):
         with self._lock:
             if p.total_bytes_to_receive or p.status in ENDED:
                 self._sizes[op.guid] = p.total_bytes_to_receive or p.bytes_received
+            if p.status in ENDED:
                 task = self._tasks.pop(op.guid, None)
                 if task is not None:
                     self._progress.remove_task(task)
