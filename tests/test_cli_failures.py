@@ -227,3 +227,38 @@ def test_an_unknown_or_empty_guid_prefix_is_refused(tmp_path: Path, prefix: str)
     done = bgt("cancel", prefix, cwd=tmp_path, state=tmp_path / "s")
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_failed_mirror_file_is_kept_and_the_same_mirror_continues_it(
+    body: bytes, tmp_path: Path
+) -> None:
+    """A mirror whose file fails midway exits 1 with the file listed as ERROR; the same
+    mirror again continues that file from its partial data."""
+    server = FaultServer(body)
+    server.rate = 4 << 20
+    state = tmp_path / "s"
+    (tmp_path / "list.txt").write_text(f"{server.url} a.bin\n")
+    command = ("mirror", "-q", "-i", "list.txt", "-d", "out", "-c", "1")
+    try:
+        proc = subprocess.Popen(
+            argv(*command, "--state-dir", str(state)), cwd=tmp_path, stderr=subprocess.PIPE
+        )
+        wait_for(control_path(tmp_path / "out" / "a.bin").exists)
+        server.fault = "404"
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert b"a.bin" in err
+        assert b"404 Not Found" in err
+        (row,) = listed(tmp_path, state)
+        assert row[1] == "ERROR"
+        (op,) = BackgroundDownloader(state_dir=state).get_failed_downloads()
+        kept = op.progress.bytes_received
+        assert kept > 0
+        server.fault, server.rate = "", 0
+        sent = server.bytes_sent
+        done = bgt(*command, cwd=tmp_path, state=state)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out" / "a.bin").read_bytes() == body
+        assert server.bytes_sent - sent <= len(body) - kept + (1 << 20)
+    finally:
+        server.close()
