@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from engine import (
     run,
 )
 from engine._disk.checksum import file_digest, parse
+from engine._disk.core import CONTROL_SUFFIX
 from engine.cli.names import name_from_url, parse_list, split_login, unique_names
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 
@@ -211,30 +212,19 @@ def mirror(args: argparse.Namespace) -> int:
     for entry in entries:
         if entry.checksum:
             parse(entry.checksum)
+    if getattr(args, "host_connections", None) is not None and not args.cluster:
+        raise InvalidRequestError("--host-connections goes with --cluster")
+    if getattr(args, "cluster", None):  # Dask is imported only then
+        from engine.cluster._cli import mirror_on_cluster
+
+        return mirror_on_cluster(args, entries, logins)
     os.makedirs(target, exist_ok=True)
     d = downloader(args, logins)
-    current = _current(d)
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
-    skipped = 0
-    elsewhere: list[tuple[DownloadOperation, TransferError]] = []
-    present = set(os.listdir(target))  # one read of the folder, not a stat a name
-    for entry in entries:
-        path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
-        op = current.get(path)
-        if op is None and entry.name in present and _complete(path, entry.checksum):
-            skipped += 1
-        elif op is not None and op.requested_uri != entry.url:
-            elsewhere.append((op, _other_source(op)))  # as get refuses it
-        else:
-            todo.append((entry, path, op))
     started = time.monotonic()
-    view = MirrorView(args.quiet, len(entries), skipped)
-    try:
-        (count, size), failed = _run_mirror(d, todo, args.parallel, view)
-        failed = elsewhere + failed
-        view.finished(count + skipped, len(entries))
-    finally:
-        view.close()
+    done = mirror_files(
+        d, entries, target, args.parallel, lambda n, skipped: MirrorView(args.quiet, n, skipped)
+    )
+    count, size, skipped, failed = done.downloaded, done.size, done.skipped, done.failed
     took = time.monotonic() - started
     print(
         f"{count} downloaded, {skipped} already complete, {len(failed)} failed; "
@@ -246,6 +236,54 @@ def mirror(args: argparse.Namespace) -> int:
         about = "" if str(op.result_file) in detail else f"{op.result_file.name}: "
         print(f"bgtransfer: {about}{detail}", file=sys.stderr)
     return 1 if failed else 0
+
+
+@dataclasses.dataclass
+class Mirrored:
+    """What ``mirror_files`` did: files and bytes downloaded, files found complete,
+    and the failures (no list of every operation: a list of millions stays flat)."""
+
+    downloaded: int
+    size: int
+    skipped: int
+    failed: list[tuple[DownloadOperation, TransferError]]
+
+
+def mirror_files(
+    d: BackgroundDownloader,
+    entries: list[Any],
+    target: str,
+    parallel: int,
+    view: Callable[[int, int], MirrorView],
+) -> Mirrored:
+    """The mirror itself, callable from Python (a cluster's worker runs a shard with
+    it): every entry (``url``, ``name``, ``checksum``) into the existing folder
+    ``target``, up to ``parallel`` at a time, under ``view(files, skipped)``.
+
+    A file already there (and matching its checksum) is skipped; an operation of
+    ``d`` still unfinished goes on; a control file that no operation of ``d`` knows
+    (left by another state directory) is continued, not replaced."""
+    current = _current(d)
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]] = collections.deque()
+    skipped = 0
+    elsewhere: list[tuple[DownloadOperation, TransferError]] = []
+    present = set(os.listdir(target))  # one read of the folder, not a stat a name
+    for entry in entries:
+        path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
+        op = current.get(path)
+        if op is None and entry.name in present and _complete(path, entry.checksum):
+            skipped += 1
+        elif op is not None and op.requested_uri != entry.url:
+            elsewhere.append((op, _other_source(op)))  # as get refuses it
+        else:
+            todo.append((entry, path, op, entry.name + CONTROL_SUFFIX in present))
+    shown = view(len(entries), skipped)
+    try:
+        (count, size), failed = _run_mirror(d, todo, parallel, shown)
+        shown.finished(count + skipped, len(entries))
+    finally:
+        shown.close()
+    return Mirrored(count, size, skipped, elsewhere + failed)
 
 
 def _complete(path: str, checksum: str | None) -> bool:
@@ -267,7 +305,7 @@ Outcome = tuple[tuple[int, int], list[tuple[DownloadOperation, TransferError]]]
 
 def _run_mirror(
     d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]],
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
     parallel: int,
     view: MirrorView,
 ) -> Outcome:
@@ -283,7 +321,7 @@ def _run_mirror(
 
 async def _mirror(
     d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]],
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
     parallel: int,
     view: MirrorView,
     running: dict[int, DownloadOperation],
@@ -317,9 +355,11 @@ async def _mirror(
     try:
         while todo:
             await slots.acquire()
-            entry, path, op = todo.popleft()
+            entry, path, op, partial = todo.popleft()
             if op is None:
                 op = d.create_download(entry.url, path)
+                if partial:
+                    op._continue_found()
                 if entry.checksum:
                     op.expected_checksum = entry.checksum
             view.watch(op)

@@ -1,0 +1,200 @@
+"""bgtransfer mirror on a real Dask cluster: a scheduler and two workers on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dask_cluster import DaskCluster
+from polling import wait_for
+from servers import Nginx
+
+distributed = pytest.importorskip("distributed")
+
+from engine.cli.names import Entry  # noqa: E402
+from engine.cluster import cut  # noqa: E402
+from engine.cluster._task import Options, run_shard  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """``dask scheduler`` and two ``dask worker`` processes, stopped at the end."""
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    try:
+        cluster.start_worker()
+        cluster.start_worker()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def client(dask_cluster: DaskCluster) -> Iterator[Any]:
+    """A client of the cluster, once two workers are up (a killed one replaced)."""
+    with distributed.Client(dask_cluster.address, timeout="30s") as c:
+        dask_cluster.ensure(c)
+        yield c
+
+
+def _serve(nginx: Nginx, folder: str, count: int, size: int) -> list[str]:
+    """``count`` files of random bytes under ``folder`` in nginx's root; their names."""
+    served = nginx.www / folder
+    served.mkdir(exist_ok=True)
+    names = [f"f{i:03d}.bin" for i in range(count)]
+    for name in names:
+        (served / name).write_bytes(os.urandom(size))
+    return names
+
+
+def _fetches(nginx: Nginx, path: str) -> int:
+    """Requests nginx answered for URLs that start with ``path``."""
+    return sum(1 for line in nginx.requests() if f'"GET /{path}' in line)
+
+
+def _mirror(list_file: Path, out: Path, address: str, *extra: str) -> subprocess.Popen[str]:
+    command = ["mirror", "-i", str(list_file), "-d", str(out), "--cluster", address, "-q"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine", *command, *extra],
+        cwd=list_file.parent,  # not the source tree: the installed package
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _same(out: Path, served: Path, names: list[str]) -> None:
+    for name in names:
+        assert (out / name).read_bytes() == (served / name).read_bytes(), name
+    assert not [p for p in out.iterdir() if p.name.endswith((".bgtpart", ".bgtctl"))]
+
+
+def test_a_worker_killed_mid_mirror_ends_0_byte_exact(
+    nginx: Nginx, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker in the middle of a mirror: status 0, every file byte-exact."""
+    names = _serve(nginx, "killed", 12, 12 << 20)
+    (tmp_path / "list").write_text("".join(nginx.url(f"r20/killed/{n}") + "\n" for n in names))
+    out = tmp_path / "out"
+    proc = _mirror(tmp_path / "list", out, dask_cluster.address, "-c", "3", "-j", "2")
+    try:
+        staging = out / ".bgtransfer" / "staging"
+        wait_for(lambda: any(staging.glob("*/*.bgtctl")), timeout=60)  # a file half done
+        busy = [a for a, keys in client.processing().items() if keys]
+        dask_cluster.kill(dask_cluster.names(client)[busy[0]])
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "0 failed" in err
+    _same(out, nginx.www / "killed", names)
+
+
+def test_a_shard_run_twice_at_once_leaves_correct_files(
+    nginx: Nginx, client: Any, tmp_path: Path
+) -> None:
+    """Two runs of one shard at once (a zombie): both commit, the files are exact."""
+    names = _serve(nginx, "zombie", 3, 6 << 20)
+    entries = [Entry(nginx.url(f"slow/zombie/{n}"), n, None) for n in names]
+    (shard,) = cut(entries, size=len(entries))
+    out = tmp_path / "out"
+    out.mkdir()
+    runs = [
+        client.submit(
+            run_shard,
+            shard,
+            str(out),
+            Options(parallel=3, connections=3),
+            key=f"zombie-{uuid.uuid4().hex}",
+            pure=False,
+            workers=[address],
+        )
+        for address in list(client.scheduler_info()["workers"])[:2]
+    ]
+    records = client.gather(runs)
+    assert [r["failed"] for r in records] == [[], []]
+    assert _fetches(nginx, "slow/zombie/") >= 2 * len(names)  # both fetched: they overlapped
+    _same(out, nginx.www / "zombie", names)
+    assert (out / ".bgtransfer" / "shards" / f"{shard.id}.json").exists()
+    assert not [p for p in (out / ".bgtransfer" / "staging").iterdir() if p.is_dir()]
+
+
+def test_a_rerun_ends_0_and_fetches_nothing(
+    nginx: Nginx, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """The same list run again: status 0, every file already complete, no request."""
+    names = _serve(nginx, "again", 40, 64 << 10)
+    (tmp_path / "list").write_text("".join(nginx.url(f"again/{n}") + "\n" for n in names))
+    out = tmp_path / "out"
+    first = _mirror(tmp_path / "list", out, dask_cluster.address)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert "40 downloaded" in err
+    served = _fetches(nginx, "again/")
+    again = _mirror(tmp_path / "list", out, dask_cluster.address)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert "0 downloaded, 40 already complete, 0 failed" in err
+    assert _fetches(nginx, "again/") == served
+    _same(out, nginx.www / "again", names)
+
+
+def test_a_failed_file_makes_status_1_and_is_recorded(
+    nginx: Nginx, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """A 404 in the list: the others complete, status 1, the shard's record names it."""
+    names = _serve(nginx, "partly", 3, 1000)
+    lines = [nginx.url(f"partly/{n}") for n in names] + [nginx.url("partly/missing.bin")]
+    (tmp_path / "list").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    proc = _mirror(tmp_path / "list", out, dask_cluster.address)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "3 downloaded, 0 already complete, 1 failed" in err
+    assert re.search(r"missing\.bin.*404", err)
+    records = [p.read_text() for p in (out / ".bgtransfer" / "shards").iterdir()]
+    assert sum('"missing.bin"' in r for r in records) == 1
+
+
+def test_without_cluster_nothing_of_dask_is_imported(nginx: Nginx, tmp_path: Path) -> None:
+    """A mirror without --cluster runs with neither dask nor distributed imported."""
+    (tmp_path / "list").write_text(nginx.url("small.bin") + "\n")
+    code = (
+        "import sys; from engine.cli import main; "
+        f"code = main(['mirror', '-i', {str(tmp_path / 'list')!r}, '-d', "
+        f"{str(tmp_path / 'out')!r}, '-q', '--state-dir', {str(tmp_path / 's')!r}]); "
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["0", "[]"], done.stderr
+
+
+def test_shard_ids_follow_from_the_list_alone() -> None:
+    """The same list cuts into the same ids; a changed line changes its shard's id only."""
+    entries = [Entry(f"http://h/{i}", f"{i}.bin", None) for i in range(1000)]
+    first, second = cut(entries), cut(list(entries))
+    assert [s.id for s in first] == [s.id for s in second]
+    assert len(first) == 63  # 16 files a shard (1000 / 64, rounded up)
+    assert sum(len(s.items) for s in first) == 1000
+    entries[500] = Entry("http://h/other", "500.bin", None)
+    changed = [a.id != b.id for a, b in zip(first, cut(entries), strict=True)]
+    assert changed.count(True) == 1
+
+
+def test_bad_cluster_address_is_bad_usage(tmp_path: Path) -> None:
+    """--cluster with neither a scheduler address nor local:N: one line, status 2."""
+    (tmp_path / "list").write_text("http://127.0.0.1:9/x\n")
+    for bad in ("nowhere", "local:0"):
+        proc = _mirror(tmp_path / "list", tmp_path / "out", bad)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2
+        assert f"--cluster {bad}" in err
