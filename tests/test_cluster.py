@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +20,7 @@ from typing import Any
 import pytest
 from dask_cluster import DaskCluster
 from polling import wait_for
-from servers import Nginx
+from servers import FaultHandler, FaultServer, Nginx
 
 distributed = pytest.importorskip("distributed")
 
@@ -198,3 +204,119 @@ def test_bad_cluster_address_is_bad_usage(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2
         assert f"--cluster {bad}" in err
+
+
+class _Counting(FaultHandler):
+    """Counts the bodies being sent at once (the server's ``peak``)."""
+
+    server: _CountingServer
+
+    def send_body(self, first: int, last: int) -> None:
+        srv = self.server
+        with srv.lock:
+            srv.active += 1
+            srv.peak = max(srv.peak, srv.active)
+        try:
+            super().send_body(first, last)
+        finally:
+            with srv.lock:
+                srv.active -= 1
+
+
+class _CountingServer(FaultServer):
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.active = self.peak = 0
+        self.RequestHandlerClass = _Counting
+
+
+def test_the_cap_of_connections_a_host_holds_across_the_cluster(
+    body: bytes, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """--host-connections 2 over two workers of two threads: never more than two
+    requests at the server at once (four shards could run), every file exact."""
+    server = _CountingServer(body)
+    server.rate = 16 << 20
+    try:
+        (tmp_path / "list").write_text("".join(f"{server.url}?{i} f{i}.bin\n" for i in range(6)))
+        out = tmp_path / "out"
+        proc = _mirror(
+            tmp_path / "list", out, dask_cluster.address, "--host-connections", "2", "-c", "1"
+        )
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert server.peak == 2
+        assert all((out / f"f{i}.bin").read_bytes() == body for i in range(6))
+    finally:
+        server.close()
+
+
+def test_a_shard_run_again_elsewhere_continues_the_partial_file(
+    body: bytes, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """A worker killed in the middle of a file: the worker that runs the shard again
+    continues from the control file the first left (no request from byte 0 again)."""
+    server = FaultServer(body)
+    server.rate = 4 << 20
+    try:
+        (shard,) = cut([Entry(server.url, "big.bin", None)])
+        out = tmp_path / "out"
+        out.mkdir()
+        first = next(iter(client.scheduler_info()["workers"]))
+        future = client.submit(
+            run_shard,
+            shard,
+            str(out),
+            Options(parallel=1, connections=1),
+            key=f"again-{uuid.uuid4().hex}",
+            pure=False,
+            workers=[first],
+            allow_other_workers=True,
+        )
+        wait_for(lambda: server.bytes_sent > (5 << 20), timeout=60)  # past the first 4 MiB
+        dask_cluster.kill(dask_cluster.names(client)[first])
+        seen = len(server.ranges_seen)
+        record = future.result(timeout=120)
+        assert record["failed"] == []
+        assert (out / "big.bin").read_bytes() == body
+        again = server.ranges_seen[seen:]
+        assert again
+        assert not [r for r in again if r is None or r.startswith("bytes=0-")], again
+    finally:
+        server.close()
+
+
+def test_a_running_shard_moves_the_clients_bar(
+    body: bytes, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """On a terminal, the bytes of a shard still running reach the client's bar."""
+    server = FaultServer(body)
+    server.rate = 1 << 20
+    (tmp_path / "list").write_text(f"{server.url} slow.bin\n")
+    command = ["mirror", "-i", "list", "-d", "out", "--cluster", dask_cluster.address]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: bgtransfer on the pty, as a user at a terminal runs it
+        os.chdir(tmp_path)
+        os.execv(sys.executable, [sys.executable, "-m", "engine", *command])
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while not re.search(rb"[1-9][0-9.]* MB", seen):  # bytes, while its shard runs
+            assert time.monotonic() < deadline, seen
+            if select.select([fd], [], [], 0.5)[0]:
+                seen += os.read(fd, 65536)
+        assert b"0/1 done" in seen
+        assert not (tmp_path / "out" / "slow.bin").exists()
+    finally:
+        os.kill(pid, signal.SIGINT)
+        threading.Thread(target=lambda: _drain(fd), daemon=True).start()
+        _, status = os.waitpid(pid, 0)
+        server.close()
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
+def _drain(fd: int) -> None:
+    """Read the pty until it closes, so the child never blocks on a full terminal."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass

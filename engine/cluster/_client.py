@@ -159,15 +159,17 @@ def _caps(
     client: Any, shards: list[Shard], options: Options, cap: int | None
 ) -> tuple[Options, dict[str, Any]]:
     """The shards' options under a cap of ``cap`` connections a host over the cluster,
-    and a semaphore a host: a shard holds a lease of each of its hosts while it runs,
-    and opens at most min(cap, parallel x connections) connections to each."""
+    and a semaphore a host.  A shard opens at most ``budget`` connections, its files
+    at once times their connections each, and holds a lease of each of its hosts while
+    it runs: a host's semaphore has ``cap // budget`` leases."""
     if cap is None:
         return options, {}
     if cap < 1:
         raise InvalidRequestError(f"the connections a host must be at least 1, not {cap}")
     from distributed import Semaphore
 
-    budget = min(cap, options.parallel * options.connections)
+    files = min(options.parallel, max((len(s.items) for s in shards), default=1))
+    budget = min(cap, files * options.connections)
     connections = min(options.connections, budget)
     parallel = max(1, budget // connections)
     leases = max(1, cap // (parallel * connections))
