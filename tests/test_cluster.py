@@ -320,3 +320,19 @@ def _drain(fd: int) -> None:
     with contextlib.suppress(OSError):
         while os.read(fd, 65536):
             pass
+
+
+def test_mirror_from_python_returns_a_report(nginx: Nginx, client: Any, tmp_path: Path) -> None:
+    """engine.cluster.mirror(lines, dest, client=...): a Report of every file, all exact."""
+    import engine.cluster
+
+    names = _serve(nginx, "python", 5, 3000)
+    lines = [f"{nginx.url(f'python/{n}')} copy-{n}" for n in names] + ["# a comment"]
+    report = engine.cluster.mirror(lines, tmp_path / "out", client=client, parallel=2)
+    assert report.ok
+    assert (report.files, report.downloaded, report.already, report.failed) == (5, 5, 0, [])
+    assert report.size == 5 * 3000
+    for n in names:
+        assert (tmp_path / "out" / f"copy-{n}").read_bytes() == (
+            nginx.www / "python" / n
+        ).read_bytes()
