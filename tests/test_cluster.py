@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from dask_cluster import DaskCluster
 from polling import wait_for
-from servers import FaultHandler, FaultServer, Nginx
+from servers import FaultHandler, FaultServer, Nginx, sha256
 
 distributed = pytest.importorskip("distributed")
 
@@ -336,3 +336,24 @@ def test_mirror_from_python_returns_a_report(nginx: Nginx, client: Any, tmp_path
         assert (tmp_path / "out" / f"copy-{n}").read_bytes() == (
             nginx.www / "python" / n
         ).read_bytes()
+
+
+def test_a_file_there_is_skipped_only_when_its_checksum_matches(
+    nginx: Nginx, client: Any, tmp_path: Path
+) -> None:
+    """Files already in the destination: one that matches its sha256 is not fetched,
+    one that does not is fetched again and replaced."""
+    import engine.cluster
+
+    names = _serve(nginx, "sums", 2, 5000)
+    served = nginx.www / "sums"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / names[0]).write_bytes((served / names[0]).read_bytes())
+    (out / names[1]).write_bytes(b"not what the server has")
+    lines = [f"{nginx.url(f'sums/{n}')} sha256={sha256(served / n)}" for n in names]
+    before = _fetches(nginx, "sums/")
+    report = engine.cluster.mirror(lines, out, client=client)
+    assert (report.downloaded, report.already, report.failed) == (1, 1, [])
+    assert _fetches(nginx, "sums/") == before + 1
+    _same(out, served, names)

@@ -255,14 +255,18 @@ def mirror_files(
     target: str,
     parallel: int,
     view: Callable[[int, int], MirrorView],
+    continue_found: bool = False,
 ) -> Mirrored:
     """The mirror itself, callable from Python (a cluster's worker runs a shard with
     it): every entry (``url``, ``name``, ``checksum``) into the existing folder
     ``target``, up to ``parallel`` at a time, under ``view(files, skipped)``.
 
     A file already there (and matching its checksum) is skipped; an operation of
-    ``d`` still unfinished goes on; a control file that no operation of ``d`` knows
-    (left by another state directory) is continued, not replaced."""
+    ``d`` still unfinished goes on.  A control file that no operation of ``d`` knows
+    is replaced, unless ``continue_found``: only a caller whose folder can hold
+    nothing but this list's files (a cluster's staging folder, named by a hash of
+    its lines) may continue it, since without validators a control file cannot tell
+    that it is of the same URL."""
     current = _current(d)
     todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]] = collections.deque()
     skipped = 0
@@ -276,7 +280,8 @@ def mirror_files(
         elif op is not None and op.requested_uri != entry.url:
             elsewhere.append((op, _other_source(op)))  # as get refuses it
         else:
-            todo.append((entry, path, op, entry.name + CONTROL_SUFFIX in present))
+            found = continue_found and entry.name + CONTROL_SUFFIX in present
+            todo.append((entry, path, op, found))
     shown = view(len(entries), skipped)
     try:
         (count, size), failed = _run_mirror(d, todo, parallel, shown)

@@ -81,8 +81,8 @@ def connect(address: str) -> Iterator[Any]:
         )
     try:
         client = Client(address, timeout="10s")
-    except OSError as exc:
-        raise InvalidRequestError(f"--cluster {address}: {exc}") from None
+    except OSError as exc:  # the world failed (status 1), as an unreachable server
+        raise ConnectionError(f"--cluster {address}: no scheduler there ({exc})") from None
     with client:
         yield client
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from engine import Credential, InvalidRequestError
 from engine._disk.checksum import parse
-from engine.cli.commands import one_line
+from engine.cli.commands import Interrupted, one_line
 from engine.cli.names import Entry, parse_list, split_login, unique_names
 from engine.cluster._shards import Shard, cut
-from engine.cluster._task import Options, run_shard
+from engine.cluster._task import TOPIC, Options, run_shard
 from engine.cluster._view import ClusterView
 
 
@@ -102,11 +102,12 @@ def run(
         raise InvalidRequestError("parallel must be at least 1, connections within 1..64")
     shards = cut(entries, shard_size)
     options, semaphores = _caps(client, shards, options, host_connections)
-    topic = f"bgtransfer-mirror-{uuid.uuid4().hex}"
-    options = dataclasses.replace(options, topic=topic)
+    run_id = uuid.uuid4().hex
+    options = dataclasses.replace(options, mirror=run_id)
     report = Report(len(entries), len(shards))
-    view = ClusterView(quiet, len(entries))
-    client.subscribe_topic(topic, view.message)
+    view = ClusterView(quiet, len(entries), run_id)
+    client.subscribe_topic(TOPIC, view.message)
+    futures: dict[Any, Shard] = {}
     try:
         futures = {
             client.submit(
@@ -115,7 +116,7 @@ def run(
                 dest,
                 options,
                 [semaphores[h] for h in shard.hosts if h in semaphores],
-                key=f"bgtransfer-shard-{shard.id}-{topic[-12:]}",
+                key=f"bgtransfer-shard-{shard.id}-{run_id[:12]}",
                 pure=False,
                 retries=2,  # an error of the destination (NFS); a dead worker is not one
             ): shard
@@ -123,11 +124,16 @@ def run(
         }
         for future in as_completed(futures):
             _add(report, view, futures[future], future)
+    except KeyboardInterrupt:
+        # Shards not started are dropped; running ones end their files (a worker
+        # thread cannot be stopped), and the same command skips what they finished.
+        client.cancel(list(futures))
+        raise Interrupted from None
     finally:
-        client.unsubscribe_topic(topic)
+        client.unsubscribe_topic(TOPIC)
         view.close()
-        for sem in semaphores.values():
-            _close(sem)
+    for sem in semaphores.values():  # not after Ctrl-C: running shards hold leases
+        _close(sem)
     return report
 
 

@@ -25,6 +25,9 @@ from engine.cluster._ledger import Ledger
 from engine.cluster._shards import Shard
 
 S = BackgroundTransferStatus
+TOPIC = "bgtransfer-mirror"
+"""The Dask event topic of running shards' progress (one for every mirror: a topic's
+events are kept on the scheduler, a bounded log a topic)."""
 EVERY = 0.5
 """Seconds between a running shard's progress messages to the client."""
 
@@ -37,18 +40,20 @@ class Options:
     connections: int = 4
     headers: tuple[tuple[str, str], ...] = ()
     credential: Credential | None = None
-    topic: str = ""
-    """The client's progress topic ("" sends none)."""
+    mirror: str = ""
+    """The id of the mirror run its progress messages carry ("" sends none)."""
 
 
 class ShardView(MirrorView):
     """The shard's progress as messages to the client's bar, one every ``EVERY``
     seconds at most: bytes of the files done and in flight, files done, failed."""
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], shard: str, run: str) -> None:
+    def __init__(
+        self, send: Callable[[dict[str, Any]], None], mirror: str, shard: str, run: str
+    ) -> None:
         super().__init__(True, 0)
         self._send = send
-        self._head = {"shard": shard, "run": run}
+        self._head = {"mirror": mirror, "shard": shard, "run": run}
         self._bytes_done = 0
         self._ended = [0, 0]  # completed, failed
         self._flying: dict[object, int] = {}
@@ -105,12 +110,12 @@ def run_shard(
     todo = [
         i for i in shard.items if not (i.name in present and _complete(_at(dest, i), i.checksum))
     ]
-    send, run = _messenger(options.topic)
+    send, run = _messenger(bool(options.mirror))
     started = time.monotonic()
     with _leases(semaphores), ledger.claim(shard.id) as staging:
-        view = ShardView(send, shard.id, run)
+        view = ShardView(send, options.mirror, shard.id, run)
         done = mirror_files(
-            _downloader(options), todo, staging, options.parallel, lambda n, s: view
+            _downloader(options), todo, staging, options.parallel, lambda n, s: view, True
         )
         ledger.commit(staging, [i.name for i in todo])
     record = {
@@ -148,7 +153,7 @@ def _leases(semaphores: Sequence[Any]) -> Iterator[None]:
             sem.release()
 
 
-def _messenger(topic: str) -> tuple[Callable[[dict[str, Any]], None], str]:
+def _messenger(wanted: bool) -> tuple[Callable[[dict[str, Any]], None], str]:
     """How this run tells the client its progress, and the run's id (a task key)."""
     try:
         from distributed import get_worker
@@ -157,9 +162,9 @@ def _messenger(topic: str) -> tuple[Callable[[dict[str, Any]], None], str]:
     except (ImportError, ValueError):  # not in a Dask worker
         return (lambda msg: None), f"local-{os.getpid()}"
     run = f"{worker.get_current_task()}@{worker.address}"
-    if not topic:
+    if not wanted:
         return (lambda msg: None), run
-    return (lambda msg: worker.log_event(topic, msg)), run
+    return (lambda msg: worker.log_event(TOPIC, msg)), run
 
 
 _downloaders: dict[tuple[str | None, Options], BackgroundDownloader] = {}
@@ -169,7 +174,7 @@ def _downloader(options: Options) -> BackgroundDownloader:
     """This process's downloader for ``options``, its state in the worker's local
     directory (``$BGTRANSFER_STATE_DIR`` outside a worker), made once a process."""
     state = _state_dir()
-    key = (state, dataclasses.replace(options, topic=""))
+    key = (state, dataclasses.replace(options, mirror=""))
     d = _downloaders.get(key)
     if d is None:
         d = BackgroundDownloader(

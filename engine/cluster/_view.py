@@ -17,8 +17,9 @@ from engine.cli.views import _progress, interactive
 class ClusterView:
     """One total bar: bytes so far, files done of all, failures; nothing when quiet."""
 
-    def __init__(self, quiet: bool, files: int) -> None:
+    def __init__(self, quiet: bool, files: int, mirror: str) -> None:
         self._files = files
+        self._mirror = mirror
         self._lock = threading.Lock()
         self._live: dict[str, tuple[str, int, int, int]] = {}
         """Running shards: run, bytes, files done, failed (its latest message)."""
@@ -33,6 +34,8 @@ class ClusterView:
     def message(self, event: tuple[float, dict[str, Any]]) -> None:
         """A running shard's progress (a Dask event: scheduler time, message)."""
         msg = event[1]
+        if msg.get("mirror") != self._mirror:
+            return  # another mirror's, on the same cluster
         shard = msg["shard"]
         with self._lock:
             if shard in self._ended:
