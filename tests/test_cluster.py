@@ -197,13 +197,18 @@ def test_shard_ids_follow_from_the_list_alone() -> None:
 
 
 def test_bad_cluster_address_is_bad_usage(tmp_path: Path) -> None:
-    """--cluster with neither a scheduler address nor local:N: one line, status 2."""
+    """--cluster with neither a scheduler address nor local:N, or with --state-dir:
+    one line, status 2."""
     (tmp_path / "list").write_text("http://127.0.0.1:9/x\n")
     for bad in ("nowhere", "local:0"):
         proc = _mirror(tmp_path / "list", tmp_path / "out", bad)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2
         assert f"--cluster {bad}" in err
+    proc = _mirror(tmp_path / "list", tmp_path / "out", "local:1", "--state-dir", "s")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--state-dir does not go with --cluster" in err
 
 
 class _Counting(FaultHandler):

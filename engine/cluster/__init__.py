@@ -5,7 +5,7 @@ shard is a Dask task that mirrors it with the engine of the worker's own process
 its operations in a state directory local to the worker (``_task``); what is done
 lives in the destination, which every worker must see, and every commit there can
 happen twice (``_ledger``).  ``bgtransfer mirror --cluster`` is the command line of
-``mirror`` (``_cli``).  Importing this package imports Dask; the engine never does.
+``mirror`` (``_cli``).  Dask is imported when a mirror runs, never by the engine.
 """
 
 from __future__ import annotations

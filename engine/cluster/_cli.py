@@ -26,6 +26,11 @@ def mirror_on_cluster(
     args: argparse.Namespace, entries: list[Entry], logins: list[tuple[str, str]]
 ) -> int:
     """Run the parsed list on the cluster of ``args.cluster``; the mirror's exit status."""
+    if args.state_dir is not None:
+        raise InvalidRequestError(
+            "--state-dir does not go with --cluster: each worker keeps its operations "
+            "in its own local directory"
+        )
     headers = []
     for header in args.header:
         name, sep, value = header.partition(":")

@@ -95,7 +95,10 @@ def run(
     quiet: bool = True,
 ) -> Report:
     """Mirror ``entries`` (parsed and named already) on ``client``'s cluster."""
-    from distributed import as_completed, default_client
+    try:
+        from distributed import as_completed, default_client
+    except ImportError as exc:
+        raise ImportError(f"{exc}: pip install 'bgtransfer[cluster]'") from exc
 
     client = client or default_client()
     if options.parallel < 1 or not 1 <= options.connections <= 64:
