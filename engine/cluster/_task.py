@@ -98,18 +98,22 @@ class ShardView(MirrorView):
 def run_shard(
     shard: Shard, dest: str, options: Options, semaphores: Sequence[Any] = ()
 ) -> dict[str, Any]:
-    """Mirror ``shard`` into ``dest`` (a Dask task; callable without Dask too, with
-    ``state_dir`` chosen as below) and return its record, as written in the ledger."""
+    """Mirror ``shard`` into ``dest`` (a Dask task; outside a worker, with the engine's
+    default state directory) and return its record, as written in the ledger.
+
+    The shard's own names are looked up, not the destination listed: a destination
+    of millions of files is listed by no shard."""
     ledger = Ledger(dest)
     os.makedirs(dest, exist_ok=True)
     names = [item.name for item in shard.items]
-    present = set(os.listdir(dest))
     found = ledger.done(shard.id)
-    if found is not None and not found.get("failed") and present.issuperset(names):
+    if (
+        found is not None
+        and not found.get("failed")
+        and all(os.path.isfile(_at(dest, i)) for i in shard.items)
+    ):
         return {**found, "downloaded": 0, "bytes": 0, "already": len(names)}
-    todo = [
-        i for i in shard.items if not (i.name in present and _complete(_at(dest, i), i.checksum))
-    ]
+    todo = [i for i in shard.items if not _complete(_at(dest, i), i.checksum)]
     send, run = _messenger(bool(options.mirror))
     started = time.monotonic()
     with _leases(semaphores), ledger.claim(shard.id) as staging:
