@@ -44,9 +44,8 @@ class DaskCluster:
         self._made = 0
 
     def _spawn(self, kind: str, *args: str) -> subprocess.Popen[bytes]:
-        bindir = Path(sys.executable).parent
         return subprocess.Popen(
-            [str(bindir / "dask"), kind, *args],
+            [sys.executable, "-m", "dask", kind, *args],  # the dask CLI of this interpreter
             env=self.env,
             cwd=self.root,
             stdout=self._log,
