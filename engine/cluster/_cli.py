@@ -98,7 +98,7 @@ def _summary(report: Report, took: float, start: float) -> None:
         f"{report.downloaded} downloaded, {report.already} already complete, "
         f"{len(report.failed)} failed; {report.size / 1e6:.1f} MB in {took:.1f} s "
         f"({report.size / max(took, 1e-9) / 1e6:.0f} MB/s) on the cluster, "
-        f"{report.shards} shards (its start: {start:.1f} s)",
+        f"{report.shards} shards (the cluster ready in {start:.1f} s)",
         file=sys.stderr,
     )
     for failure in report.failed:
