@@ -119,22 +119,26 @@ def test_a_shard_run_twice_at_once_leaves_correct_files(
     (shard,) = cut(entries, size=len(entries))
     out = tmp_path / "out"
     out.mkdir()
+    gate = f"zombie-{uuid.uuid4().hex}"
+
+    def at_once(address: str) -> dict[str, Any]:
+        """run_shard, once the test opens the gate (both runs are on their workers)."""
+        distributed.Event(gate).wait(60)
+        return run_shard(shard, str(out), Options(parallel=3, connections=3))
+
+    workers = list(client.scheduler_info()["workers"])[:2]
     runs = [
-        client.submit(
-            run_shard,
-            shard,
-            str(out),
-            Options(parallel=3, connections=3),
-            key=f"zombie-{uuid.uuid4().hex}",
-            pure=False,
-            workers=[address],
-        )
-        for address in list(client.scheduler_info()["workers"])[:2]
+        client.submit(at_once, a, key=f"{gate}-{i}", pure=False, workers=[a])
+        for i, a in enumerate(workers)
     ]
+    wait_for(lambda: sum(len(keys) for keys in client.processing().values()) == 2, timeout=60)
+    distributed.Event(gate, client=client).set()
     records = client.gather(runs)
     assert [r["failed"] for r in records] == [[], []]
-    # both fetched every file: neither found one the other had put there
-    assert _bytes_served(nginx, "slow/zombie/") >= 2 * len(names) * (10 << 20)
+    # both fetched every file: neither found one the other had put there (nginx may
+    # log a request a moment after its client got the last byte)
+    both = 2 * len(names) * (10 << 20)
+    wait_for(lambda: _bytes_served(nginx, "slow/zombie/") >= both, timeout=10)
     _same(out, nginx.www / "zombie", names)
     assert (out / ".bgtransfer" / "shards" / f"{shard.id}.json").exists()
     assert not [p for p in (out / ".bgtransfer" / "staging").iterdir() if p.is_dir()]
@@ -151,6 +155,7 @@ def test_a_rerun_ends_0_and_fetches_nothing(
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert "40 downloaded" in err
+    wait_for(lambda: _fetches(nginx, "again/") >= 40)  # nginx logs a moment after a reply
     served = _fetches(nginx, "again/")
     again = _mirror(tmp_path / "list", out, dask_cluster.address)
     _, err = again.communicate(timeout=120)
@@ -225,12 +230,23 @@ class _Counting(FaultHandler):
     server: _CountingServer
 
     def send_body(self, first: int, last: int) -> None:
+        """The body at ``server.rate``, counted from its first byte written to its last
+        (FaultHandler's pacing sleeps after the last, which a loaded machine stretches
+        into the next request's time)."""
         srv = self.server
         with srv.lock:
             srv.active += 1
             srv.peak = max(srv.peak, srv.active)
+        view, off, started = memoryview(srv.body), first, time.monotonic()
         try:
-            super().send_body(first, last)
+            while off <= last:
+                self.wfile.write(view[off : min(off + 65536, last + 1)])
+                off += 65536
+                ahead = (off - first) / srv.rate - (time.monotonic() - started)
+                if off <= last and ahead > 0:
+                    time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
         finally:
             with srv.lock:
                 srv.active -= 1
@@ -270,7 +286,7 @@ def test_a_shard_run_again_elsewhere_continues_the_partial_file(
     """A worker killed in the middle of a file: the worker that runs the shard again
     continues from the control file the first left (no request from byte 0 again)."""
     server = FaultServer(body)
-    server.rate = 4 << 20
+    server.rate = 1 << 20  # the 3.5 MiB left after the wait below take 3.5 s: time to kill
     try:
         (shard,) = cut([Entry(server.url, "big.bin", None)])
         out = tmp_path / "out"
@@ -286,7 +302,7 @@ def test_a_shard_run_again_elsewhere_continues_the_partial_file(
             workers=[first],
             allow_other_workers=True,
         )
-        wait_for(lambda: server.bytes_sent > (5 << 20), timeout=60)  # past the first 4 MiB
+        wait_for(lambda: server.bytes_sent > (9 << 19), timeout=60)  # past the first 4 MiB
         dask_cluster.kill(dask_cluster.names(client)[first])
         seen = len(server.ranges_seen)
         record = future.result(timeout=120)
@@ -368,5 +384,6 @@ def test_a_file_there_is_skipped_only_when_its_checksum_matches(
     before = _fetches(nginx, "sums/")
     report = engine.cluster.mirror(lines, out, client=client)
     assert (report.downloaded, report.already, report.failed) == (1, 1, [])
+    wait_for(lambda: _fetches(nginx, "sums/") >= before + 1)  # nginx logs a moment after
     assert _fetches(nginx, "sums/") == before + 1
     _same(out, served, names)
