@@ -286,7 +286,7 @@ def test_a_shard_run_again_elsewhere_continues_the_partial_file(
     """A worker killed in the middle of a file: the worker that runs the shard again
     continues from the control file the first left (no request from byte 0 again)."""
     server = FaultServer(body)
-    server.rate = 1 << 20  # the 3.5 MiB left after the wait below take 3.5 s: time to kill
+    server.rate = 1 << 20  # the 3.5 MiB left after the waits below take 3.5 s: time to kill
     try:
         (shard,) = cut([Entry(server.url, "big.bin", None)])
         out = tmp_path / "out"
@@ -302,7 +302,9 @@ def test_a_shard_run_again_elsewhere_continues_the_partial_file(
             workers=[first],
             allow_other_workers=True,
         )
-        wait_for(lambda: server.bytes_sent > (9 << 19), timeout=60)  # past the first 4 MiB
+        # the second request under way: the first 4 MiB were all received and written
+        wait_for(lambda: len(server.ranges_seen) >= 2, timeout=60)
+        wait_for(lambda: server.bytes_sent > (9 << 19), timeout=60)
         dask_cluster.kill(dask_cluster.names(client)[first])
         seen = len(server.ranges_seen)
         record = future.result(timeout=120)
