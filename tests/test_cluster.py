@@ -320,7 +320,8 @@ def test_a_shard_run_again_elsewhere_continues_the_partial_file(
 def test_a_running_shard_moves_the_clients_bar(
     body: bytes, dask_cluster: DaskCluster, client: Any, tmp_path: Path
 ) -> None:
-    """On a terminal, the bytes of a shard still running reach the client's bar."""
+    """On a terminal, the bytes of a shard still running reach the client's bar; Ctrl-C
+    ends the command with 130 and says that running it again resumes."""
     server = FaultServer(body)
     server.rate = 1 << 20
     (tmp_path / "list").write_text(f"{server.url} slow.bin\n")
@@ -340,17 +341,21 @@ def test_a_running_shard_moves_the_clients_bar(
         assert not (tmp_path / "out" / "slow.bin").exists()
     finally:
         os.kill(pid, signal.SIGINT)
-        threading.Thread(target=lambda: _drain(fd), daemon=True).start()
+        rest: list[bytes] = []
+        reader = threading.Thread(target=_drain, args=(fd, rest), daemon=True)
+        reader.start()
         _, status = os.waitpid(pid, 0)
+        reader.join(timeout=10)
         server.close()
     assert os.waitstatus_to_exitcode(status) == 130
+    assert b"run the same command again" in b"".join(rest)
 
 
-def _drain(fd: int) -> None:
+def _drain(fd: int, into: list[bytes]) -> None:
     """Read the pty until it closes, so the child never blocks on a full terminal."""
     with contextlib.suppress(OSError):
-        while os.read(fd, 65536):
-            pass
+        while chunk := os.read(fd, 65536):
+            into.append(chunk)
 
 
 def test_mirror_from_python_returns_a_report(nginx: Nginx, client: Any, tmp_path: Path) -> None:
