@@ -588,6 +588,12 @@ class DownloadOperation:
         except (ControlFileError, StorageError):
             return []
 
+    def _continue_found(self) -> None:
+        """A control file under this operation's name was left by an operation of
+        another state directory (a mirror's shard run again on another machine):
+        the first run looks for it and continues it rather than starting over."""
+        self._new = False
+
     def _refresh_bytes(self) -> None:
         job = self._job
         if job is not None and self._task is not None and not self._task.done():

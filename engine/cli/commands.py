@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from engine import (
     run,
 )
 from engine._disk.checksum import file_digest, parse
+from engine._disk.core import CONTROL_SUFFIX
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
 from engine.cli.names import output_path, read_list, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
@@ -224,33 +225,20 @@ def mirror(args: argparse.Namespace) -> int:
         if login is not None:
             entries[i] = dataclasses.replace(entry, url=url)
             logins.append(login)
+    if getattr(args, "host_connections", None) is not None and not args.cluster:
+        raise InvalidRequestError("--host-connections goes with --cluster")
+    if getattr(args, "cluster", None):  # Dask is imported only then
+        from engine.cluster._cli import mirror_on_cluster
+
+        return mirror_on_cluster(args, entries, logins)
     os.makedirs(target, exist_ok=True)
     d = downloader(args, logins)
-    current = by_result(d)
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]] = collections.deque()
-    skipped = 0
-    refused: list[tuple[DownloadOperation | None, str]] = []
-    present = set(os.listdir(target))  # one read of the folder, not a stat a name
-    for entry in entries:
-        path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
-        op = current.get(path)
-        if op is None and entry.name in present and _complete(path, entry.checksum):
-            skipped += 1
-            continue
-        if op is not None and op.requested_uri != entry.url:
-            try:
-                op = point_at(op, entry.url)  # as get does: the same content, a new URL
-            except InvalidRequestError as exc:
-                refused.append((op, str(exc)))
-                continue
-        todo.append((entry, path, op))
     started = time.monotonic()
-    view = MirrorView(args.quiet, len(entries), skipped)
-    try:
-        (count, size), failed = _run_mirror(d, todo, args.parallel, view)
-        view.finished(count + skipped, len(entries))
-    finally:
-        view.close()
+    done = mirror_files(
+        d, entries, target, args.parallel, lambda n, skipped: MirrorView(args.quiet, n, skipped)
+    )
+    count, size, skipped = done.downloaded, done.size, done.skipped
+    failed, refused = done.failed, done.refused
     took = time.monotonic() - started
     print(
         f"{count} downloaded, {skipped} already complete, {len(failed) + len(refused)} failed"
@@ -267,6 +255,65 @@ def mirror(args: argparse.Namespace) -> int:
     if bad:
         say(f"{len(bad)} bad lines in {args.input} were skipped (see above)")
     return 1 if failed or refused or bad else 0
+
+
+@dataclasses.dataclass
+class Mirrored:
+    """What ``mirror_files`` did: files and bytes downloaded, files found complete,
+    and the failures (no list of every operation: a list of millions stays flat)."""
+
+    downloaded: int
+    size: int
+    skipped: int
+    failed: list[tuple[DownloadOperation, TransferError]]
+    refused: list[tuple[DownloadOperation | None, str]]
+    """Files whose kept data is of another URL and cannot be proved the same content."""
+
+
+def mirror_files(
+    d: BackgroundDownloader,
+    entries: list[Any],
+    target: str,
+    parallel: int,
+    view: Callable[[int, int], MirrorView],
+    continue_found: bool = False,
+) -> Mirrored:
+    """The mirror itself, callable from Python (a cluster's worker runs a shard with
+    it): every entry (``url``, ``name``, ``checksum``) into the existing folder
+    ``target``, up to ``parallel`` at a time, under ``view(files, skipped)``.
+
+    A file already there (and matching its checksum) is skipped; an operation of
+    ``d`` still unfinished goes on.  A control file that no operation of ``d`` knows
+    is replaced, unless ``continue_found``: only a caller whose folder can hold
+    nothing but this list's files (a cluster's staging folder, named by a hash of
+    its lines) may continue it, since without validators a control file cannot tell
+    that it is of the same URL."""
+    current = by_result(d)
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]] = collections.deque()
+    skipped = 0
+    refused: list[tuple[DownloadOperation | None, str]] = []
+    present = set(os.listdir(target))  # one read of the folder, not a stat a name
+    for entry in entries:
+        path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
+        op = current.get(path)
+        if op is None and entry.name in present and _complete(path, entry.checksum):
+            skipped += 1
+            continue
+        if op is not None and op.requested_uri != entry.url:
+            try:
+                op = point_at(op, entry.url)  # as get does: the same content, a new URL
+            except InvalidRequestError as exc:
+                refused.append((op, str(exc)))
+                continue
+        found = continue_found and entry.name + CONTROL_SUFFIX in present
+        todo.append((entry, path, op, found))
+    shown = view(len(entries), skipped)
+    try:
+        (count, size), failed = _run_mirror(d, todo, parallel, shown)
+        shown.finished(count + skipped, len(entries))
+    finally:
+        shown.close()
+    return Mirrored(count, size, skipped, failed, refused)
 
 
 def _complete(path: str, checksum: str | None) -> bool:
@@ -288,7 +335,7 @@ Outcome = tuple[tuple[int, int], list[tuple[DownloadOperation, TransferError]]]
 
 def _run_mirror(
     d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]],
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
     parallel: int,
     view: MirrorView,
 ) -> Outcome:
@@ -304,7 +351,7 @@ def _run_mirror(
 
 async def _mirror(
     d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None]],
+    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
     parallel: int,
     view: MirrorView,
     running: dict[int, DownloadOperation],
@@ -338,9 +385,11 @@ async def _mirror(
     try:
         while todo:
             await slots.acquire()
-            entry, path, op = todo.popleft()
+            entry, path, op, partial = todo.popleft()
             if op is None:
                 op = d.create_download(entry.url, path)
+                if partial:
+                    op._continue_found()
                 if entry.checksum:
                     op.expected_checksum = entry.checksum
             view.watch(op)

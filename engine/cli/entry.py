@@ -122,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
     m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
     m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    m.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: its scheduler (tcp://HOST:PORT), or local:N worker "
+        "processes here; DIR must be a path every worker sees (docs/cluster.md)",
+    )
+    m.add_argument(
+        "--host-connections",
+        type=int,
+        metavar="N",
+        help="with --cluster: connections to one host over the whole cluster at most",
+    )
     _login(m)
     _trust(m)
     ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
