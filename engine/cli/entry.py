@@ -29,6 +29,7 @@ from engine.cli.commands import (
     one_line,
     resume,
 )
+from engine.service import cli as service_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
+    g.add_argument(
+        "--background",
+        action="store_true",
+        help="hand it to the background service, print its GUID and exit (see wait)",
+    )
     _login(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
@@ -107,16 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-c", "--connections", type=int, default=8)
     for p in sub.choices.values():
         _common(p)
+    service_cli.add_parsers(sub, _common)
     return parser
 
 
+def _get(args: argparse.Namespace) -> int:
+    return service_cli.get_background(args) if args.background else get(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "get": get,
+    "get": _get,
     "mirror": mirror,
-    "list": list_,
-    "resume": resume,
-    "cancel": cancel,
+    "list": service_cli.through_service(list_, service_cli.list_),
+    "resume": service_cli.through_service(resume, service_cli.resume),
+    "cancel": service_cli.through_service(cancel, service_cli.cancel),
     "demo": demo,
+    "service": service_cli.service,
+    "wait": service_cli.wait,
 }
 
 

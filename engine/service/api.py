@@ -1,0 +1,395 @@
+"""``BackgroundDownloader(service=True)``: the same API, with the operations in the service.
+
+``ServiceDownloader`` is a ``BackgroundDownloader`` whose ``create_download`` and
+``get_current_downloads`` ask the service; ``RemoteOperation`` has the methods and
+properties of ``DownloadOperation`` (status, progress, callbacks, ``ranges_downloaded``
+with deferrals, pause/resume/cancel, start/attach and their waits), each answered by
+the service.  A process that ends, however abruptly, leaves its downloads running;
+another process finds them with ``get_current_downloads`` and attaches.
+
+Credentials given to the downloader go to the service in request bodies, for each
+create, attach and resume; after the service restarts, an operation that needs them
+waits paused until a process that has them attaches (this one does so by itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from engine._reporting import ProgressCallback
+from engine._store import default_state_dir
+from engine._values import (
+    BackgroundDownloadProgress,
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferFileRange,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+    Deferral,
+    Event,
+)
+from engine.downloader import (
+    BackgroundDownloader,
+    BackgroundTransferCompletionGroup,
+    BackgroundTransferGroup,
+)
+from engine.errors import (
+    HttpError,
+    InvalidStateError,
+    TransferCanceled,
+    TransferError,
+    TransportError,
+)
+from engine.service.link import Link
+from engine.service.protocol import OpView, credentials_json
+
+S = BackgroundTransferStatus
+
+
+class ServiceDownloader(BackgroundDownloader):
+    """What ``BackgroundDownloader(service=True)`` makes."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: os.PathLike[str] | str | None = None,
+        transfer_group: BackgroundTransferGroup | None = None,
+        method: str = "GET",
+        priority: BackgroundTransferPriority = BackgroundTransferPriority.DEFAULT,
+        cost_policy: BackgroundTransferCostPolicy = BackgroundTransferCostPolicy.DEFAULT,
+        server_credential: Credential | None = None,
+        proxy_credential: Credential | None = None,
+        proxy: str | None = None,
+        completion_group: BackgroundTransferCompletionGroup | None = None,
+        max_connections_per_file: int = 8,
+        block_size: int = 1 << 20,
+        service: bool = True,
+        **_engine_only: Any,
+    ) -> None:
+        """As ``BackgroundDownloader``; ``config`` and ``network_monitor`` belong to the
+        service's engine and are ignored here."""
+        super().__init__(
+            state_dir=state_dir,
+            transfer_group=transfer_group,
+            method=method,
+            priority=priority,
+            cost_policy=cost_policy,
+            server_credential=server_credential,
+            proxy_credential=proxy_credential,
+            proxy=proxy,
+            completion_group=completion_group,
+            max_connections_per_file=max_connections_per_file,
+            block_size=block_size,
+        )
+        path = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._link = Link.to(path.expanduser().absolute())
+
+    def _credentials(self) -> dict[str, Any]:
+        s = self._settings
+        return credentials_json(s.server_credential, s.proxy_credential)
+
+    def create_download(  # type: ignore[override]
+        self,
+        uri: str,
+        result_file: os.PathLike[str] | str,
+        request_body_file: os.PathLike[str] | str | None = None,
+    ) -> RemoteOperation:
+        """A new operation in the service, in IDLE: ``start_async`` starts it there."""
+        body: dict[str, Any] = {
+            "uri": uri,
+            "result_file": os.path.abspath(os.fspath(result_file)),
+            "start": False,
+            "method": self.method,
+            "priority": self.priority.name,
+            "cost_policy": self.cost_policy.name,
+            "max_connections": self.max_connections_per_file,
+            "block_size": self.block_size,
+            "headers": [list(h) for h in self._headers],
+        }
+        if request_body_file is not None:
+            body["body_file"] = os.path.abspath(os.fspath(request_body_file))
+        if self.transfer_group is not None:
+            body["group"] = self.transfer_group.name
+        if self._settings.proxy is not None:
+            body["proxy"] = self._settings.proxy
+        if secret := self._credentials():
+            body["credentials"] = secret
+        view = self._link.call(self._link.client.create(body))
+        op = self._adopt_view(view)
+        group = self._settings.completion_group
+        if group is not None:
+            group._add(op)  # type: ignore[arg-type]
+            op.completion_group = group
+        return op
+
+    def get_current_downloads(self) -> list[RemoteOperation]:  # type: ignore[override]
+        return [self._adopt_view(v) for v in self._link.call(self._link.client.current())]
+
+    def get_current_downloads_for_transfer_group(  # type: ignore[override]
+        self, group: BackgroundTransferGroup
+    ) -> list[RemoteOperation]:
+        return [op for op in self.get_current_downloads() if op.view.group == group.name]
+
+    async def get_current_downloads_async(self) -> list[RemoteOperation]:  # type: ignore[override]
+        views = await self._link.acall(self._link.client.current())
+        return [self._adopt_view(v) for v in views]
+
+    async def get_current_downloads_for_transfer_group_async(  # type: ignore[override]
+        self, group: BackgroundTransferGroup
+    ) -> list[RemoteOperation]:
+        return [
+            op for op in await self.get_current_downloads_async() if op.view.group == group.name
+        ]
+
+    def _adopt_view(self, view: OpView) -> RemoteOperation:
+        op = self._link.ops.get(view.guid)
+        if op is None:
+            op = RemoteOperation(self._link, view, self._credentials())
+            self._link.ops[view.guid] = op
+        else:
+            op.apply(view)
+        return op
+
+
+class RemoteOperation:
+    """A ``DownloadOperation`` whose download runs in the service."""
+
+    def __init__(self, link: Link, view: OpView, secret: dict[str, Any]) -> None:
+        self._link = link
+        self.view = view
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.ranges_downloaded: Event[BackgroundDownloadRangesDownloadedEventArgs] = Event()
+        self.wants_ranges = False
+        self.completion_group: BackgroundTransferCompletionGroup | None = None
+        if view.ended:
+            self._settle(view)
+
+    # -- what it is ----------------------------------------------------------------------
+    @property
+    def guid(self) -> uuid.UUID:
+        return uuid.UUID(self.view.guid)
+
+    @property
+    def guid_str(self) -> str:
+        return self.view.guid
+
+    @property
+    def requested_uri(self) -> str:
+        return self.view.uri
+
+    @property
+    def result_file(self) -> Path:
+        return Path(self.view.result_file)
+
+    @property
+    def method(self) -> str:
+        return self.view.method
+
+    @property
+    def status(self) -> BackgroundTransferStatus:
+        return self.view.status_enum
+
+    @property
+    def priority(self) -> BackgroundTransferPriority:
+        return BackgroundTransferPriority[self.view.priority]
+
+    @property
+    def cost_policy(self) -> BackgroundTransferCostPolicy:
+        return BackgroundTransferCostPolicy[self.view.cost_policy]
+
+    @property
+    def transfer_group(self) -> str | None:
+        return self.view.group
+
+    @property
+    def is_random_access_required(self) -> bool:
+        return self.view.random_access
+
+    @property
+    def connections(self) -> int:
+        return self.view.connections
+
+    @property
+    def progress(self) -> BackgroundDownloadProgress:
+        v = self.view
+        return BackgroundDownloadProgress(
+            v.bytes_received,
+            v.total_bytes_to_receive,
+            v.status_enum,
+            v.has_restarted,
+            v.has_response_changed,
+        )
+
+    def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
+        ranges = self._link.call(self._link.client.ranges(self.view.guid))
+        return [BackgroundTransferFileRange(o, n) for o, n in ranges]
+
+    def credentials(self) -> dict[str, Any]:
+        return self._secret
+
+    # -- starting and waiting -----------------------------------------------------------
+    async def start_async(self, progress: ProgressCallback | None = None) -> RemoteOperation:
+        """Start in the service; resolves on COMPLETED, raises on ERROR or cancel.
+        Cancelling the awaiting task cancels the download, as in-process."""
+        await self._begin("start", progress, asyncio.get_running_loop())
+        return await self._await_outcome()
+
+    async def attach_async(self, progress: ProgressCallback | None = None) -> RemoteOperation:
+        await self._begin("attach", progress, asyncio.get_running_loop())
+        return await self._await_outcome()
+
+    def start(self, progress: ProgressCallback | None = None) -> RemoteOperation:
+        self._link.call(self._begin("start", progress, None))
+        return self
+
+    def attach(self, progress: ProgressCallback | None = None) -> RemoteOperation:
+        self._link.call(self._begin("attach", progress, None))
+        return self
+
+    async def _begin(
+        self, action: str, progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        if action == "start" and self.view.status != "IDLE":
+            raise InvalidStateError(
+                f"start needs an IDLE operation (this one is {self.view.status}); "
+                "use attach_async for one found again"
+            )
+        if progress is not None:
+            self._callbacks.append((progress, loop))
+        if self._event_loop is None:
+            self._event_loop = loop
+        if self.ranges_downloaded:
+            self.wants_ranges = True
+        if self.view.ended:
+            return
+        link = self._link
+        view = await link.acall(link.client.control(self.view.guid, action, self._secret))
+        self.apply(view)
+        link.follow(self)
+        if self.wants_ranges:
+            link.send({"ranges": self.view.guid})
+
+    def wait(self, timeout: float | None = None) -> RemoteOperation:
+        try:
+            self._outcome.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
+        return self
+
+    async def wait_async(self) -> RemoteOperation:
+        """Cancelling the awaiting task leaves the download as it is."""
+        await asyncio.shield(asyncio.wrap_future(self._outcome))
+        return self
+
+    async def _await_outcome(self) -> RemoteOperation:
+        try:
+            await asyncio.shield(asyncio.wrap_future(self._outcome))
+        except asyncio.CancelledError:
+            if not self.view.ended:
+                await self._control_async("cancel")
+            raise
+        return self
+
+    # -- control ------------------------------------------------------------------------
+    def pause(self) -> None:
+        self.apply(self._link.call(self._link.client.control(self.view.guid, "pause")))
+
+    def resume(self) -> None:
+        if self._outcome.done() and self.view.status == "ERROR":
+            self._outcome = concurrent.futures.Future()
+        view = self._link.call(self._link.client.control(self.view.guid, "resume", self._secret))
+        self.apply(view)
+        self._link.follow(self)
+
+    def cancel(self) -> None:
+        self.apply(self._link.call(self._link.client.control(self.view.guid, "cancel")))
+
+    async def _control_async(self, action: str) -> None:
+        link = self._link
+        self.apply(await link.acall(link.client.control(self.view.guid, action)))
+
+    # -- events ---------------------------------------------------------------------------
+    def apply(self, view: OpView) -> None:
+        """A new state from the service: tell the callbacks, settle at the end."""
+        with self._lock:
+            changed = view != self.view
+            self.view = view
+        if changed:
+            for callback, loop in list(self._callbacks):
+                _deliver(loop, callback, self)
+        if view.ended:
+            self._settle(view)
+
+    def _settle(self, view: OpView) -> None:
+        if self._outcome.done():
+            return
+        if view.status == "COMPLETED":
+            self._outcome.set_result(None)
+        elif view.status == "CANCELED":
+            self._outcome.set_exception(
+                TransferCanceled(f"{view.result_file}: canceled", guid=uuid.UUID(view.guid))
+            )
+        else:
+            self._outcome.set_exception(_error_of(view))
+        if self.completion_group is not None:
+            self.completion_group._check()
+
+    def ranges_event(self, added: list[tuple[int, int]], restarted: bool) -> None:
+        """Raise ``ranges_downloaded``; acknowledge once the handlers and every deferral
+        they took are done (the service holds the next event back until then)."""
+        lock = threading.Lock()
+        open_count = [1]
+        link, guid = self._link, self.view.guid
+
+        def release() -> None:
+            with lock:
+                open_count[0] -= 1
+                last = open_count[0] == 0
+            if last:
+                link.send({"ack": guid})
+
+        def make() -> Deferral:
+            with lock:
+                open_count[0] += 1
+            return Deferral(release)
+
+        args = BackgroundDownloadRangesDownloadedEventArgs(
+            [BackgroundTransferFileRange(o, n) for o, n in added], restarted, make
+        )
+
+        def raise_event() -> None:
+            try:
+                for handler in self.ranges_downloaded.handlers():
+                    handler(self, args)  # type: ignore[arg-type]
+            finally:
+                release()
+
+        _deliver(self._event_loop, lambda _op: raise_event(), self)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop | None, fn: Any, op: RemoteOperation) -> None:
+    """On the caller's loop when there was one, else on the link's thread."""
+    target = loop if loop is not None and not loop.is_closed() else op._link.loop
+    target.call_soon_threadsafe(fn, op)
+
+
+def _error_of(view: OpView) -> TransferError:
+    guid = uuid.UUID(view.guid)
+    message = view.error or f"{view.result_file}: failed"
+    if view.web_error is not None and 300 <= view.web_error < 600:
+        return HttpError(message, status_code=view.web_error, guid=guid)
+    return TransportError(message, guid=guid)
+
+
+__all__ = ["RemoteOperation", "ServiceDownloader"]
