@@ -92,9 +92,9 @@ class Service:
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is None or peer_uid(sock) != self.uid:
-            if transport is not None:
-                transport.close()
-            return _error(403, PermissionError("this service serves its own user only"))
+            refused = _error(403, PermissionError("this service serves its own user only"))
+            refused.force_close()  # and nothing more on this connection
+            return refused
         self.in_flight += 1
         self.last_active = time.monotonic()
         try:
