@@ -12,8 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from engine.service.lockfile import holder
 from engine.service.paths import ServicePaths
@@ -116,3 +119,22 @@ def bytes_served(access_log: list[str], name: str) -> int:
         if m and m["path"].endswith("/" + name):
             total += int(m["bytes"])
     return total
+
+
+@pytest.fixture(name="svc")
+def svc_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServiceEnv]:
+    """A state directory whose service clients start on demand (the test stops it)."""
+    monkeypatch.setenv("BGTRANSFER_SERVICE_IDLE", "30")
+    env = ServiceEnv(tmp_path / "state")
+    try:
+        yield env
+    finally:
+        env.stop()
+
+
+def own_file(www: Path, test: str, size: int) -> tuple[str, bytes]:
+    """A file of the test's own in nginx's root (its access log lines are its own)."""
+    name = f"svc-{test}.bin".replace("[", "-").replace("]", "")
+    data = os.urandom(size)
+    (www / name).write_bytes(data)
+    return name, data

@@ -10,13 +10,12 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from servers import Nginx
-from service_env import ServiceEnv, bytes_served
+from service_env import ServiceEnv, bytes_served, own_file, svc_fixture  # noqa: F401 (a fixture)
 
 from engine.service.client import ServiceClient
 from engine.service.paths import SUN_PATH_MAX, ServicePaths
@@ -25,22 +24,10 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> Iterator[ServiceEnv]:
-    env = ServiceEnv(tmp_path / "state")
-    try:
-        yield env
-    finally:
-        env.stop()
-
-
-@pytest.fixture
 def slow_file(nginx: Nginx, request: pytest.FixtureRequest) -> tuple[str, bytes]:
     """A file of this test's own (so its access log lines are its own), served at 2 MB/s
     a connection: a download of it is still running when the test acts."""
-    name = f"svc-{request.node.name}.bin".replace("[", "-").replace("]", "")
-    data = os.urandom(24 * 1024 * 1024 + 777)
-    (nginx.www / name).write_bytes(data)
-    return name, data
+    return own_file(nginx.www, request.node.name, 24 * 1024 * 1024 + 777)
 
 
 def test_status_says_not_running_then_running_then_stopped(svc: ServiceEnv) -> None:

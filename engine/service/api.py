@@ -34,6 +34,7 @@ from engine._values import (
     Credential,
     Deferral,
     Event,
+    merge_ranges,
 )
 from engine.downloader import (
     BackgroundDownloader,
@@ -171,6 +172,9 @@ class RemoteOperation:
         self._outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.ranges_downloaded: Event[BackgroundDownloadRangesDownloadedEventArgs] = Event()
         self.wants_ranges = False
+        self._covered: list[tuple[int, int]] = []
+        """Ranges the service has told of: an operation that completed is followed
+        until its last range event has come."""
         self.completion_group: BackgroundTransferCompletionGroup | None = None
         if view.ended:
             self._settle(view)
@@ -269,16 +273,16 @@ class RemoteOperation:
             self._callbacks.append((progress, loop))
         if self._event_loop is None:
             self._event_loop = loop
-        if self.ranges_downloaded:
-            self.wants_ranges = True
         if self.view.ended:
             return
         link = self._link
+        if self.ranges_downloaded and not self.wants_ranges:
+            self.wants_ranges = True
+            link.live[self.guid_str] = self
+            await link.subscribe_ranges(self)
         view = await link.acall(link.client.control(self.view.guid, action, self._secret))
         self.apply(view)
         link.follow(self)
-        if self.wants_ranges:
-            link.send({"ranges": self.view.guid})
 
     def wait(self, timeout: float | None = None) -> RemoteOperation:
         try:
@@ -345,9 +349,26 @@ class RemoteOperation:
         if self.completion_group is not None:
             self.completion_group._check()
 
+    def ranges_known(self, ranges: list[tuple[int, int]]) -> None:
+        self._covered = merge_ranges(self._covered + ranges)
+
+    def ranges_owed(self) -> bool:
+        """Completed, and range events still to come (the service holds them back
+        while our deferrals are open)."""
+        total = self.view.total_bytes_to_receive
+        return (
+            self.wants_ranges
+            and self.view.status == "COMPLETED"
+            and total > 0
+            and self._covered != [(0, total)]
+        )
+
     def ranges_event(self, added: list[tuple[int, int]], restarted: bool) -> None:
         """Raise ``ranges_downloaded``; acknowledge once the handlers and every deferral
         they took are done (the service holds the next event back until then)."""
+        if restarted:
+            self._covered = []
+        self.ranges_known(added)
         lock = threading.Lock()
         open_count = [1]
         link, guid = self._link, self.view.guid

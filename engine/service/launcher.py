@@ -21,6 +21,9 @@ from engine.service.paths import ServicePaths
 from engine.service.peercred import answers
 
 START_TIMEOUT = 20.0
+_spawned: list[subprocess.Popen[bytes]] = []
+"""Services this process started: held (a Popen dropped while its process runs warns)
+and polled at the next start, which reaps those that exited."""
 
 
 class ServiceUnavailable(TransferError, ConnectionError):
@@ -29,6 +32,7 @@ class ServiceUnavailable(TransferError, ConnectionError):
 
 def ensure_running(paths: ServicePaths, *, timeout: float = START_TIMEOUT) -> None:
     """Return once the service answers at ``paths.socket``, starting it if needed."""
+    _spawned[:] = [p for p in _spawned if p.poll() is None]
     if answers(paths.socket):
         return
     paths.make_dirs()
@@ -38,6 +42,7 @@ def ensure_running(paths: ServicePaths, *, timeout: float = START_TIMEOUT) -> No
         if answers(paths.socket):
             return
         process = _spawn(paths)
+        _spawned.append(process)
         deadline = time.monotonic() + timeout
         delay = 0.01
         while not answers(paths.socket):

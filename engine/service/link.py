@@ -52,6 +52,8 @@ class Link:
         self.last_id: int | None = None
         self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="bgtransfer-link", daemon=True)
         self._thread.start()
 
@@ -84,6 +86,24 @@ class Link:
             self._task = self.loop.create_task(self._events())
         elif self._ws is not None:
             self.loop.create_task(self._send({"follow": [guid]}))
+
+    async def subscribe_ranges(self, op: RemoteOperation) -> None:
+        """Have the service raise this operation's range events to us, and wait until
+        it says so (``ranges_ready``): a start sent after cannot outrun it."""
+        await self.acall(self._subscribe_ranges(op))
+
+    async def _subscribe_ranges(self, op: RemoteOperation) -> None:
+        guid = op.guid_str
+        ready = self._ready.get(guid)
+        if ready is None or ready.done():
+            ready = self._ready[guid] = self.loop.create_future()
+        self._connected.clear()
+        self._follow(guid)
+        while self._ws is None:
+            await self._connected.wait()
+            self._connected.clear()
+        await self._send({"ranges": guid})
+        await ready
 
     def send(self, message: dict[str, Any]) -> None:
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._send(message)))
@@ -127,6 +147,15 @@ class Link:
             if stale or self.last_id is None:
                 self.last_id = event["id"]
                 await self._reread()
+            self._connected.set()
+            return
+        if kind == "ranges_ready":
+            op = self.ops.get(event["guid"])
+            if op is not None:
+                op.ranges_known([(o, n) for o, n in event["ranges"]])
+            ready = self._ready.pop(event["guid"], None)
+            if ready is not None and not ready.done():
+                ready.set_result(None)
             return
         self.last_id = event["id"]
         if kind == "reset":
@@ -139,6 +168,8 @@ class Link:
             self._update(op, OpView.from_json(event["op"]))
         elif kind == "ranges":
             op.ranges_event([(o, n) for o, n in event["added"]], event["restarted"])
+            if op.view.ended and not op.ranges_owed():
+                self.live.pop(op.guid_str, None)
 
     async def _reread(self) -> None:
         """A new service (or missed events): read each followed operation again."""
@@ -152,5 +183,5 @@ class Link:
 
     def _update(self, op: RemoteOperation, view: OpView) -> None:
         op.apply(view)
-        if view.ended:
+        if view.ended and not op.ranges_owed():
             self.live.pop(view.guid, None)

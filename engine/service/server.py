@@ -188,8 +188,9 @@ class Service:
         await ws.close()
 
     def _from_client(self, sub: Subscriber, text: str) -> None:
-        """``{"follow": [guid]}``, ``{"ranges": guid}``, ``{"ack": guid}``; anything else
-        is ignored (a WebSocket message has no status to refuse it with)."""
+        """``{"follow": [guid]}``, ``{"ranges": guid}`` (answered ``ranges_ready`` with
+        the ranges already there), ``{"ack": guid}``; anything else is ignored (a
+        WebSocket message has no status to refuse it with)."""
         with contextlib.suppress(ValueError, TypeError, KeyError, NotFound, AttributeError):
             msg = json.loads(text)
             if "follow" in msg and sub.guids is not None:
@@ -200,6 +201,15 @@ class Service:
                 sub.ranges.add(guid)
                 if sub.guids is not None:
                     sub.guids.add(guid)
+                # what is there already, in order before any ranges event to come
+                ready = {
+                    "id": self.hub.last_id,
+                    "epoch": self.hub.epoch,
+                    "kind": "ranges_ready",
+                    "guid": guid,
+                    "ranges": self.driver.ranges(guid),
+                }
+                sub.put(json.dumps(ready))
             elif "ack" in msg:
                 done = sub.acks.pop(str(msg["ack"]), None)
                 if done is not None:
