@@ -284,3 +284,55 @@ def test_an_idle_service_exits_by_itself(tmp_path: Path, nginx: Nginx) -> None:
         assert not env.paths.socket.exists()
     finally:
         env.stop()
+
+
+def test_service_install_writes_a_socket_unit_and_a_service_unit(
+    svc: ServiceEnv, tmp_path: Path
+) -> None:
+    """service install writes bgtransfer.socket (ListenStream on the client's socket
+    path, 0600) and bgtransfer.service (runs this interpreter's service for the state dir)."""
+    svc.env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    out = svc.cli("service", "install")
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "config" / "systemd" / "user"
+    socket_unit = (folder / "bgtransfer.socket").read_text()
+    service_unit = (folder / "bgtransfer.service").read_text()
+    assert f"ListenStream={svc.paths.socket}\n" in socket_unit
+    assert "SocketMode=0600\n" in socket_unit
+    assert f"{sys.executable} -m engine service run --state-dir {svc.state_dir}" in service_unit
+    assert str(folder / "bgtransfer.socket") in out.stdout
+
+
+def test_the_service_takes_the_socket_systemd_passes(svc: ServiceEnv, tmp_path: Path) -> None:
+    """Socket activation: a service started with LISTEN_FDS serves on that socket."""
+    from engine.service.peercred import bind_owner_only
+
+    svc.paths.make_dirs()
+    listener = bind_owner_only(svc.paths.socket)
+    listener.setblocking(True)
+    code = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+        "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'; "
+        "sys.argv = ['bgtransfer', 'service', 'run']; "
+        "from engine.cli import run; run()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(listener.fileno())],
+        env=svc.env,
+        cwd=tmp_path,
+        pass_fds=(listener.fileno(),),
+    )
+    listener.close()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, info = svc.request("GET", "/v1/service")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nothing answered on the passed socket"
+                time.sleep(0.1)
+        assert (status, info["pid"]) == (200, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

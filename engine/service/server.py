@@ -41,7 +41,7 @@ from engine.service.hub import Hub, Subscriber
 from engine.service.journal import Journal
 from engine.service.lockfile import ServiceLock
 from engine.service.paths import ServicePaths
-from engine.service.peercred import bind_owner_only, peer_uid
+from engine.service.peercred import bind_owner_only, inherited_socket, peer_uid
 from engine.service.protocol import (
     API,
     CONTROL_FIELDS,
@@ -228,7 +228,7 @@ class Service:
         self.driver.restore()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        sock = bind_owner_only(self.paths.socket)
+        sock = inherited_socket() or bind_owner_only(self.paths.socket)
         site = web.SockSite(runner, sock)
         await site.start()
         loop = asyncio.get_running_loop()
