@@ -248,3 +248,41 @@ async def _status(svc: ServiceEnv) -> None:
         await client.status()
     finally:
         await client.close()
+
+
+def test_a_result_stream_reads_the_file_the_service_writes_while_it_downloads(
+    svc: ServiceEnv, slow: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """get_result_stream_at in the client: reads wait until the service has the bytes,
+    and return the file's bytes, from before the end to after it."""
+    url, data = slow
+    d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+    op = d.create_download(url, tmp_path / "s.bin")
+    op.start()
+    stream = op.get_result_stream_at(1000, timeout=60)
+    got = bytearray()
+    while chunk := stream.read(1 << 20):
+        got += chunk
+    assert bytes(got) == data[1000:]
+    assert op.wait(60).status is S.COMPLETED
+    after = op.get_result_stream_at(len(data) - 10)
+    assert after.read(100) == data[-10:]
+
+
+def test_a_random_access_stream_of_a_service_download_seeks_and_reads(
+    svc: ServiceEnv, slow: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """is_random_access_required set through the service; its stream seeks near the end
+    while the download runs and reads the right bytes there."""
+    url, data = slow
+    d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+    op = d.create_download(url, tmp_path / "ra.bin")
+    op.is_random_access_required = True
+    assert svc.op(str(op.guid))["random_access"] is True
+    op.start()
+    stream = op.get_result_random_access_stream_reference(timeout=60)
+    stream.seek(len(data) - 70000)
+    assert stream.read(4096) == data[len(data) - 70000 : len(data) - 70000 + 4096]
+    stream.seek(5)
+    assert stream.read(10) == data[5:15]
+    op.wait(60)

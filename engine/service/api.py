@@ -24,6 +24,7 @@ from typing import Any
 
 from engine._reporting import ProgressCallback
 from engine._store import default_state_dir
+from engine._streams import ResultStream
 from engine._values import (
     BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
@@ -192,6 +193,10 @@ class RemoteOperation:
     def requested_uri(self) -> str:
         return self.view.uri
 
+    @requested_uri.setter
+    def requested_uri(self, value: str) -> None:
+        self._patch(uri=value)
+
     @property
     def result_file(self) -> Path:
         return Path(self.view.result_file)
@@ -208,9 +213,17 @@ class RemoteOperation:
     def priority(self) -> BackgroundTransferPriority:
         return BackgroundTransferPriority[self.view.priority]
 
+    @priority.setter
+    def priority(self, value: BackgroundTransferPriority) -> None:
+        self._patch(priority=value.name)
+
     @property
     def cost_policy(self) -> BackgroundTransferCostPolicy:
         return BackgroundTransferCostPolicy[self.view.cost_policy]
+
+    @cost_policy.setter
+    def cost_policy(self, value: BackgroundTransferCostPolicy) -> None:
+        self._patch(cost_policy=value.name)
 
     @property
     def transfer_group(self) -> str | None:
@@ -219,6 +232,25 @@ class RemoteOperation:
     @property
     def is_random_access_required(self) -> bool:
         return self.view.random_access
+
+    @is_random_access_required.setter
+    def is_random_access_required(self, value: bool) -> None:
+        self._patch(random_access=bool(value))
+
+    @property
+    def expected_checksum(self) -> tuple[str, str] | None:
+        spec = self.view.checksum
+        if spec is None:
+            return None
+        algo, _, digest = spec.partition("=")
+        return (algo, digest)
+
+    @expected_checksum.setter
+    def expected_checksum(self, spec: str) -> None:
+        self._patch(checksum=spec)
+
+    def _patch(self, **fields: Any) -> None:
+        self.apply(self._link.call(self._link.client.patch(self.view.guid, fields)))
 
     @property
     def connections(self) -> int:
@@ -238,6 +270,27 @@ class RemoteOperation:
     def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
         ranges = self._link.call(self._link.client.ranges(self.view.guid))
         return [BackgroundTransferFileRange(o, n) for o, n in ranges]
+
+    # -- reading while it downloads ------------------------------------------------------
+    def get_result_stream_at(
+        self, position: int = 0, *, timeout: float | None = None
+    ) -> ResultStream:
+        """A stream of the file the service writes; a read waits (in the service) until
+        the bytes at its position are there, then reads them from the file here."""
+        return ResultStream(self, position, timeout=timeout, seekable=False)  # type: ignore[arg-type]
+
+    def get_result_random_access_stream_reference(
+        self, *, timeout: float | None = None
+    ) -> ResultStream:
+        if not self.is_random_access_required:
+            raise InvalidStateError(
+                "get_result_random_access_stream_reference needs is_random_access_required"
+            )
+        return ResultStream(self, 0, timeout=timeout, seekable=True)  # type: ignore[arg-type]
+
+    async def _available(self, offset: int, want: int) -> int:
+        """Run by the stream on the engine loop: the service answers when bytes are there."""
+        return await self._link.acall(self._link.client.available(self.view.guid, offset, want))
 
     def credentials(self) -> dict[str, Any]:
         return self._secret

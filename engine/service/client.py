@@ -90,9 +90,16 @@ class ServiceClient:
         body = {"credentials": credentials} if credentials else {}
         return OpView.from_json(await self.request("POST", f"/downloads/{guid}/{action}", body))
 
+    async def patch(self, guid: str, fields: dict[str, Any]) -> OpView:
+        return OpView.from_json(await self.request("PATCH", f"/downloads/{guid}", fields))
+
     async def ranges(self, guid: str) -> list[tuple[int, int]]:
         data = await self.request("GET", f"/downloads/{guid}/ranges")
         return [(o, n) for o, n in data["ranges"]]
+
+    async def available(self, guid: str, offset: int, want: int) -> int:
+        data = await self.request("GET", f"/downloads/{guid}/available?offset={offset}&want={want}")
+        return int(data["n"])
 
     async def stop(self) -> None:
         await self.request("POST", "/service/stop", {})

@@ -17,8 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine._loop import engine_loop
 from engine._values import (
     BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferPriority,
     BackgroundTransferStatus,
     Credential,
 )
@@ -27,7 +30,7 @@ from engine.errors import InvalidRequestError, TransferCanceled, TransferError
 from engine.operation import DownloadOperation
 from engine.service.hub import Hub
 from engine.service.journal import Ending, Journal
-from engine.service.protocol import OpView
+from engine.service.protocol import OpView, enum_member
 from engine.service.requests import CreateRequest
 
 S = BackgroundTransferStatus
@@ -350,6 +353,46 @@ class Driver:
                 raise
             return [[0, ending.total]] if ending.status == "COMPLETED" and ending.total else []
         return [[r.offset, r.length] for r in op.get_downloaded_ranges()]
+
+    def patch(self, guid: str, fields: dict[str, Any]) -> OpView:
+        """Set what a client may set on an operation (each setter's own checks apply)."""
+        op = self.find(guid)
+        if "uri" in fields:
+            op.requested_uri = fields["uri"]
+        if "priority" in fields:
+            op.priority = enum_member(BackgroundTransferPriority, fields["priority"], "priority")
+        if "cost_policy" in fields:
+            op.cost_policy = enum_member(
+                BackgroundTransferCostPolicy, fields["cost_policy"], "cost_policy"
+            )
+        if "random_access" in fields:
+            op.is_random_access_required = fields["random_access"]
+        if "checksum" in fields:
+            op.expected_checksum = fields["checksum"]
+        if "headers" in fields:
+            for name, _ in list(op._rec.headers):
+                op.remove_request_header(name)
+            for name, value in fields["headers"]:
+                op.set_request_header(name, value)
+        return self.view(guid)
+
+    async def available(self, guid: str, offset: int, want: int) -> int:
+        """Bytes present from ``offset``, waiting on the engine's readers (which also
+        point a connection at ``offset`` for a random access operation)."""
+        try:
+            op = self.find(guid)
+        except NotFound:
+            ending = self.journal.ending(guid)
+            if ending is None:
+                raise
+            if ending.status != "COMPLETED":
+                raise TransferCanceled(f"{ending.result_file}: {ending.status.lower()}") from None
+            return max(0, min(want, ending.total - offset))
+        future = engine_loop().submit(op._available(offset, want))
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            future.cancel()  # the client went away: the engine's read waits no more
 
     async def stop(self) -> None:
         """Pause what runs (its staged bytes written), still wanted: the next start resumes it."""

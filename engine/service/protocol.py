@@ -51,6 +51,14 @@ CREATE_FIELDS = {
     "credentials": Field(dict),
 }
 CONTROL_FIELDS = {"credentials": Field(dict)}
+PATCH_FIELDS = {
+    "uri": Field(str),
+    "priority": Field(str),
+    "cost_policy": Field(str),
+    "random_access": Field(bool),
+    "checksum": Field(str),
+    "headers": Field(list),
+}
 CREDENTIAL_KINDS = ("server", "proxy")
 
 

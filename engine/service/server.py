@@ -7,7 +7,9 @@ Routes (all JSON; see ``protocol``)::
     GET  /v1/downloads                      the unfinished operations
     POST /v1/downloads                      create (and start) one
     GET  /v1/downloads/{guid}               one, unfinished or ended
+    PATCH /v1/downloads/{guid}              set its URI, priority, policy, headers...
     GET  /v1/downloads/{guid}/ranges        its downloaded ranges
+    GET  /v1/downloads/{guid}/available     bytes at ?offset= (up to ?want=), waiting
     POST /v1/downloads/{guid}/{action}      start, attach, resume, pause, cancel
     GET  /v1/events?since=&epoch=&guids=    the WebSocket of events
 
@@ -46,6 +48,7 @@ from engine.service.protocol import (
     API,
     CONTROL_FIELDS,
     CREATE_FIELDS,
+    PATCH_FIELDS,
     BadRequest,
     parse_body,
 )
@@ -81,7 +84,9 @@ class Service:
         app.router.add_get(f"{API}/downloads", self.list)
         app.router.add_post(f"{API}/downloads", self.create)
         app.router.add_get(f"{API}/downloads/{{guid}}", self.one)
+        app.router.add_patch(f"{API}/downloads/{{guid}}", self.patch)
         app.router.add_get(f"{API}/downloads/{{guid}}/ranges", self.ranges)
+        app.router.add_get(f"{API}/downloads/{{guid}}/available", self.available)
         app.router.add_post(f"{API}/downloads/{{guid}}/{{action}}", self.control)
         app.router.add_get(f"{API}/events", self.events)
         return app
@@ -142,8 +147,26 @@ class Service:
     async def one(self, request: web.Request) -> web.Response:
         return web.json_response(self.driver.view(request.match_info["guid"]).to_json())
 
+    async def patch(self, request: web.Request) -> web.Response:
+        fields = parse_body(await request.read(), PATCH_FIELDS)
+        view = self.driver.patch(request.match_info["guid"], fields)
+        self.driver.default._store.commit()
+        return web.json_response(view.to_json())
+
     async def ranges(self, request: web.Request) -> web.Response:
         return web.json_response({"ranges": self.driver.ranges(request.match_info["guid"])})
+
+    async def available(self, request: web.Request) -> web.Response:
+        """How many bytes from ``offset`` (up to ``want``) are in the file, waiting
+        until one is: a client's result stream reads them from the file itself."""
+        try:
+            offset, want = int(request.query["offset"]), int(request.query["want"])
+        except (KeyError, ValueError):
+            raise BadRequest("offset and want must be integers") from None
+        if offset < 0 or want < 0:
+            raise BadRequest("offset and want must be >= 0")
+        n = await self.driver.available(request.match_info["guid"], offset, want)
+        return web.json_response({"n": n})
 
     async def control(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
