@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -298,15 +299,16 @@ class Driver:
                 return  # the watcher publishes an end once the journal has it
             view = view_of(op).to_json()
             with contextlib.suppress(RuntimeError):  # the service is closing
-                loop.call_soon_threadsafe(self._publish_progress, view)
+                loop.call_soon_threadsafe(self._publish_progress, view, time.time())
 
         return progress
 
-    def _publish_progress(self, view: dict[str, Any]) -> None:
+    def _publish_progress(self, view: dict[str, Any], at: float) -> None:
+        """``at``: when the engine reported it (wall clock, for a client's latency)."""
         guid = view["guid"]
         if guid in self.ended_here:
             return  # a late tick after the end was told
-        self.hub.publish("progress", guid, op=view)
+        self.hub.publish("progress", guid, op=view, at=at)
 
     def follow_ranges(self, guid: str) -> None:
         """Raise this operation's range events for clients (the handler is the
