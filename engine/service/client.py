@@ -51,6 +51,13 @@ class ServiceClient:
             await self._session.close()
             self._session = None
 
+    async def revive(self) -> None:
+        """After a connection failed: start the service again if it is gone.  The
+        session stays (a WebSocket on it may be fine; aiohttp drops broken
+        connections by itself, and each new one connects to the path afresh)."""
+        if self.autostart:
+            await asyncio.to_thread(ensure_running, self.paths)
+
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One call; a connection refused or cut (the service killed) starts it again
         and retries once."""
@@ -65,9 +72,9 @@ class ServiceClient:
                         raise _error(resp.status, data)
                     return data
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-                await self.close()
                 if attempt or not self.autostart:
                     raise ServiceUnavailable(f"the service at {self.paths.socket}: {exc}") from exc
+                await self.revive()
         raise AssertionError("unreachable")
 
     async def status(self) -> dict[str, Any]:

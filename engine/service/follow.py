@@ -52,7 +52,7 @@ class Follower:
             try:
                 await self._session(done)
             except (aiohttp.ClientError, ConnectionError):
-                await self.client.close()
+                await self.client.revive()
                 await asyncio.sleep(0.05)  # the next call starts the service again
 
     async def _session(self, done: Callable[[], bool]) -> None:

@@ -119,7 +119,7 @@ class Link:
             try:
                 await self._session()
             except (aiohttp.ClientError, ConnectionError):
-                await self.client.close()
+                await self.client.revive()
                 await asyncio.sleep(0.05)  # the next connection starts it again
 
     async def _session(self) -> None:
