@@ -336,3 +336,68 @@ def test_the_service_takes_the_socket_systemd_passes(svc: ServiceEnv, tmp_path: 
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_wait_goes_on_across_a_service_killed_under_it(
+    svc: ServiceEnv, nginx: Nginx, slow_file: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """A wait running while the service is SIGKILLed starts it again, reads the state
+    anew (new epoch) and still ends with the download's status."""
+    name, data = slow_file
+    out_file = tmp_path / "w.bin"
+    guid = svc.cli(
+        "get", "--background", nginx.url(f"slow/{name}"), "-o", str(out_file)
+    ).stdout.strip()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "engine", "wait", guid],
+        env=svc.env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    svc.wait_for(guid, 0.3)
+    _, before = svc.request("GET", "/v1/service")
+    os.kill(before["pid"], signal.SIGKILL)
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert out.strip() == str(out_file)
+    assert out_file.read_bytes() == data
+    _, after = svc.request("GET", "/v1/service")
+    assert after["epoch"] > before["epoch"]
+
+
+def test_events_are_numbered_and_a_stale_epoch_is_told_to_read_again(
+    svc: ServiceEnv, nginx: Nginx, tmp_path: Path
+) -> None:
+    """Events carry increasing ids and the epoch; a client coming back with another
+    epoch gets hello then reset; with the current one, what it missed."""
+    guid = svc.cli(
+        "get", "--background", nginx.url("small.bin"), "-o", str(tmp_path / "e")
+    ).stdout.strip()
+    assert svc.cli("wait", guid).returncode == 0
+    _, info = svc.request("GET", "/v1/service")
+
+    async def first_events(since: int, epoch: int) -> list[dict[str, Any]]:
+        client = ServiceClient(svc.state_dir)
+        try:
+            ws = await client.events(since, epoch)
+            events = [json.loads((await ws.receive(timeout=10)).data)]
+            while len(events) < 3 and events[-1]["kind"] != "reset":
+                try:
+                    events.append(json.loads((await ws.receive(timeout=1)).data))
+                except asyncio.TimeoutError:
+                    break
+            await ws.close()
+            return events
+        finally:
+            await client.close()
+
+    stale = asyncio.run(first_events(0, info["epoch"] + 100))
+    assert [e["kind"] for e in stale] == ["hello", "reset"]
+    replay = asyncio.run(first_events(0, info["epoch"]))
+    assert replay[0]["kind"] == "hello"
+    ids = [e["id"] for e in replay[1:]]
+    assert ids
+    assert ids == sorted(set(ids))
+    assert all(e["epoch"] == info["epoch"] for e in replay)
