@@ -19,6 +19,7 @@ from service_env import ServiceEnv, own_file, svc_fixture  # noqa: F401 (a fixtu
 from engine import (
     BackgroundDownloader,
     BackgroundTransferCompletionGroup,
+    BackgroundTransferPriority,
     BackgroundTransferStatus,
     TransferCanceled,
 )
@@ -286,3 +287,30 @@ def test_a_random_access_stream_of_a_service_download_seeks_and_reads(
     stream.seek(5)
     assert stream.read(10) == data[5:15]
     op.wait(60)
+
+
+def test_request_headers_and_priority_set_through_the_service_reach_the_server(
+    svc: ServiceEnv, tmp_path: Path
+) -> None:
+    """set_request_header/remove_request_header and priority on an operation in the
+    service are kept there and sent with its requests."""
+    body = os.urandom(1 << 20)
+    server = FaultServer(body)
+    server.record_headers = []
+    try:
+        d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+        d.set_request_header("X-From-Downloader", "a")
+        op = d.create_download(server.url, tmp_path / "h.bin")
+        op.set_request_header("X-Test", "1")
+        op.set_request_header("X-Gone", "2")
+        op.remove_request_header("x-gone")
+        op.priority = BackgroundTransferPriority.HIGH
+        assert svc.op(str(op.guid))["priority"] == "HIGH"
+        op.start()
+        op.wait(60)
+        sent = server.record_headers[0]
+        assert sent.get("X-Test") == "1"
+        assert sent.get("X-From-Downloader") == "a"
+        assert "X-Gone" not in sent
+    finally:
+        server.close()

@@ -249,6 +249,23 @@ class RemoteOperation:
     def expected_checksum(self, spec: str) -> None:
         self._patch(checksum=spec)
 
+    def set_request_header(self, name: str, value: str) -> None:
+        """Sent from the next request on; a second value for a name is comma-joined."""
+        headers = [list(h) for h in self.view.headers]
+        for pair in headers:
+            if pair[0].lower() == name.lower():
+                pair[1] = f"{pair[1]}, {value}"
+                break
+        else:
+            headers.append([name, value])
+        self._patch(headers=headers)
+
+    def remove_request_header(self, name: str) -> None:
+        self._patch(headers=[h for h in self.view.headers if h[0].lower() != name.lower()])
+
+    def make_current_in_transfer_group(self) -> None:
+        self.apply(self._link.call(self._link.client.control(self.view.guid, "make_current")))
+
     def _patch(self, **fields: Any) -> None:
         self.apply(self._link.call(self._link.client.patch(self.view.guid, fields)))
 

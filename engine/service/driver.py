@@ -73,6 +73,7 @@ def view_of(op: DownloadOperation, *, waiting: bool = False) -> OpView:
         error=op._rec.error_message if p.status is S.ERROR else None,
         waiting_for_credentials=waiting,
         connections=op.connections,
+        headers=[[k, v] for k, v in op._rec.headers],
     )
 
 
@@ -212,6 +213,8 @@ class Driver:
             op.start(self._callback())
             self.watched.add(guid)
             self._watch(op)
+        elif action == "make_current":
+            op.make_current_in_transfer_group()
         elif action == "pause":
             await asyncio.to_thread(op.pause)
             self.journal.unwant(guid)

@@ -160,6 +160,7 @@ class OpView:
     error: str | None = None
     waiting_for_credentials: bool = False
     connections: int = 0
+    headers: list[list[str]] = dataclasses.field(default_factory=list)
 
     @property
     def ended(self) -> bool:

@@ -10,7 +10,8 @@ Routes (all JSON; see ``protocol``)::
     PATCH /v1/downloads/{guid}              set its URI, priority, policy, headers...
     GET  /v1/downloads/{guid}/ranges        its downloaded ranges
     GET  /v1/downloads/{guid}/available     bytes at ?offset= (up to ?want=), waiting
-    POST /v1/downloads/{guid}/{action}      start, attach, resume, pause, cancel
+    POST /v1/downloads/{guid}/{action}      start, attach, resume, pause, cancel,
+                                            make_current
     GET  /v1/events?since=&epoch=&guids=    the WebSocket of events
 
 State changes a request makes are committed before it is answered: the engine's
@@ -59,7 +60,7 @@ from engine.service.requests import CreateRequest
 
 log = logging.getLogger("bgtransfer.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACTIONS = ("start", "attach", "resume", "pause", "cancel")
+ACTIONS = ("start", "attach", "resume", "pause", "cancel", "make_current")
 DEFAULT_IDLE = 60.0
 
 
