@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -314,3 +317,32 @@ def test_request_headers_and_priority_set_through_the_service_reach_the_server(
         assert "X-Gone" not in sent
     finally:
         server.close()
+
+
+def test_a_client_that_cannot_open_the_result_reads_it_by_a_passed_descriptor(
+    svc: ServiceEnv, slow: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """A client in a mount namespace where the result's folder is hidden (a tmpfs over
+    it) reads the whole result by a descriptor the service passes over its socket."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the client its own mount namespace")
+    url, data = slow
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    asyncio.run(_status(svc))  # started out here: it sees the real folder
+    script = (
+        f"mount -t tmpfs none {shlex.quote(str(hidden))} && exec {shlex.quote(sys.executable)} "
+        f"{shlex.quote(str(HERE / 'service_stream_child.py'))} {shlex.quote(str(svc.state_dir))} "
+        f"{shlex.quote(url)} {shlex.quote(str(hidden / 'x.bin'))}"
+    )
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", hashlib.sha256(data).hexdigest()]
+    assert (hidden / "x.bin").read_bytes() == data

@@ -24,7 +24,6 @@ from typing import Any
 
 from engine._reporting import ProgressCallback
 from engine._store import default_state_dir
-from engine._streams import ResultStream
 from engine._values import (
     BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
@@ -51,6 +50,7 @@ from engine.errors import (
 )
 from engine.service.link import Link
 from engine.service.protocol import OpView, credentials_json
+from engine.service.streams import RemoteResultStream
 
 S = BackgroundTransferStatus
 
@@ -291,19 +291,19 @@ class RemoteOperation:
     # -- reading while it downloads ------------------------------------------------------
     def get_result_stream_at(
         self, position: int = 0, *, timeout: float | None = None
-    ) -> ResultStream:
+    ) -> RemoteResultStream:
         """A stream of the file the service writes; a read waits (in the service) until
         the bytes at its position are there, then reads them from the file here."""
-        return ResultStream(self, position, timeout=timeout, seekable=False)  # type: ignore[arg-type]
+        return RemoteResultStream(self, position, timeout=timeout, seekable=False)  # type: ignore[arg-type]
 
     def get_result_random_access_stream_reference(
         self, *, timeout: float | None = None
-    ) -> ResultStream:
+    ) -> RemoteResultStream:
         if not self.is_random_access_required:
             raise InvalidStateError(
                 "get_result_random_access_stream_reference needs is_random_access_required"
             )
-        return ResultStream(self, 0, timeout=timeout, seekable=True)  # type: ignore[arg-type]
+        return RemoteResultStream(self, 0, timeout=timeout, seekable=True)  # type: ignore[arg-type]
 
     async def _available(self, offset: int, want: int) -> int:
         """Run by the stream on the engine loop: the service answers when bytes are there."""

@@ -42,6 +42,7 @@ from engine.errors import (
     ResultFileInUseError,
     TransferError,
 )
+from engine.service import fdpass
 from engine.service.driver import Driver, NotFound
 from engine.service.hub import Hub, Subscriber
 from engine.service.journal import Journal
@@ -239,6 +240,9 @@ class Service:
                 if done is not None:
                     done()
 
+    def _result_of(self, guid: str) -> Path:
+        return Path(self.driver.view(guid).result_file)
+
     # -- life ------------------------------------------------------------------------
     def idle(self) -> bool:
         return (
@@ -255,6 +259,7 @@ class Service:
         sock = inherited_socket() or bind_owner_only(self.paths.socket)
         site = web.SockSite(runner, sock)
         await site.start()
+        fds = await fdpass.serve(fdpass.fd_socket_path(self.paths.socket), self._result_of)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.stopping.set)
@@ -267,8 +272,10 @@ class Service:
                     log.info("idle for %.1f s: exiting", self.idle_timeout)
                     break
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.paths.socket)
+            fds.close()
+            for path in (self.paths.socket, fdpass.fd_socket_path(self.paths.socket)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             await self.driver.stop()
             for sub in list(self.hub.subscribers):
                 self.hub.drop(sub)
