@@ -22,20 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine._reporting import ProgressCallback
-from engine._store import default_state_dir
-from engine._values import (
-    BackgroundDownloadProgress,
-    BackgroundDownloadRangesDownloadedEventArgs,
-    BackgroundTransferCostPolicy,
-    BackgroundTransferFileRange,
-    BackgroundTransferPriority,
-    BackgroundTransferStatus,
-    Credential,
-    Deferral,
-    Event,
-    merge_ranges,
-)
+from engine._ops.reporting import ProgressCallback
+from engine._state.store import default_state_dir
 from engine.downloader import (
     BackgroundDownloader,
     BackgroundTransferCompletionGroup,
@@ -51,6 +39,18 @@ from engine.errors import (
 from engine.service.link import Link
 from engine.service.protocol import OpView, credentials_json
 from engine.service.streams import RemoteResultStream
+from engine.values import (
+    BackgroundDownloadProgress,
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferFileRange,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+    Deferral,
+    Event,
+    merge_ranges,
+)
 
 S = BackgroundTransferStatus
 

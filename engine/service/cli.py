@@ -102,9 +102,9 @@ def _call(args: argparse.Namespace, fn: Callable[[Any], Any], *, autostart: bool
 def get_background(args: argparse.Namespace) -> int:
     """Hand the download to the service; print its GUID (the output named as ``get``
     names it)."""
-    from engine._checksum import parse
-    from engine._cli_commands import _credential
-    from engine._cli_names import name_from_url, split_login
+    from engine._disk.checksum import parse
+    from engine.cli.commands import _credential
+    from engine.cli.names import name_from_url, split_login
     from engine.service.protocol import credentials_json
 
     url, login = split_login(args.url)
@@ -198,7 +198,7 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    from engine._cli_commands import _credential
+    from engine.cli.commands import _credential
     from engine.service.protocol import credentials_json
 
     creds = _credential(args.user, [])

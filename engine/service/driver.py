@@ -18,14 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine._loop import engine_loop
-from engine._values import (
-    BackgroundDownloadRangesDownloadedEventArgs,
-    BackgroundTransferCostPolicy,
-    BackgroundTransferPriority,
-    BackgroundTransferStatus,
-    Credential,
-)
+from engine._runtime.loop import engine_loop
 from engine.downloader import BackgroundDownloader
 from engine.errors import InvalidRequestError, TransferCanceled, TransferError
 from engine.operation import DownloadOperation
@@ -33,6 +26,13 @@ from engine.service.hub import Hub
 from engine.service.journal import Ending, Journal
 from engine.service.protocol import OpView, enum_member
 from engine.service.requests import CreateRequest
+from engine.values import (
+    BackgroundDownloadRangesDownloadedEventArgs,
+    BackgroundTransferCostPolicy,
+    BackgroundTransferPriority,
+    BackgroundTransferStatus,
+    Credential,
+)
 
 S = BackgroundTransferStatus
 _BUSY = (

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from engine._core import part_path
+from engine._disk.core import part_path
 from engine.service.peercred import bind_owner_only, peer_uid
 
 MAX_LINE = 64

@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from engine._store import default_state_dir
+from engine._state.store import default_state_dir
 
 SUN_PATH_MAX = 107
 """Bytes of a socket path, without the terminating NUL (Linux's sun_path is 108)."""

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
-from engine._values import BackgroundTransferStatus, Credential
+from engine.values import BackgroundTransferStatus, Credential
 
 API = "/v1"
 TERMINAL_NAMES = frozenset({"COMPLETED", "CANCELED", "ERROR"})

@@ -6,17 +6,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from engine._values import (
+from engine.downloader import BackgroundDownloader, BackgroundTransferGroup
+from engine.errors import InvalidRequestError
+from engine.operation import DownloadOperation
+from engine.service.protocol import enum_member
+from engine.values import (
     BackgroundTransferBehavior,
     BackgroundTransferCostPolicy,
     BackgroundTransferPriority,
     Credential,
 )
-from engine._web_error import WebErrorStatus
-from engine.downloader import BackgroundDownloader, BackgroundTransferGroup
-from engine.errors import InvalidRequestError
-from engine.operation import DownloadOperation
-from engine.service.protocol import enum_member
+from engine.web_error import WebErrorStatus
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import errno
 import os
 from typing import Any
 
-from engine._streams import ResultStream
+from engine._ops.streams import ResultStream
 from engine.errors import StorageError
 from engine.service import fdpass
 
