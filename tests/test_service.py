@@ -21,6 +21,7 @@ from engine.service.client import ServiceClient
 from engine.service.paths import SUN_PATH_MAX, ServicePaths
 
 HERE = Path(__file__).parent
+GET_BACKGROUND = [sys.executable, "-m", "engine", "get", "--background"]
 
 
 @pytest.fixture
@@ -401,3 +402,31 @@ def test_events_are_numbered_and_a_stale_epoch_is_told_to_read_again(
     assert ids
     assert ids == sorted(set(ids))
     assert all(e["epoch"] == info["epoch"] for e in replay)
+
+
+def test_clients_starting_at_once_start_one_service(
+    svc: ServiceEnv, nginx: Nginx, tmp_path: Path
+) -> None:
+    """Eight commands at once with no service running: each gets its answer, and one
+    service was started (the start lock), logging to service.log in the state dir."""
+    procs = [
+        subprocess.Popen(
+            [*GET_BACKGROUND, nginx.url("small.bin"), "-o", str(tmp_path / f"m{i}")],
+            env=svc.env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    guids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        guids.append(out.strip())
+    assert len(set(guids)) == 8
+    assert svc.cli("wait", *guids).returncode == 0
+    log = (svc.state_dir / "service.log").read_text()
+    assert log.count("serving on") == 1
+    assert stat.S_IMODE((svc.state_dir / "service.log").stat().st_mode) == 0o600
