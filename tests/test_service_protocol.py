@@ -258,3 +258,11 @@ def test_socket_file_modes_hold_after_a_restart_over_a_stale_socket(tmp_path: Pa
     finally:
         env.stop()
         proc.wait(timeout=20)
+
+
+def test_a_relative_result_path_is_refused(running: ServiceEnv) -> None:
+    """The service's working directory is not the client's: a relative result is a 400."""
+    body = json.dumps({"uri": "http://127.0.0.1:1/x", "result_file": "x.bin"}).encode()
+    status, data = running.request("POST", "/v1/downloads", body)
+    assert status == 400
+    assert "absolute" in data["error"]

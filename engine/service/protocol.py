@@ -93,6 +93,9 @@ def parse_body(raw: bytes, fields: dict[str, Field]) -> dict[str, Any]:
         raise BadRequest("field 'recoverable' must be a list of status codes")
     if "credentials" in data:
         data["credentials"] = credentials(data["credentials"])
+    for name in ("result_file", "body_file"):  # the service's working directory is /
+        if name in data and not data[name].startswith("/"):
+            raise BadRequest(f"field {name!r} must be an absolute path")
     return data
 
 
