@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -63,6 +64,7 @@ log = logging.getLogger("bgtransfer.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("start", "attach", "resume", "pause", "cancel", "make_current")
 DEFAULT_IDLE = 60.0
+SWITCH_INTERVAL = 0.0005
 
 
 def _error(status: int, exc: BaseException) -> web.Response:
@@ -300,6 +302,11 @@ def run_service(state_dir: Path | None, idle_timeout: float | None) -> int:
         level=logging.INFO, format="%(asctime)s bgtransfer-service[%(process)d] %(message)s"
     )
     timeout = idle_timeout if idle_timeout is not None else idle_from_env()
+    # The engine's thread runs Python callbacks for every chunk while a download
+    # moves; this thread, to tell clients, must get the GIL back from it, and waits
+    # up to a switch interval each time (5 ms by default, paid again at every
+    # release).  A shorter interval keeps events from queueing behind it.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> None:
         await Service(paths, timeout).serve()
