@@ -88,7 +88,3 @@ class Follower:
             self.on_event(event)
         if event["kind"] == "progress":
             self.on_view(OpView.from_json(event["op"]))
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if self.ws is not None:
-            await self.ws.send_str(json.dumps(message))

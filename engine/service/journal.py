@@ -127,9 +127,3 @@ class Journal:
             (guid,),
         ).fetchone()
         return Ending(*row) if row else None
-
-    def endings(self) -> list[Ending]:
-        rows = self._db.execute(
-            "SELECT guid, status, result_file, uri, total, error, web_error FROM ended ORDER BY at"
-        ).fetchall()
-        return [Ending(*row) for row in rows]
