@@ -311,6 +311,9 @@ def test_request_headers_and_priority_set_through_the_service_reach_the_server(
         assert svc.op(str(op.guid))["priority"] == "HIGH"
         op.start()
         op.wait(60)
+        info = op.get_response_information()
+        assert info is not None
+        assert (info.status_code, info.actual_uri) in ((200, server.url), (206, server.url))
         sent = server.record_headers[0]
         assert sent.get("X-Test") == "1"
         assert sent.get("X-From-Downloader") == "a"

@@ -49,6 +49,7 @@ from engine.values import (
     Credential,
     Deferral,
     Event,
+    ResponseInformation,
     merge_ranges,
 )
 
@@ -308,6 +309,11 @@ class RemoteOperation:
     async def _available(self, offset: int, want: int) -> int:
         """Run by the stream on the engine loop: the service answers when bytes are there."""
         return await self._link.acall(self._link.client.available(self.view.guid, offset, want))
+
+    def get_response_information(self) -> ResponseInformation | None:
+        """The last response the service's engine had for it (None before any)."""
+        data = self._link.call(self._link.client.response(self.view.guid))
+        return None if data is None else ResponseInformation(**data)
 
     def credentials(self) -> dict[str, Any]:
         return self._secret

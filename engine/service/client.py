@@ -104,6 +104,10 @@ class ServiceClient:
         data = await self.request("GET", f"/downloads/{guid}/ranges")
         return [(o, n) for o, n in data["ranges"]]
 
+    async def response(self, guid: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.request("GET", f"/downloads/{guid}/response")
+        return result
+
     async def available(self, guid: str, offset: int, want: int) -> int:
         data = await self.request("GET", f"/downloads/{guid}/available?offset={offset}&want={want}")
         return int(data["n"])

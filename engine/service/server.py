@@ -9,6 +9,7 @@ Routes (all JSON; see ``protocol``)::
     GET  /v1/downloads/{guid}               one, unfinished or ended
     PATCH /v1/downloads/{guid}              set its URI, priority, policy, headers...
     GET  /v1/downloads/{guid}/ranges        its downloaded ranges
+    GET  /v1/downloads/{guid}/response      its last response (URI, headers, status)
     GET  /v1/downloads/{guid}/available     bytes at ?offset= (up to ?want=), waiting
     POST /v1/downloads/{guid}/{action}      start, attach, resume, pause, cancel,
                                             make_current
@@ -93,6 +94,7 @@ class Service:
         app.router.add_get(f"{API}/downloads/{{guid}}", self.one)
         app.router.add_patch(f"{API}/downloads/{{guid}}", self.patch)
         app.router.add_get(f"{API}/downloads/{{guid}}/ranges", self.ranges)
+        app.router.add_get(f"{API}/downloads/{{guid}}/response", self.response)
         app.router.add_get(f"{API}/downloads/{{guid}}/available", self.available)
         app.router.add_post(f"{API}/downloads/{{guid}}/{{action}}", self.control)
         app.router.add_get(f"{API}/events", self.events)
@@ -160,6 +162,19 @@ class Service:
 
     async def ranges(self, request: web.Request) -> web.Response:
         return web.json_response({"ranges": self.driver.ranges(request.match_info["guid"])})
+
+    async def response(self, request: web.Request) -> web.Response:
+        info = self.driver.find(request.match_info["guid"]).get_response_information()
+        if info is None:
+            return web.json_response(None)
+        return web.json_response(
+            {
+                "actual_uri": info.actual_uri,
+                "headers": dict(info.headers),
+                "is_resumable": info.is_resumable,
+                "status_code": info.status_code,
+            }
+        )
 
     async def available(self, request: web.Request) -> web.Response:
         """How many bytes from ``offset`` (up to ``want``) are in the file, waiting
