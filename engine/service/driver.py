@@ -45,6 +45,18 @@ _BUSY = (
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
 
 
+RESPONSES_KEPT = 1000
+
+
+def _response_json(op: DownloadOperation) -> dict[str, Any] | None:
+    info = op.get_response_information()
+    if info is None:
+        return None
+    data = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    data["headers"] = dict(info.headers)
+    return data
+
+
 class NotFound(LookupError):
     """No operation with that GUID (HTTP 404)."""
 
@@ -103,6 +115,8 @@ class Driver:
         self.ended_here: set[str] = set()
         self.watchers: dict[str, asyncio.Task[None]] = {}
         self.deferrals: dict[str, int] = {}
+        self.responses: dict[str, dict[str, Any] | None] = {}
+        """The last response of operations that ended, oldest first."""
 
     # -- finding ---------------------------------------------------------------------
     def restore(self) -> None:
@@ -288,6 +302,9 @@ class Driver:
             None if web is None else web.value,
         )
         self.journal.ended(ending)  # committed before anyone is told
+        self.responses[guid] = _response_json(op)
+        while len(self.responses) > RESPONSES_KEPT:
+            self.responses.pop(next(iter(self.responses)))
         if status is not S.ERROR:
             self.ops.pop(guid, None)
         self.hub.publish("progress", guid, op=view_of_ending(ending).to_json())
@@ -358,6 +375,12 @@ class Driver:
                 raise
             return [[0, ending.total]] if ending.status == "COMPLETED" and ending.total else []
         return [[r.offset, r.length] for r in op.get_downloaded_ranges()]
+
+    def response(self, guid: str) -> dict[str, Any] | None:
+        """The operation's last response as JSON (kept a while after it ended)."""
+        if guid in self.responses:
+            return self.responses[guid]
+        return _response_json(self.find(guid))
 
     def patch(self, guid: str, fields: dict[str, Any]) -> OpView:
         """Set what a client may set on an operation (each setter's own checks apply)."""

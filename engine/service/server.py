@@ -164,17 +164,7 @@ class Service:
         return web.json_response({"ranges": self.driver.ranges(request.match_info["guid"])})
 
     async def response(self, request: web.Request) -> web.Response:
-        info = self.driver.find(request.match_info["guid"]).get_response_information()
-        if info is None:
-            return web.json_response(None)
-        return web.json_response(
-            {
-                "actual_uri": info.actual_uri,
-                "headers": dict(info.headers),
-                "is_resumable": info.is_resumable,
-                "status_code": info.status_code,
-            }
-        )
+        return web.json_response(self.driver.response(request.match_info["guid"]))
 
     async def available(self, request: web.Request) -> web.Response:
         """How many bytes from ``offset`` (up to ``want``) are in the file, waiting
