@@ -349,3 +349,24 @@ def test_a_client_that_cannot_open_the_result_reads_it_by_a_passed_descriptor(
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", hashlib.sha256(data).hexdigest()]
     assert (hidden / "x.bin").read_bytes() == data
+
+
+def test_transfer_groups_of_service_operations_are_found_by_group(
+    svc: ServiceEnv, nginx: Nginx, tmp_path: Path
+) -> None:
+    """An operation created in a transfer group lives in the service with its group:
+    get_current_downloads leaves it out (as in-process), the group's lookup finds it."""
+    from engine import BackgroundTransferGroup
+
+    group = BackgroundTransferGroup.create_group("svc-group", state_dir=svc.state_dir)
+    d = BackgroundDownloader(state_dir=svc.state_dir, service=True, transfer_group=group)
+    plain = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+    grouped = d.create_download(nginx.url("small.bin"), tmp_path / "g.bin")
+    alone = plain.create_download(nginx.url("small.bin"), tmp_path / "a.bin")
+    assert [str(op.guid) for op in plain.get_current_downloads()] == [str(alone.guid)]
+    found = plain.get_current_downloads_for_transfer_group(group)
+    assert [str(op.guid) for op in found] == [str(grouped.guid)]
+    assert svc.op(str(grouped.guid))["group"] == "svc-group"
+    for op in (grouped, alone):
+        op.start()
+        op.wait(60)

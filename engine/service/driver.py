@@ -122,7 +122,7 @@ class Driver:
     def restore(self) -> None:
         """Take back the operations this service drove before it stopped or was killed."""
         wanted = self.journal.wanted()
-        for op in self.default.get_current_downloads():
+        for op in self.default.get_current_downloads(include_groups=True):
             guid = str(op.guid)
             if guid not in wanted:
                 continue
@@ -148,7 +148,7 @@ class Driver:
         op = self.ops.get(guid)
         if op is not None:
             return op
-        for found in self.default.get_current_downloads():
+        for found in self.default.get_current_downloads(include_groups=True):
             if str(found.guid) == guid:
                 self.ops[guid] = found
                 return found
@@ -166,7 +166,7 @@ class Driver:
 
     def current(self) -> list[OpView]:
         views = []
-        for op in self.default.get_current_downloads():
+        for op in self.default.get_current_downloads(include_groups=True):
             guid = str(op.guid)
             self.ops.setdefault(guid, op)
             views.append(view_of(self.ops[guid], waiting=guid in self.waiting_credentials))

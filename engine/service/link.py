@@ -24,7 +24,7 @@ from engine.service.client import ServiceClient
 from engine.service.protocol import OpView
 
 if TYPE_CHECKING:
-    from engine.service.api import RemoteOperation
+    from engine.service.operation import RemoteOperation
 
 T = TypeVar("T")
 
