@@ -370,3 +370,42 @@ def test_transfer_groups_of_service_operations_are_found_by_group(
     for op in (grouped, alone):
         op.start()
         op.wait(60)
+
+
+def test_async_handlers_of_service_operations_run_on_the_callers_loop(
+    svc: ServiceEnv, slow: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """An async def progress callback runs as a task; an async ranges handler holds
+    the next range event until it returns, as in-process."""
+    url, data = slow
+    reports: list[int] = []
+    busy = [0]
+    overlapped: list[bool] = []
+    covered: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+        op = d.create_download(url, tmp_path / "as.bin")
+
+        async def progress(op: Any) -> None:
+            await asyncio.sleep(0)
+            reports.append(op.progress.bytes_received)
+
+        async def ranges(op: Any, args: Any) -> None:
+            if busy[0]:
+                overlapped.append(True)
+            busy[0] += 1
+            covered.extend((r.offset, r.length) for r in args.added_ranges)
+            await asyncio.sleep(0.3)
+            busy[0] -= 1
+
+        op.ranges_downloaded.subscribe(ranges)
+        await op.start_async(progress)
+        while sum(n for _, n in covered) < len(data):
+            await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert reports
+    assert reports[-1] == len(data)
+    assert not overlapped
+    assert sum(n for _, n in covered) == len(data)

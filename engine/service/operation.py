@@ -12,10 +12,11 @@ import asyncio
 import concurrent.futures
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine._ops.reporting import ProgressCallback
+from engine._ops.reporting import ProgressCallback, run_handler
 from engine.downloader import (
     BackgroundTransferCompletionGroup,
 )
@@ -289,7 +290,7 @@ class RemoteOperation:
             self.view = view
         if changed:
             for callback, loop in list(self._callbacks):
-                _deliver(loop, callback, self)
+                _deliver(loop, _progress_caller(callback), self)
         if view.ended:
             self._settle(view)
 
@@ -350,11 +351,24 @@ class RemoteOperation:
         def raise_event() -> None:
             try:
                 for handler in self.ranges_downloaded.handlers():
-                    handler(self, args)  # type: ignore[arg-type]
+                    result = handler(self, args)  # type: ignore[arg-type]
+                    with lock:
+                        open_count[0] += 1  # an async handler holds the next event
+                    if not run_handler(result, release):
+                        release()
             finally:
                 release()
 
         _deliver(self._event_loop, lambda _op: raise_event(), self)
+
+
+def _progress_caller(callback: ProgressCallback) -> Callable[[RemoteOperation], None]:
+    """The callback, an ``async def`` one run as a task of the loop it is called on."""
+
+    def call(op: RemoteOperation) -> None:
+        run_handler(callback(op))  # type: ignore[arg-type]
+
+    return call
 
 
 def _deliver(loop: asyncio.AbstractEventLoop | None, fn: Any, op: RemoteOperation) -> None:
