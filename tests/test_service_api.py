@@ -409,3 +409,32 @@ def test_async_handlers_of_service_operations_run_on_the_callers_loop(
     assert reports[-1] == len(data)
     assert not overlapped
     assert sum(n for _, n in covered) == len(data)
+
+
+def test_a_recoverable_status_pauses_a_service_operation_until_resumed(
+    svc: ServiceEnv, tmp_path: Path
+) -> None:
+    """The operations are DownloadOperations; recoverable_web_error_statuses reaches
+    the service: a 404 pauses instead of failing, and a resume after a new URI completes."""
+    from engine import DownloadOperation, WebErrorStatus
+
+    body = os.urandom(1 << 20)
+    server = FaultServer(body, fault="404")
+    try:
+        d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+        op = d.create_download(server.url, tmp_path / "rc.bin")
+        assert isinstance(op, DownloadOperation)
+        op.recoverable_web_error_statuses.add(WebErrorStatus(404))
+        op.start()
+        deadline = time.monotonic() + 30
+        while op.status is not S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS:
+            assert time.monotonic() < deadline, op.status
+            time.sleep(0.05)
+        assert op.current_web_error_status == WebErrorStatus(404)
+        server.fault = ""
+        op.requested_uri = server.url + "?fresh"
+        op.resume()
+        op.wait(60)
+        assert (tmp_path / "rc.bin").read_bytes() == body
+    finally:
+        server.close()

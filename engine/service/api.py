@@ -24,6 +24,7 @@ from engine.downloader import (
     BackgroundTransferCompletionGroup,
     BackgroundTransferGroup,
 )
+from engine.operation import DownloadOperation
 from engine.service.link import Link
 from engine.service.operation import RemoteOperation
 from engine.service.protocol import OpView, credentials_json
@@ -76,7 +77,7 @@ class ServiceDownloader(BackgroundDownloader):
         s = self._settings
         return credentials_json(s.server_credential, s.proxy_credential)
 
-    def create_download(  # type: ignore[override]
+    def create_download(
         self,
         uri: str,
         result_file: os.PathLike[str] | str,
@@ -106,39 +107,37 @@ class ServiceDownloader(BackgroundDownloader):
         op = self._adopt_view(view)
         group = self._settings.completion_group
         if group is not None:
-            group._add(op)  # type: ignore[arg-type]
+            group._add(op)
             op.completion_group = group
         return op
 
-    def get_current_downloads(  # type: ignore[override]
-        self, *, include_groups: bool = False
-    ) -> list[RemoteOperation]:
+    def get_current_downloads(self, *, include_groups: bool = False) -> list[DownloadOperation]:
         """As in-process: those of no transfer group, unless ``include_groups``."""
         views = self._link.call(self._link.client.current())
         return [self._adopt_view(v) for v in views if include_groups or v.group is None]
 
-    def get_current_downloads_for_transfer_group(  # type: ignore[override]
+    def get_current_downloads_for_transfer_group(
         self, group: BackgroundTransferGroup
-    ) -> list[RemoteOperation]:
-        ops = self.get_current_downloads(include_groups=True)
-        return [op for op in ops if op.view.group == group.name]
+    ) -> list[DownloadOperation]:
+        views = self._link.call(self._link.client.current())
+        return [self._adopt_view(v) for v in views if v.group == group.name]
 
-    async def get_current_downloads_async(  # type: ignore[override]
+    async def get_current_downloads_async(
         self, *, include_groups: bool = False
-    ) -> list[RemoteOperation]:
+    ) -> list[DownloadOperation]:
         views = await self._link.acall(self._link.client.current())
         return [self._adopt_view(v) for v in views if include_groups or v.group is None]
 
-    async def get_current_downloads_for_transfer_group_async(  # type: ignore[override]
+    async def get_current_downloads_for_transfer_group_async(
         self, group: BackgroundTransferGroup
-    ) -> list[RemoteOperation]:
-        ops = await self.get_current_downloads_async(include_groups=True)
-        return [op for op in ops if op.view.group == group.name]
+    ) -> list[DownloadOperation]:
+        views = await self._link.acall(self._link.client.current())
+        return [self._adopt_view(v) for v in views if v.group == group.name]
 
     def _adopt_view(self, view: OpView) -> RemoteOperation:
         op = self._link.ops.get(view.guid)
         if op is None:
-            op = RemoteOperation(self._link, view, self._credentials())
+            op = RemoteOperation(self._link, view, self._credentials(), self._store)
             self._link.ops[view.guid] = op
         else:
             op.apply(view)

@@ -33,6 +33,7 @@ from engine.values import (
     BackgroundTransferStatus,
     Credential,
 )
+from engine.web_error import WebErrorStatus
 
 S = BackgroundTransferStatus
 _BUSY = (
@@ -397,6 +398,12 @@ class Driver:
             op.is_random_access_required = fields["random_access"]
         if "checksum" in fields:
             op.expected_checksum = fields["checksum"]
+        if "recoverable" in fields:
+            try:
+                codes = {WebErrorStatus(code) for code in fields["recoverable"]}
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            op.recoverable_web_error_statuses = codes
         if "headers" in fields:
             for name, _ in list(op._rec.headers):
                 op.remove_request_header(name)

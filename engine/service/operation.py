@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from engine._ops.reporting import ProgressCallback, run_handler
-from engine.downloader import (
-    BackgroundTransferCompletionGroup,
-)
+from engine._state.store import Store
+from engine.downloader import BackgroundTransferCompletionGroup, BackgroundTransferGroup
 from engine.errors import (
     HttpError,
     InvalidStateError,
@@ -27,6 +26,7 @@ from engine.errors import (
     TransferError,
     TransportError,
 )
+from engine.operation import DownloadOperation
 from engine.service.link import Link
 from engine.service.protocol import OpView
 from engine.service.streams import RemoteResultStream
@@ -42,19 +42,27 @@ from engine.values import (
     ResponseInformation,
     merge_ranges,
 )
+from engine.web_error import WebErrorStatus
 
 
-class RemoteOperation:
-    """A ``DownloadOperation`` whose download runs in the service."""
+class RemoteOperation(DownloadOperation):
+    """A ``DownloadOperation`` whose download runs in the service.
 
-    def __init__(self, link: Link, view: OpView, secret: dict[str, Any]) -> None:
+    A subclass, so that code typed for, or testing for, ``DownloadOperation`` takes it;
+    it overrides every public member, and never calls the base's ``__init__``: the
+    engine's state of the operation (its record, runner, files) is the service's."""
+
+    def __init__(self, link: Link, view: OpView, secret: dict[str, Any], store: Store) -> None:
         self._link = link
+        self._group_store = store
+        self.recoverable_web_error_statuses: set[WebErrorStatus] = set()
+        self._recoverable_sent: list[int] = []
         self.view = view
         self._secret = secret
-        self._lock = threading.Lock()
+        self._view_lock = threading.Lock()
         self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.ranges_downloaded: Event[BackgroundDownloadRangesDownloadedEventArgs] = Event()
         self.wants_ranges = False
         self._covered: list[tuple[int, int]] = []
@@ -110,8 +118,13 @@ class RemoteOperation:
         self._patch(cost_policy=value.name)
 
     @property
-    def transfer_group(self) -> str | None:
-        return self.view.group
+    def transfer_group(self) -> BackgroundTransferGroup | None:
+        name = self.view.group
+        return None if name is None else BackgroundTransferGroup(name, self._group_store)
+
+    @property
+    def current_web_error_status(self) -> WebErrorStatus | None:
+        return None if self.view.web_error is None else WebErrorStatus(self.view.web_error)
 
     @property
     def is_random_access_required(self) -> bool:
@@ -130,7 +143,7 @@ class RemoteOperation:
         return (algo, digest)
 
     @expected_checksum.setter
-    def expected_checksum(self, spec: str) -> None:
+    def expected_checksum(self, spec: str | None) -> None:
         self._patch(checksum=spec)
 
     def set_request_header(self, name: str, value: str) -> None:
@@ -178,7 +191,7 @@ class RemoteOperation:
     ) -> RemoteResultStream:
         """A stream of the file the service writes; a read waits (in the service) until
         the bytes at its position are there, then reads them from the file here."""
-        return RemoteResultStream(self, position, timeout=timeout, seekable=False)  # type: ignore[arg-type]
+        return RemoteResultStream(self, position, timeout=timeout, seekable=False)
 
     def get_result_random_access_stream_reference(
         self, *, timeout: float | None = None
@@ -187,7 +200,7 @@ class RemoteOperation:
             raise InvalidStateError(
                 "get_result_random_access_stream_reference needs is_random_access_required"
             )
-        return RemoteResultStream(self, 0, timeout=timeout, seekable=True)  # type: ignore[arg-type]
+        return RemoteResultStream(self, 0, timeout=timeout, seekable=True)
 
     async def _available(self, offset: int, want: int) -> int:
         """Run by the stream on the engine loop: the service answers when bytes are there."""
@@ -205,22 +218,22 @@ class RemoteOperation:
     async def start_async(self, progress: ProgressCallback | None = None) -> RemoteOperation:
         """Start in the service; resolves on COMPLETED, raises on ERROR or cancel.
         Cancelling the awaiting task cancels the download, as in-process."""
-        await self._begin("start", progress, asyncio.get_running_loop())
-        return await self._await_outcome()
+        await self._remote_begin("start", progress, asyncio.get_running_loop())
+        return await self._await_done()
 
     async def attach_async(self, progress: ProgressCallback | None = None) -> RemoteOperation:
-        await self._begin("attach", progress, asyncio.get_running_loop())
-        return await self._await_outcome()
+        await self._remote_begin("attach", progress, asyncio.get_running_loop())
+        return await self._await_done()
 
     def start(self, progress: ProgressCallback | None = None) -> RemoteOperation:
-        self._link.call(self._begin("start", progress, None))
+        self._link.call(self._remote_begin("start", progress, None))
         return self
 
     def attach(self, progress: ProgressCallback | None = None) -> RemoteOperation:
-        self._link.call(self._begin("attach", progress, None))
+        self._link.call(self._remote_begin("attach", progress, None))
         return self
 
-    async def _begin(
+    async def _remote_begin(
         self, action: str, progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop | None
     ) -> None:
         if action == "start" and self.view.status != "IDLE":
@@ -235,6 +248,7 @@ class RemoteOperation:
         if self.view.ended:
             return
         link = self._link
+        await self._send_recoverable()
         if self.ranges_downloaded and not self.wants_ranges:
             self.wants_ranges = True
             link.live[self.guid_str] = self
@@ -243,21 +257,30 @@ class RemoteOperation:
         self.apply(view)
         link.follow(self)
 
+    async def _send_recoverable(self) -> None:
+        """``recoverable_web_error_statuses`` is a plain set, as in-process: what it
+        holds goes to the service when the operation starts, attaches or resumes."""
+        wanted = sorted(s.value for s in self.recoverable_web_error_statuses)
+        if wanted != self._recoverable_sent:
+            link = self._link
+            self.apply(await link.acall(link.client.patch(self.view.guid, {"recoverable": wanted})))
+            self._recoverable_sent = wanted
+
     def wait(self, timeout: float | None = None) -> RemoteOperation:
         try:
-            self._outcome.result(timeout)
+            self._done.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
         return self
 
     async def wait_async(self) -> RemoteOperation:
         """Cancelling the awaiting task leaves the download as it is."""
-        await asyncio.shield(asyncio.wrap_future(self._outcome))
+        await asyncio.shield(asyncio.wrap_future(self._done))
         return self
 
-    async def _await_outcome(self) -> RemoteOperation:
+    async def _await_done(self) -> RemoteOperation:
         try:
-            await asyncio.shield(asyncio.wrap_future(self._outcome))
+            await asyncio.shield(asyncio.wrap_future(self._done))
         except asyncio.CancelledError:
             if not self.view.ended:
                 await self._control_async("cancel")
@@ -269,8 +292,9 @@ class RemoteOperation:
         self.apply(self._link.call(self._link.client.control(self.view.guid, "pause")))
 
     def resume(self) -> None:
-        if self._outcome.done() and self.view.status == "ERROR":
-            self._outcome = concurrent.futures.Future()
+        if self._done.done() and self.view.status == "ERROR":
+            self._done = concurrent.futures.Future()
+        self._link.call(self._send_recoverable())
         view = self._link.call(self._link.client.control(self.view.guid, "resume", self._secret))
         self.apply(view)
         self._link.follow(self)
@@ -285,7 +309,7 @@ class RemoteOperation:
     # -- events ---------------------------------------------------------------------------
     def apply(self, view: OpView) -> None:
         """A new state from the service: tell the callbacks, settle at the end."""
-        with self._lock:
+        with self._view_lock:
             changed = view != self.view
             self.view = view
         if changed:
@@ -295,16 +319,16 @@ class RemoteOperation:
             self._settle(view)
 
     def _settle(self, view: OpView) -> None:
-        if self._outcome.done():
+        if self._done.done():
             return
         if view.status == "COMPLETED":
-            self._outcome.set_result(None)
+            self._done.set_result(None)
         elif view.status == "CANCELED":
-            self._outcome.set_exception(
+            self._done.set_exception(
                 TransferCanceled(f"{view.result_file}: canceled", guid=uuid.UUID(view.guid))
             )
         else:
-            self._outcome.set_exception(_error_of(view))
+            self._done.set_exception(_error_of(view))
         if self.completion_group is not None:
             self.completion_group._check()
 
@@ -351,7 +375,7 @@ class RemoteOperation:
         def raise_event() -> None:
             try:
                 for handler in self.ranges_downloaded.handlers():
-                    result = handler(self, args)  # type: ignore[arg-type]
+                    result = handler(self, args)
                     with lock:
                         open_count[0] += 1  # an async handler holds the next event
                     if not run_handler(result, release):
@@ -366,7 +390,7 @@ def _progress_caller(callback: ProgressCallback) -> Callable[[RemoteOperation], 
     """The callback, an ``async def`` one run as a task of the loop it is called on."""
 
     def call(op: RemoteOperation) -> None:
-        run_handler(callback(op))  # type: ignore[arg-type]
+        run_handler(callback(op))
 
     return call
 

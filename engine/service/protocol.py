@@ -56,8 +56,9 @@ PATCH_FIELDS = {
     "priority": Field(str),
     "cost_policy": Field(str),
     "random_access": Field(bool),
-    "checksum": Field(str),
+    "checksum": Field((str, type(None))),
     "headers": Field(list),
+    "recoverable": Field(list),
 }
 CREDENTIAL_KINDS = ("server", "proxy")
 
