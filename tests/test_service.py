@@ -430,3 +430,20 @@ def test_clients_starting_at_once_start_one_service(
     log = (svc.state_dir / "service.log").read_text()
     assert log.count("serving on") == 1
     assert stat.S_IMODE((svc.state_dir / "service.log").stat().st_mode) == 0o600
+
+
+def test_a_second_get_of_a_file_the_service_downloads_follows_it_there(
+    svc: ServiceEnv, nginx: Nginx, slow_file: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """get of a file the service is downloading follows the service's download (it
+    does not refuse it as another process's, nor start a second one)."""
+    name, data = slow_file
+    out_file = tmp_path / "f.bin"
+    url = nginx.url(f"slow/{name}")
+    guid = svc.cli("get", "--background", url, "-o", str(out_file)).stdout.strip()
+    svc.wait_for(guid, 0.05)
+    out = svc.cli("get", url, "-o", str(out_file))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(out_file)
+    assert out_file.read_bytes() == data
+    assert bytes_served(nginx.requests(), name) <= 1.25 * len(data)

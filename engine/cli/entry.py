@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _get(args: argparse.Namespace) -> int:
-    return service_cli.get_background(args) if args.background else get(args)
+    return service_cli.get(args, get)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -99,19 +99,44 @@ def _call(args: argparse.Namespace, fn: Callable[[Any], Any], *, autostart: bool
 
 
 # -- get --background, wait ------------------------------------------------------------------
+def get(args: argparse.Namespace, local: Callable[[argparse.Namespace], int]) -> int:
+    """``get``: handed to the service with ``--background``; followed there when the
+    service already downloads that file (a second ``get`` of it, as after a first
+    one's Ctrl-C); else ``local``, in this process."""
+    if args.background:
+        return get_background(args)
+    if running(args.state_dir):
+        from engine.cli.names import split_login
+
+        url, _ = split_login(args.url)
+        output = os.fspath(_output(args, url))
+        views = _call(args, lambda c: c.current())
+        mine = [v for v in views if v.result_file == output and v.uri == url]
+        if mine:
+            return _follow(args, [mine[0].guid])
+    return local(args)
+
+
+def _output(args: argparse.Namespace, url: str) -> Path:
+    """The result file, named as ``get`` names it."""
+    from engine.cli.names import name_from_url
+
+    output = Path(os.path.abspath(args.output or name_from_url(url)))
+    if args.output and output.is_dir():
+        output /= name_from_url(url)
+    return output
+
+
 def get_background(args: argparse.Namespace) -> int:
-    """Hand the download to the service; print its GUID (the output named as ``get``
-    names it)."""
+    """Hand the download to the service; print its GUID."""
     from engine._disk.checksum import parse
     from engine.cli.commands import _credential
-    from engine.cli.names import name_from_url, split_login
+    from engine.cli.names import split_login
     from engine.service.protocol import credentials_json
 
     url, login = split_login(args.url)
     creds = _credential(args.user, [login])
-    output = Path(os.path.abspath(args.output or name_from_url(url)))
-    if args.output and output.is_dir():
-        output /= name_from_url(url)
+    output = _output(args, url)
     if args.checksum:
         parse(args.checksum)
     body: dict[str, Any] = {
@@ -137,7 +162,12 @@ def _header(text: str) -> list[str]:
 
 
 def wait(args: argparse.Namespace) -> int:
-    views = _call(args, lambda c: follow_until_ended(c, list(args.guids)))
+    return _follow(args, list(args.guids))
+
+
+def _follow(args: argparse.Namespace, guids: list[str]) -> int:
+    """Follow operations in the service to their end; 0 when every one completed."""
+    views = _call(args, lambda c: follow_until_ended(c, guids))
     failed = 0
     for view in views:
         if view.status == "COMPLETED":
