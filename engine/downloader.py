@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from engine._ops.reporting import run_handler
 from engine._ops.validate import absolute, check_header, check_uri, new_guid
@@ -266,7 +266,17 @@ class Settings:
 
 
 class BackgroundDownloader:
-    """Creates operations; they inherit its settings.  See ../shared/API.md."""
+    """Creates operations; they inherit its settings.  See ../shared/API.md.
+
+    ``service=True`` makes a downloader whose operations live in the background
+    service (``engine.service.api``): they go on when this process is gone."""
+
+    def __new__(cls, *args: Any, service: bool = False, **kwargs: Any) -> BackgroundDownloader:
+        if service and cls is BackgroundDownloader:
+            from engine.service.api import ServiceDownloader
+
+            return super().__new__(ServiceDownloader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -284,6 +294,7 @@ class BackgroundDownloader:
         block_size: int = 1 << 20,
         config: TransferConfig | None = None,
         network_monitor: NetworkMonitor | None = None,
+        service: bool = False,
     ) -> None:
         if not 1 <= max_connections_per_file <= 64:
             raise InvalidRequestError("max_connections_per_file must be within 1..64")

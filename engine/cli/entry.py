@@ -31,6 +31,7 @@ from engine.cli.commands import (
 from engine.cli.kept import DEFAULT_KEEP
 from engine.cli.listing import list_
 from engine.cli.words import describe, say
+from engine.service import cli as service_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
+    g.add_argument(
+        "--background",
+        action="store_true",
+        help="hand it to the background service, print its GUID and exit (see wait)",
+    )
     _login(g)
     _trust(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
@@ -151,16 +157,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-c", "--connections", type=int, default=8)
     for p in sub.choices.values():
         _common(p)
+    service_cli.add_parsers(sub, _common)
     return parser
 
 
+def _get(args: argparse.Namespace) -> int:
+    return service_cli.get(args, get)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "get": get,
+    "get": _get,
     "mirror": mirror,
-    "list": lambda args: list_(args, downloader(args)),
-    "resume": resume,
-    "cancel": cancel,
+    "list": service_cli.through_service(lambda a: list_(a, downloader(a)), service_cli.list_),
+    "resume": service_cli.through_service(resume, service_cli.resume),
+    "cancel": service_cli.through_service(cancel, service_cli.cancel),
     "demo": demo,
+    "service": service_cli.service,
+    "wait": service_cli.wait,
 }
 
 

@@ -36,7 +36,7 @@ def size_text(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def _short(guids: list[str]) -> dict[str, str]:
+def short_ids(guids: list[str]) -> dict[str, str]:
     """Each GUID's shortest prefix of 8 characters or more that no other one shares."""
     out = {}
     for guid in guids:
@@ -88,16 +88,21 @@ def list_(args: argparse.Namespace, d: BackgroundDownloader) -> int:
     ops = d.get_current_downloads(include_groups=True) + d.get_failed_downloads()
     guids = [str(op.guid) for op in ops]
     ended = d.get_ended_downloads() if args.all else []
-    short = _short(guids + [str(e.guid) for e in ended])
+    short = short_ids(guids + [str(e.guid) for e in ended])
     rows = [_row(op, short[str(op.guid)]) for op in ops]
     if args.all:
         rows = _ended_rows(ended, short) + rows
+    print_rows(rows, args)
+    return 0
+
+
+def print_rows(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None:
+    """The table under its header, or one line on stderr saying there is nothing."""
     if not rows:
         if not args.quiet:
             print("no operations" if args.all else "no operations in progress", file=sys.stderr)
-        return 0
+        return
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER) - 1)]
     for row in [HEADER, *rows]:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
-    return 0
