@@ -182,15 +182,19 @@ static void finished(fl_filer *f, fl_job *j, int64_t result)
 #define CONTROL_SUFFIX ".bgtctl"
 
 /* A new empty partial file: O_EXCL, so a stale one, or a link someone planted, is
- * unlinked first and never written through.  A stale partial file may have a
- * control file beside it, left by an operation no state database knows (a new
- * operation does not look for one): it goes too, or it would outlive the result. */
+ * unlinked first and never written through; one another user owns is left alone
+ * and fails the job (-EEXIST).  A stale partial file may have a control file beside
+ * it, left by an operation no state database knows (a new operation does not look
+ * for one): it goes too, or it would outlive the result. */
 static int create_fresh(const char *path, const char *final)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd >= 0)
             return fd;
+        struct stat st;
+        if (errno == EEXIST && lstat(path, &st) == 0 && st.st_uid != geteuid())
+            return -EEXIST;
         if (errno != EEXIST || unlink(path) != 0)
             return -errno;
         char ctl[PATH_MAX];

@@ -165,6 +165,39 @@ static int header_read(int fd, rf_header *h)
     return header_check(h, (size_t)st.st_size);
 }
 
+/* A side file made by this call and nobody else: O_EXCL | O_NOFOLLOW, never through
+ * a file or link someone planted under its name.  A name of this user's already
+ * there (a crash's leftover, a link) is unlinked once, which never follows it;
+ * another user's is RF_E_FOREIGN.  A name taken again before the second try fails
+ * (EEXIST). */
+static int create_own(const char *path, mode_t mode)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd >= 0 || errno != EEXIST)
+        return fd >= 0 ? fd : -errno;
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return -errno;
+    if (st.st_uid != geteuid())
+        return RF_E_FOREIGN;
+    if (unlink(path) != 0)
+        return -errno;
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    return fd >= 0 ? fd : -errno;
+}
+
+/* A side file found on disk is trusted only when it is ours: owned by this user and
+ * writable by nobody else, so another user cannot have written its bits or bytes. */
+static int check_own(int fd, mode_t forbidden)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    if (st.st_uid != geteuid() || (st.st_mode & forbidden) != 0 || !S_ISREG(st.st_mode))
+        return RF_E_FOREIGN;
+    return 0;
+}
+
 /* Reads and checks an existing control file's header: what rf_open will need. */
 int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift)
 {
@@ -172,7 +205,9 @@ int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift)
     if (fd < 0)
         return -errno;
     rf_header h;
-    int rc = header_read(fd, &h);
+    int rc = check_own(fd, S_IWGRP | S_IWOTH);
+    if (rc == 0)
+        rc = header_read(fd, &h);
     close(fd);
     if (rc == 0) {
         *size = h.size;
@@ -187,9 +222,9 @@ static int ctl_create(rf_file *f, const char *etag, const char *lm)
 {
     char tmp[RF_PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.new", f->ctl_path);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = create_own(tmp, 0600);
     if (fd < 0)
-        return -errno;
+        return fd;
     rf_header h;
     header_fill(&h, f->size, f->block_shift, etag, lm);
     int rc = preallocate(fd, ctl_len_of(f->nblocks), 1);
@@ -208,9 +243,9 @@ static int ctl_create(rf_file *f, const char *etag, const char *lm)
 
 static int data_create(rf_file *f)
 {
-    int fd = open(f->data_path, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+    int fd = create_own(f->data_path, 0666);
     if (fd < 0)
-        return -errno;
+        return fd;
     int rc = preallocate(fd, f->size, 0);
     if (rc < 0) {
         close(fd);
@@ -228,8 +263,11 @@ static int open_existing(rf_file *f)
     if (fd < 0)
         return errno == ENOENT ? 1 : -errno;
     f->ctl_fd = fd;
+    int rc = check_own(fd, S_IWGRP | S_IWOTH);
+    if (rc != 0)
+        return rc;
     rf_header h;
-    int rc = header_read(fd, &h);
+    rc = header_read(fd, &h);
     if (rc != 0)
         return rc;
     if (h.size != f->size || h.block_shift != f->block_shift)
@@ -237,6 +275,8 @@ static int open_existing(rf_file *f)
     f->data_fd = open(f->data_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (f->data_fd < 0)
         return errno == ENOENT ? RF_E_MISMATCH : -errno;
+    if ((rc = check_own(f->data_fd, 0)) != 0) /* its mode follows the umask */
+        return rc;
     struct stat st;
     if (fstat(f->data_fd, &st) != 0)
         return -errno;

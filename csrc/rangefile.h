@@ -57,6 +57,7 @@
 #define RF_E_INCOMPLETE (-5007) /* finish() before every block is complete */
 #define RF_E_ARG (-5008)        /* bad argument (block size, path length...) */
 #define RF_E_CLOSED (-5009)     /* the file was finished, discarded or closed */
+#define RF_E_FOREIGN (-5010)   /* control or partial file of another user, or writable by others */
 
 #define RF_OPEN_CREATE 1   /* create (or start over) when no control file exists */
 #define RF_OPEN_UNSTAGED 2 /* every rf_write is its own pwrite: no staging of small pieces */

@@ -25,7 +25,11 @@ class TransferConfig:
     low_speed_limit: int = 1
     """Bytes per second below which a connection counts as stalled for response_timeout."""
     retries: int = 3
-    """Transient failures in a row before the download fails; progress resets the count."""
+    """Transient failures in a row before the download fails; progress resets the count,
+    except a request's that ended below ``low_speed_limit`` (a trickle stays a failure)."""
+    max_time: float | None = None
+    """Seconds a download may take from its start or resume, waits included (curl's
+    ``--max-time``); past it, TransferTimeoutError.  None: no bound."""
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     buffer_size: int = 2 << 20

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from engine._disk.core import SIDE_SUFFIXES
+from engine._disk.trusted import check_folder
 from engine._ops.reporting import run_handler
 from engine._ops.validate import absolute, check_header, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
@@ -362,6 +364,12 @@ class BackgroundDownloader:
         folder, leaf = os.path.split(name)
         if not leaf or _names_a_folder(folder, name):
             raise InvalidRequestError(f"{name}: the result must be a file path")
+        if leaf.endswith(SIDE_SUFFIXES):
+            raise InvalidRequestError(
+                f"{name}: a name ending in {', '.join(SIDE_SUFFIXES)} is kept for "
+                "bgtransfer's partial and control files"
+            )
+        check_folder(folder)
         body = str(absolute(request_body_file)) if request_body_file is not None else None
         if body is not None and not Path(body).is_file():
             raise InvalidRequestError(f"{body}: the request body file does not exist")

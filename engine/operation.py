@@ -33,7 +33,7 @@ from engine._disk.core import RangeFile, control_path, peek, remove_partial
 from engine._download.segmented import SegmentedDownload, Snapshot
 from engine._net.transport import ResponseHead
 from engine._ops.cross_process import ask_to_cancel
-from engine._ops.outcome import Outcome
+from engine._ops.outcome import NotSettled, Outcome
 from engine._ops.reading import Readers
 from engine._ops.reporting import ProgressCallback, Reporter
 from engine._ops.runner import Runner
@@ -110,6 +110,7 @@ class DownloadOperation:
     _unsaved_running = False
     _connections = 0
     _new = False  # made by create_download in this process and not yet run: no files
+    _space_needed = 0  # the declared size it waits to have room for (PAUSED_SYSTEM_POLICY)
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
         self._rec = rec
@@ -315,11 +316,20 @@ class DownloadOperation:
         self._begin(Event.ATTACH, progress, None)
         return self
 
+    @property
+    def space_needed(self) -> int:
+        """*Beyond*: the size its file needs free (above the reserve) before it can be
+        made, while PAUSED_SYSTEM_POLICY waits for that room; else 0."""
+        return self._space_needed
+
     def wait(self, timeout: float | None = None) -> DownloadOperation:
-        """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled)."""
+        """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled).
+
+        A ``TimeoutError`` that is not a ``TransferError`` says only that ``timeout``
+        ran out; a transfer that timed out raises ``TransferTimeoutError``."""
         try:
             self._outcome.result(timeout)
-        except TimeoutError:
+        except NotSettled:
             raise TimeoutError(f"{self.result_file}: not finished after {timeout} s") from None
         except TransferError:
             self._acknowledge()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from engine._net.loopback import LoopbackServer, RangeHandler
@@ -175,6 +176,8 @@ class FaultHandler(RangeHandler):
                 srv.record_headers.append(dict(self.headers))
         if not self._authorized():
             return
+        if srv.script is not None and srv.script(self, send_body):
+            return
         modes = set(srv.fault.split("+"))
         for busy in (503, 429):
             if f"{busy}-once" in modes and n == 1:
@@ -314,6 +317,8 @@ class FaultServer(LoopbackServer):
         self.post_seen: list[bytes] = []
         self.record_headers: list[dict[str, str]] | None = None
         self.location = ""
+        self.script: Callable[[FaultHandler, bool], bool] | None = None
+        """Answers a request itself when it returns True (the fuzz tests' responses)."""
 
 
 class ProxyHandler(http.server.BaseHTTPRequestHandler):

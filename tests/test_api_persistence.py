@@ -93,7 +93,10 @@ def test_sigkill_and_reattach_five_times(tmp_path: Path) -> None:
         assert result.read_bytes() == body
         assert not part_path(result).exists()
         assert not control_path(result).exists()
-        assert server.bytes_sent <= len(body) + kills * CONNECTIONS * BLOCK
+        # Per kill and connection: a block received and not yet written, and what the
+        # server counts as sent while it is still in the sockets' buffers (all four
+        # connections run from the start: up to a few hundred KiB on a loaded machine).
+        assert server.bytes_sent <= len(body) + kills * CONNECTIONS * (BLOCK + (256 << 10))
         assert BackgroundDownloader(state_dir=state).get_current_downloads() == []
     finally:
         server.close()

@@ -233,13 +233,13 @@ def test_control_file_is_owner_only(tmp_path: Path) -> None:
 
 
 def test_symlinked_partial_file_is_not_followed(tmp_path: Path) -> None:
-    """A symlink planted at the partial name is refused rather than written through."""
+    """A symlink of ours at the partial name is replaced (O_EXCL), never written through."""
     result = tmp_path / "f"
     target = tmp_path / "victim"
     target.write_bytes(b"keep")
     part_path(result).symlink_to(target)
-    with pytest.raises(StorageError):
-        RangeFile(result, 10, BLOCK)
+    with RangeFile(result, 10, BLOCK):
+        assert not part_path(result).is_symlink()
     assert target.read_bytes() == b"keep"
 
 

@@ -21,6 +21,9 @@ from engine.errors import ControlFileError, InvalidRequestError, InvalidStateErr
 
 PART_SUFFIX = ".bgtpart"
 CONTROL_SUFFIX = ".bgtctl"
+SIDE_SUFFIXES = (PART_SUFFIX, CONTROL_SUFFIX, CONTROL_SUFFIX + ".new")
+"""Endings of the files beside a result while it downloads: no result takes one, or
+``x.bgtpart`` would be the partial file of ``x``."""
 MIN_BLOCK_SIZE = 1 << lib.RF_MIN_BLOCK_SHIFT
 MAX_BLOCK_SIZE = 1 << lib.RF_MAX_BLOCK_SHIFT
 
@@ -43,12 +46,25 @@ def control_path(result: Path) -> Path:
     return result.with_name(result.name + CONTROL_SUFFIX)
 
 
+def foreign_side_file(result: Path) -> StorageError:
+    """The error for a partial or control file of ``result`` that another user made,
+    or that others may write: the download stops rather than trust or remove it."""
+    return StorageError(
+        _errno.EPERM,
+        f"{result.name}{PART_SUFFIX} or {result.name}{CONTROL_SUFFIX} belongs to another "
+        "user or is writable by others: not trusted",
+        str(result),
+    )
+
+
 def check(rc: int, path: Path) -> int:
     """Return ``rc`` when it is a success (>= 0); raise the typed error it stands for."""
     if rc >= 0:
         return rc
     if rc in _CONTROL_MESSAGES:
         raise ControlFileError(f"{control_path(path)} {_CONTROL_MESSAGES[rc]}")
+    if rc == lib.RF_E_FOREIGN:  # planted: never trusted, never silently replaced
+        raise foreign_side_file(path)
     if rc in (lib.RF_E_RANGE, lib.RF_E_ARG):
         raise InvalidRequestError(f"{path}: offset, length or argument out of range")
     if rc == lib.RF_E_INCOMPLETE:
@@ -305,9 +321,13 @@ class RangeFile:
 
 
 def remove_partial(result: Path) -> None:
-    """Remove a download's partial and control files, whatever state they are in."""
+    """Remove a download's partial and control files, whatever state they are in;
+    another user's file under one of those names is left alone, and fails the call."""
+    me = os.geteuid()
     for path in (part_path(result), control_path(result)):
         try:
+            if os.lstat(path).st_uid != me:
+                raise foreign_side_file(result)
             path.unlink()
         except FileNotFoundError:
             pass

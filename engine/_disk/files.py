@@ -12,12 +12,14 @@ finished job and settles the futures waiting for them, with no thread in between
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import weakref
+from pathlib import Path
 from typing import Any
 
-from engine._disk.core import PART_SUFFIX
+from engine._disk.core import PART_SUFFIX, foreign_side_file
 from engine._native import ffi, lib
 from engine._runtime.loop import running_loop
 from engine._runtime.once import PerProcess
@@ -49,7 +51,7 @@ class _Channel:
             if future.cancelled():
                 continue
             if rc < 0:
-                future.set_exception(StorageError(-rc, os.strerror(-rc), str(result)))
+                future.set_exception(storage_error(-rc, result))
             else:
                 future.set_result(None)
 
@@ -90,9 +92,17 @@ class Filer:
         if rc != 0:
             if fd >= 0:
                 os.close(fd)
-            raise StorageError(-rc, os.strerror(-rc), str(result))
+            raise storage_error(-rc, result)
         channel.waiting[job] = (future, result)
         await future
+
+
+def storage_error(err: int, result: os.PathLike[str] | str) -> StorageError:
+    """The job's failure; EEXIST: the partial file's name is another user's (the
+    filer creates it with O_EXCL and never removes another user's file)."""
+    if err == errno.EEXIST:
+        return foreign_side_file(Path(result))
+    return StorageError(err, os.strerror(err), str(result))
 
 
 _filer = PerProcess(Filer)

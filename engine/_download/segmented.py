@@ -27,8 +27,17 @@ from typing import Any, NamedTuple
 import pycurl
 
 from engine._disk.checksum import file_digest, new_hash
-from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
+from engine._disk.core import (
+    CONTROL_SUFFIX,
+    PART_SUFFIX,
+    RangeFile,
+    foreign_side_file,
+    part_path,
+    peek,
+    remove_partial,
+)
 from engine._disk.files import filer
+from engine._disk.space import check_room
 from engine._download.segments import Segments, Stop, Stream
 from engine._net.connections import Slots
 from engine._net.transport import (
@@ -47,6 +56,7 @@ from engine._net.transport import (
     unplain,
 )
 from engine._ops.validate import host_of
+from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.config import TransferConfig
@@ -85,7 +95,12 @@ def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
     shared = _shared.get(loop)
     if shared is None:
         _forget_closed_loops()
-        shared = _shared[loop] = (new_multi(), HandlePool(), Slots())
+        fds = budget()  # a socket a request: never more than the descriptors allow
+        shared = _shared[loop] = (
+            new_multi(max_total=fds.requests, max_host=min(64, fds.requests)),
+            HandlePool(),
+            Slots(per_host=min(64, fds.requests), total=fds.requests),
+        )
     return shared
 
 
@@ -140,6 +155,8 @@ def _create_fresh(path: Path) -> int:
     try:
         return os.open(path, _CREATE, 0o666)
     except FileExistsError:
+        if os.lstat(path).st_uid != os.geteuid():  # planted by another user
+            raise foreign_side_file(path.with_name(path.name[: -len(PART_SUFFIX)])) from None
         path.unlink()
         return os.open(path, _CREATE, 0o666)
 
@@ -226,6 +243,8 @@ class SegmentedDownload:
         and makes the rename atomic with its status."""
         self.require_ranges = require_ranges
         """Random access: a server without ranges or a length fails at once."""
+        self.reserve = 0
+        """Free bytes a new file's preallocation must leave on its file system."""
         self._name = os.fspath(result)
         if isinstance(result, Path):
             self._path = result
@@ -466,10 +485,13 @@ class SegmentedDownload:
     def _ended_well(self, stream: Stream, code: int) -> bool:
         """Count the request's progress; True when it ended without a fault (most do:
         no coroutine settles them), else ``_settle`` decides what the fault means."""
-        if stream.pos > stream.start and self.ranges_ok:
-            self._failures = 0  # without ranges a retry throws the bytes away: no progress
+        # Progress resets the failures, unless without ranges (a retry throws the bytes
+        # away) or the request ended below the low-speed limit: a trickle that always
+        # makes a little progress would otherwise retry for ever.
+        if stream.pos > stream.start and self.ranges_ok and code != pycurl.E_OPERATION_TIMEDOUT:
+            self._failures = 0
         if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
-            if stream.end is None:
+            if stream.end is None or (stream.ends_body and stream.pos >= stream.end):
                 self._body_ended = True  # unknown length: the body ends when the server says
                 return True
             return stream.pos > stream.start or stream.pos >= stream.end
@@ -641,7 +663,8 @@ class SegmentedDownload:
             if head.unsatisfied_total == 0:
                 self._adopt(head, 0, ranges=True)
                 return True
-            if self._plain and st.start == self._grow_pos > 0:
+            stated = head.unsatisfied_total  # a 416 stating a total past here is wrong
+            if self._plain and st.start == self._grow_pos > 0 and stated in (None, st.start):
                 st.stop = Stop.BODY_END  # nothing past where the last response ended
                 return False
         if status == 200 or (200 < status < 300 and st.start == 0):
@@ -660,13 +683,21 @@ class SegmentedDownload:
         return False
 
     def _check_partial(self, st: Stream) -> bool:
-        rng = st.head.content_range
-        if rng is None or rng[0] != st.start or rng[1] < rng[0]:
+        head = st.head
+        rng = head.content_range
+        length = head.content_length
+        if (
+            rng is None
+            or rng[0] != st.start
+            or rng[1] < rng[0]
+            or (rng[2] is not None and rng[1] >= rng[2])  # past the total it states
+            or (length is not None and length != rng[1] - rng[0] + 1)
+        ):  # (a Content-Length other than the range's: which one frames the body?)
             st.stop = Stop.BAD_RANGE
             return False
         if self.size is None:
             if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
-                return self._accept_unsized(st, rng[1] + 1)
+                return self._accept_unsized(st, rng[1] + 1, rng[2])
             self._adopt(st.head, rng[2], ranges=True)
         elif self._changed(st.head, rng[2]):
             st.stop = Stop.CHANGED
@@ -675,19 +706,24 @@ class SegmentedDownload:
         st.end = last if st.end is None else min(st.end, last)
         return True
 
-    def _accept_unsized(self, st: Stream, last: int) -> bool:
+    def _accept_unsized(self, st: Stream, last: int, total: int | None = None) -> bool:
         """A 206 that does not state the complete length (``bytes a-b/*``, RFC 9110
         14.4): a plain file of unknown length, continued from where each response ends
         by an open-ended range, until a response runs to the end of the body (it was
         open-ended, or the server cut the range short: the representation ends there)
-        or a 416 says nothing is left (``Stop.BODY_END``)."""
+        or a 416 says nothing is left (``Stop.BODY_END``).  A later response that states
+        a total past its range says the body goes on: it is asked for, whatever the
+        range's length."""
         if not self._plain:
             self._adopt(st.head, None, ranges=True)  # the first response
         elif self._changed(st.head, None):
             st.stop = Stop.CHANGED
             return False
-        if st.end is None or last < st.end:
-            st.end = None  # the body ends with this response
+        # The body ends with this response if it was open-ended or cut short, and
+        # states no total past it; either way it must reach the end its range claims
+        # (a close-delimited body cut early is a broken response, not the end).
+        st.ends_body = (st.end is None or last < st.end) and (total is None or last >= total)
+        st.end = last
         return True
 
     def _changed(self, head: ResponseHead, total: int | None) -> bool:
@@ -720,6 +756,7 @@ class SegmentedDownload:
             self._plain = True
         else:
             self._plain = False
+            check_room(self._name, size, self.reserve)  # before any of it is allocated
             remove_partial(self.result)  # a stale partial file is not written through
             if self.on_resumable is not None:
                 self.on_resumable()

@@ -50,6 +50,8 @@ class Stream:
     sink: bytearray | None = None
     """A plain body that fits in memory whole: its pieces are appended here, with none
     of the checks a piece of a ranged file needs (see SegmentedDownload._writer)."""
+    ends_body: bool = False
+    """A body of unknown length ends at ``end`` if this response gets there."""
 
 
 class Segments:

@@ -76,12 +76,21 @@ _CURL_ERRORS: dict[int, tuple[WebErrorStatus, bool]] = {
     pycurl.E_FTP_PARTIAL_FILE: (WebErrorStatus.CONNECTION_ABORTED, True),
 }
 _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+_E_TOO_LARGE = 100
+"""CURLE_TOO_LARGE (libcurl 8.6+, which pycurl may not name): for a response, a header
+line or the headers past libcurl's limits (100 KiB a line, 300 KiB in all)."""
+_CURL_ERRORS[_E_TOO_LARGE] = (WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE, False)
+_MESSAGES = {
+    _E_TOO_LARGE: "the server sent a response header larger than accepted "
+    "(100 KiB a line, 300 KiB in all)",
+}
+"""Words for the codes libcurl reports without a message of its own."""
 
 
 def curl_error(code: int, message: str, url: str) -> tuple[TransferError, bool]:
     """The typed error for a libcurl failure and whether a retry may cure it."""
     status, transient = _CURL_ERRORS.get(code, (WebErrorStatus.UNKNOWN, False))
-    text = f"{url}: {message or 'libcurl error'} (curl {code})"
+    text = f"{url}: {message or _MESSAGES.get(code, 'libcurl error')} (curl {code})"
     if code == pycurl.E_URL_MALFORMAT:
         return InvalidRequestError(text, web_error_status=status), False
     if code == pycurl.E_UNSUPPORTED_PROTOCOL and "HTTP/0.9" in message:
@@ -353,7 +362,11 @@ def configure(
     curl.setopt(pycurl.BUFFERSIZE, config.buffer_size)
     curl.setopt(pycurl.NOSIGNAL, 1)
     curl.setopt(pycurl.TCP_KEEPALIVE, 1)
-    curl.setopt(pycurl.PIPEWAIT, 1)  # prefer multiplexing on an HTTP/2 connection
+    # Wait for a connection to say whether it multiplexes only where it can: over TLS,
+    # ALPN answers before any request.  Over plain http (HTTP/1.1, no h2c) libcurl
+    # would hold every request to the host until the first one's answer came, and a
+    # first answer that stalls would hold them all.
+    curl.setopt(pycurl.PIPEWAIT, 1 if https else 0)
     curl.setopt(pycurl.USERAGENT, "bgtransfer/0.1")
     curl.setopt(pycurl.HTTPHEADER, headers)
     curl.setopt(pycurl.ACCEPT_ENCODING, None)  # never decode: a ranged body is raw bytes

@@ -21,6 +21,11 @@ _PENDING, _RESULT, _EXCEPTION = 0, 1, 2
 _log = logging.getLogger(__name__)
 
 
+class NotSettled(TimeoutError):
+    """The wait's own timeout ran out: never the outcome itself (a transfer's own
+    timeout is a ``TimeoutError`` too, and must not be taken for this one)."""
+
+
 class Outcome(Generic[T]):
     """A value or an exception, set once."""
 
@@ -75,7 +80,7 @@ class Outcome(Generic[T]):
         return cast(BaseException, self._value) if self._state == _EXCEPTION else None
 
     def result(self, timeout: float | None = None) -> T:
-        """The value; raises the exception it was settled with, or TimeoutError."""
+        """The value; raises the exception it was settled with, or NotSettled."""
         self._wait(timeout)
         if self._state == _EXCEPTION:
             raise cast(BaseException, self._value)
@@ -91,4 +96,4 @@ class Outcome(Generic[T]):
                 self._event = threading.Event()
             event = self._event
         if not event.wait(timeout):
-            raise TimeoutError(f"not settled within {timeout} s")
+            raise NotSettled(f"not settled within {timeout} s")

@@ -8,11 +8,13 @@ Everything here runs on the engine loop.  Status changes go through the operatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from engine._disk.core import control_path, remove_partial
+from engine._disk.space import NeedsSpace, room_for
 from engine._download.segmented import SegmentedDownload
 from engine._net.transport import RequestOptions
 from engine._ops.cross_process import drive
@@ -21,7 +23,7 @@ from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event
 from engine._ops.validate import host_of
 from engine._runtime.loop import running_loop
 from engine._runtime.ticker import ticker
-from engine.errors import IntegrityError, TransferError
+from engine.errors import IntegrityError, TransferError, TransferTimeoutError
 from engine.values import BackgroundTransferCostPolicy, BackgroundTransferStatus
 from engine.web_error import WebErrorStatus
 
@@ -77,6 +79,32 @@ class _Watch:
         self._ticker.leave(self)
 
 
+class _Deadline:
+    """``max_time`` (curl's ``--max-time``): once it has passed, the attempt running
+    is cancelled and the next one never starts; the operation fails with a timeout."""
+
+    def __init__(self, seconds: float, task: asyncio.Task[None]) -> None:
+        self.seconds = seconds
+        self.passed = False
+        self.attempting = False
+        self._task = task
+        self._timer = running_loop().call_later(seconds, self._pass)
+
+    def _pass(self) -> None:
+        self.passed = True
+        if self.attempting:
+            self._task.cancel()
+
+    def error(self, op: DownloadOperation) -> TransferTimeoutError:
+        return TransferTimeoutError(
+            f"{op.result_file}: not complete within the maximum time ({self.seconds:g} s)",
+            web_error_status=WebErrorStatus.TIMEOUT,
+        )
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Runner:
     """Runs ``op`` on the engine loop until it completes, fails, or pauses."""
 
@@ -85,6 +113,7 @@ class Runner:
         self._host = host_of(op._rec.uri)
         self._poked: asyncio.Event | None = None
         self._watch: _Watch | None = None
+        self._deadline: _Deadline | None = None
 
     def poke(self) -> None:
         """The application changed a condition (its cost policy): look again now, not
@@ -102,6 +131,11 @@ class Runner:
             return
         board = drive(op)  # while this process drives it, another may ask for a cancel
         op._runner = self
+        max_time = op._settings.config.max_time
+        if max_time is not None:
+            task = asyncio.current_task(running_loop())
+            assert task is not None
+            self._deadline = _Deadline(max_time, task)
         try:
             while op.status not in TERMINAL and op.status not in (
                 S.PAUSED_BY_APPLICATION,
@@ -125,10 +159,15 @@ class Runner:
         except asyncio.CancelledError:
             pass  # pause() or cancel() moved the status already
         except Exception as exc:  # a bug, not the world: fail loudly, never hang awaiters
+            # and never leave RUNNING in the store, which a later resume --all trips on
+            with contextlib.suppress(Exception):  # not legal from here: the status stays
+                op._move(Event.FAIL, TransferError(f"{op.result_file}: internal error: {exc!r}"))
             if not op._outcome.done():
                 op._outcome.set_exception(exc)
             raise
         finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
             if op._runner is self:
                 op._runner = None
             board.leave(op)
@@ -163,6 +202,11 @@ class Runner:
             return Event.COSTED_NETWORK
         if op._settings.disk_reserve_exceeded(op._rec.result_file):
             return Event.SYSTEM_POLICY
+        need = op._space_needed
+        if need:
+            if not room_for(op._rec.result_file, need, op._settings.free_space_reserve):
+                return Event.SYSTEM_POLICY
+            op._space_needed = 0  # the next attempt allocates it (or finds it taken again)
         return None
 
     async def _attempt(self) -> None:
@@ -179,6 +223,7 @@ class Runner:
         job.finisher = self._finish_verified
         job.new, op._new = op._new, False
         job.rank = op._rank
+        job.reserve = op._settings.free_space_reserve
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
         if not job.new and op._bytes > 0 and not os.path.lexists(control_path(op.result_file)):
@@ -187,16 +232,32 @@ class Runner:
         task = asyncio.current_task(running_loop())
         assert task is not None
         watch = self._watch = _Watch(self, task)
+        deadline = self._deadline
         try:
             try:
+                if deadline is not None:
+                    if deadline.passed:
+                        raise deadline.error(op)
+                    deadline.attempting = True
                 await job.run()
             except asyncio.CancelledError:
-                if watch.blocked is None or op.status is not S.RUNNING:
+                over = deadline is not None and deadline.passed
+                if (watch.blocked is None and not over) or op.status is not S.RUNNING:
                     raise  # pause() or cancel() (they move the status first)
                 uncancel = getattr(task, "uncancel", None)  # Python 3.11+
                 if uncancel is not None:
                     uncancel()
+                if over:
+                    assert deadline is not None
+                    raise deadline.error(op) from None
+                assert watch.blocked is not None
                 raise _Pause(watch.blocked) from None
+            finally:
+                if deadline is not None:
+                    deadline.attempting = False
+        except NeedsSpace as exc:  # its declared size fits, not now: wait for room
+            op._space_needed = exc.size
+            raise _Pause(Event.SYSTEM_POLICY) from None
         except TransferError as exc:
             self._settle_error(exc)
             return

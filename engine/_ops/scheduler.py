@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 from typing import Protocol
 
+from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
 
 
@@ -104,5 +105,5 @@ def scheduler() -> Scheduler:
     """The running loop's scheduler (one engine loop per process: one scheduler)."""
     loop = running_loop()
     if loop not in _schedulers:
-        _schedulers[loop] = Scheduler()
+        _schedulers[loop] = Scheduler(budget().operations)
     return _schedulers[loop]

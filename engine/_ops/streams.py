@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine._disk.core import part_path
 from engine._runtime.loop import engine_loop
-from engine.errors import InvalidStateError, StorageError, TransferTimeoutError
+from engine.errors import InvalidStateError, StorageError, TransferError, TransferTimeoutError
 
 if TYPE_CHECKING:
     from engine.operation import DownloadOperation
@@ -96,6 +96,8 @@ class ResultStream(io.RawIOBase):
         future = engine_loop().submit(self._op._available(self._pos, len(view)))
         try:
             n = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TransferError:  # the download's own error, a TransferTimeoutError too
+            raise
         except asyncio.TimeoutError:
             raise self._timeout_error() from None
         return self._take(view, n)
@@ -119,6 +121,8 @@ class ResultStream(io.RawIOBase):
             self._pending = future
         try:
             return future.result(self.timeout)
+        except TransferError:  # the download's own error, a TransferTimeoutError too
+            raise
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise self._timeout_error() from None

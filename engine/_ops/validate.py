@@ -25,6 +25,11 @@ def check_header(name: str, value: str) -> None:
         raise InvalidRequestError(f"invalid request header name {name!r}")
     if any(c in value for c in "\r\n\0"):
         raise InvalidRequestError(f"request header {name!r}: value contains CR, LF or NUL")
+    if not value.isascii():  # no encoding of it would mean the same to every server
+        raise InvalidRequestError(
+            f"request header {name!r}: value has non-ASCII characters ({value!r}); "
+            "encode them as the server expects (e.g. percent- or RFC 8187-encoding)"
+        )
     if name.lower() in _ENGINE_HEADERS:
         raise InvalidRequestError(
             f"request header {name!r} is bgtransfer's own: it asks each connection for "
@@ -68,6 +73,11 @@ def check_uri(uri: str) -> None:
         raise InvalidRequestError(f"not a URL bgtransfer can download: {uri!r}")
     if any(c in uri for c in "\r\n\0 "):
         raise InvalidRequestError(f"URL contains whitespace or control characters: {uri!r}")
+    if not uri.isascii():  # libcurl takes bytes: a host in punycode, a path %-encoded
+        raise InvalidRequestError(
+            f"URL has non-ASCII characters: {uri!r}; write the host in punycode "
+            "(xn--...) and percent-encode the path"
+        )
     if "@" in parts.netloc and parts.password is not None:  # (no parse a plain URL)
         host = parts.netloc.rpartition("@")[2]
         shown = uri.replace(parts.netloc, f"{parts.username}:***@{host}", 1)

@@ -26,6 +26,7 @@ import json
 import operator
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine._disk.trusted import user_name
 from engine._runtime.loop import engine_here
 from engine._runtime.once import PerProcess
 from engine.errors import ResultFileInUseError, StorageError
@@ -172,6 +174,36 @@ def default_state_dir() -> Path:
     return base / "bgtransfer"
 
 
+def _check_trusted(state_dir: Path, db: Path) -> None:
+    """Refuse a state directory another user could have written: what its database
+    says is downloaded, from where and to where, with this user's rights.  The
+    directory must be this user's and writable by nobody else (as ssh asks of
+    ~/.ssh); the database and its -wal/-shm files, where they exist, regular files
+    of this user, never links."""
+    me = os.geteuid()
+    st = os.stat(state_dir)
+    if st.st_uid != me:
+        raise _untrusted(state_dir, f"owned by {user_name(st.st_uid)}, not by this user")
+    if st.st_mode & 0o022:
+        raise _untrusted(
+            state_dir,
+            f"writable by others (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w {state_dir}",
+        )
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise _untrusted(path, "a symbolic link, never followed")
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
+            raise _untrusted(path, f"not a file of this user (owner {user_name(st.st_uid)})")
+
+
+def _untrusted(path: Path, why: str) -> StorageError:
+    return StorageError(errno.EPERM, f"state directory not trusted: {path} is {why}", str(path))
+
+
 class _Checkpointer:
     """Copies the write-ahead log back into the database, on a thread of its own.
 
@@ -232,6 +264,7 @@ class Store:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             db = state_dir / "operations.sqlite3"
+            _check_trusted(state_dir, db)
             old = os.umask(0o077)  # the database and its -wal/-shm files: owner only
             try:
                 self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
@@ -247,6 +280,8 @@ class Store:
             finally:
                 os.umask(old)
             os.chmod(db, 0o600)
+        except StorageError:
+            raise
         except (OSError, sqlite3.Error) as exc:
             code, why = getattr(exc, "errno", None) or errno.EIO, str(exc)
             if isinstance(exc, FileExistsError) and not state_dir.is_dir():

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +25,6 @@ from typing import Any
 from engine import (
     BackgroundDownloader,
     BackgroundTransferStatus,
-    Credential,
     DownloadOperation,
     InvalidRequestError,
     TransferError,
@@ -32,7 +32,10 @@ from engine import (
 )
 from engine._disk.checksum import file_digest, parse
 from engine._disk.core import CONTROL_SUFFIX
+from engine._disk.trusted import check_folder
+from engine._ops.validate import host_of
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
+from engine.cli.login import credential, hosts_under_way, with_limits
 from engine.cli.names import output_path, read_list, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 from engine.cli.words import describe, say
@@ -61,16 +64,18 @@ class Interrupted(Exception):
 
 
 def downloader(
-    args: argparse.Namespace, found: Iterable[tuple[str, str] | None] = ()
+    args: argparse.Namespace,
+    found: Iterable[tuple[str, str] | None] = (),
+    hosts: Iterable[str] = (),
 ) -> BackgroundDownloader:
-    """The downloader of this command: its state directory, connections, headers, and
-    the login of ``--user`` or of the URLs (``found``: what ``split_login`` took out of
-    each; one login a command)."""
+    """The downloader of this command: its state directory, connections, headers, time
+    bounds, and the login of ``--user``, of the URLs (``found``: what ``split_login``
+    took out of each) or of a netrc file for ``hosts``; one login a command."""
     d = BackgroundDownloader(
         state_dir=args.state_dir,
         max_connections_per_file=getattr(args, "connections", 8),
-        server_credential=_credential(getattr(args, "user", None), found),
-        config=_tls_config(args),
+        server_credential=credential(args, found, hosts),
+        config=with_limits(args, _tls_config(args)),
     )
     expire(d, keep_seconds(getattr(args, "keep_failed", None)))
     for header in getattr(args, "header", []):
@@ -100,26 +105,6 @@ def _tls_config(args: argparse.Namespace) -> TransferConfig | None:
         ca_file=os.path.abspath(ca_file) if ca_file else None,
         ca_path=os.path.abspath(ca_path) if ca_path else None,
     )
-
-
-def _credential(user: str | None, found: Iterable[tuple[str, str] | None]) -> Credential | None:
-    """``--user USER[:PASSWORD]`` (the password asked on the terminal when left out),
-    else the one ``user:password`` the URLs carried."""
-    if user is not None:
-        name, colon, password = user.partition(":")
-        if not colon:
-            if not sys.stdin.isatty():
-                raise InvalidRequestError(f"--user {name}: no PASSWORD, and no terminal to ask on")
-            import getpass
-
-            password = getpass.getpass(f"password for {name}: ")
-        return Credential(name, password)
-    logins = {login for login in found if login is not None}
-    if len(logins) > 1:
-        raise InvalidRequestError(
-            f"the URLs carry {len(logins)} different logins: one a command (split the list)"
-        )
-    return Credential(*logins.pop()) if logins else None
 
 
 def go_on(op: DownloadOperation, progress: Any) -> None:
@@ -157,15 +142,15 @@ def wait_all(ops: list[DownloadOperation], waits: Waits) -> list[TransferError]:
     errors = []
     try:
         for op in ops:
-            try:
-                while True:
-                    try:
-                        op.wait(LOOK_EVERY)
-                        break
-                    except TimeoutError:
-                        waits.look(ops)
-            except TransferError as exc:
-                errors.append(exc)
+            while True:
+                try:
+                    op.wait(LOOK_EVERY)
+                except TransferError as exc:  # before TimeoutError: it may be one too
+                    errors.append(exc)
+                except TimeoutError:
+                    waits.look(ops)
+                    continue
+                break
     except KeyboardInterrupt:
         pause_all(ops)
         raise Interrupted(ops) from None
@@ -182,7 +167,7 @@ def pause_all(ops: list[DownloadOperation]) -> None:
 # -- get ---------------------------------------------------------------------------------
 def get(args: argparse.Namespace) -> int:
     url, login = split_login(args.url)
-    d = downloader(args, [login])
+    d = downloader(args, [login], [host_of(url)])
     output = output_path(args.output, url, create=args.create_dirs)
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
@@ -209,6 +194,7 @@ def mirror(args: argparse.Namespace) -> int:
     if args.parallel < 1:  # as -c is refused out of range: not made 1 without a word
         raise InvalidRequestError(f"-j/--parallel must be at least 1, not {args.parallel}")
     target = os.path.abspath(args.dir)
+    check_folder(target)  # before anything is made, read or removed in it
     if os.path.lexists(target) and not os.path.isdir(target):
         raise InvalidRequestError(f"{target}: not a directory")
     listed = read_list(args.input)  # every line read and checked before any download
@@ -232,7 +218,7 @@ def mirror(args: argparse.Namespace) -> int:
 
         return mirror_on_cluster(args, entries, logins)
     os.makedirs(target, exist_ok=True)
-    d = downloader(args, logins)
+    d = downloader(args, logins, (host_of(entry.url) for entry in entries))
     started = time.monotonic()
     done = mirror_files(
         d, entries, target, args.parallel, lambda n, skipped: MirrorView(args.quiet, n, skipped)
@@ -317,16 +303,20 @@ def mirror_files(
 
 
 def _complete(path: str, checksum: str | None) -> bool:
-    """A final name exists only once complete; with a checksum it must also match."""
-    if not os.path.isfile(path):
+    """A final name exists only once complete; with a checksum it must also match.
+    Without one, only a file of this user's counts: in a shared folder another user
+    could have put any bytes under the name.  A file that does not count is left as
+    it is: the download replaces it only once it is complete (and verified)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
         return False
     if checksum is None:
-        return True
+        return st.st_uid == os.geteuid()
     algo, digest = parse(checksum)
-    if file_digest(Path(path), algo) == digest:
-        return True
-    os.unlink(path)  # a wrong file under the final name: fetch it again
-    return False
+    return file_digest(Path(path), algo) == digest
 
 
 Outcome = tuple[tuple[int, int], list[tuple[DownloadOperation, TransferError]]]
@@ -416,7 +406,7 @@ async def _mirror(
 def resume(args: argparse.Namespace) -> int:
     """One operation (a GUID or its first characters), or every unfinished one with
     ``--all``, failed ones too; ``--url`` continues one from a new URL."""
-    d = downloader(args)
+    d = downloader(args, hosts=hosts_under_way(args))
     if args.all == bool(args.guid):
         raise InvalidRequestError("resume takes one GUID (or its first characters) or --all")
     if args.url and args.all:

@@ -30,6 +30,7 @@ from engine.cli.commands import (
 )
 from engine.cli.kept import DEFAULT_KEEP
 from engine.cli.listing import list_
+from engine.cli.secrets import wipe_from_process_title
 from engine.cli.words import describe, say
 from engine.service import cli as service_cli
 
@@ -86,9 +87,50 @@ def _login(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-u",
         "--user",
-        help="USER[:PASSWORD] for the server, kept in memory only (asked when left out); "
-        "a user:password in a URL is taken the same way",
+        help="USER[:PASSWORD] for the server, kept in memory only; a password left out "
+        "is read from $BGTRANSFER_PASSWORD, else --netrc, else asked on the terminal.  "
+        "A password on the command line (here or in a URL) can be read by other local "
+        "users until the command starts, when it is wiped from the process title: "
+        "prefer one of the others",
     )
+    parser.add_argument(
+        "--netrc", action="store_true", help="read the login for the host from ~/.netrc"
+    )
+    parser.add_argument("--netrc-file", metavar="FILE", help="--netrc with this file")
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    """curl's names for the time and speed bounds of each download."""
+    parser.add_argument(
+        "-m",
+        "--max-time",
+        type=_seconds,
+        metavar="SECONDS",
+        help="fail a download not complete this long after it started (default: no bound)",
+    )
+    parser.add_argument(
+        "-Y",
+        "--speed-limit",
+        type=int,
+        metavar="BYTES",
+        help="a request slower than this many bytes/s for --speed-time fails, and a "
+        "download that keeps failing so fails for good, however long it trickles (default 1)",
+    )
+    parser.add_argument(
+        "-y",
+        "--speed-time",
+        type=_seconds,
+        metavar="SECONDS",
+        help="the window of --speed-limit (default 120)",
+    )
+    parser.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="default 300")
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _login(g)
     _trust(g)
+    _limits(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
@@ -142,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _login(m)
     _trust(m)
+    _limits(m)
     ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
     ls.add_argument("--all", action="store_true", help="also those that completed or were canceled")
     r = sub.add_parser("resume", help="resume one operation (failed ones too), or --all")
@@ -150,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--url", help="continue from this URL (the same file, moved or re-signed)")
     _login(r)
     _trust(r)
+    _limits(r)
     c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
     c.add_argument("guid", help="its GUID, or the first characters of it")
     d = sub.add_parser("demo", help="serve a generated file on loopback and download it")
@@ -249,6 +294,7 @@ def run() -> None:
     still run).  Only here: a program calling ``main`` goes on collecting, and keeps
     its own SIGTERM and SIGHUP, which the command takes as a Ctrl-C (``_stop``).
     """
+    wipe_from_process_title()  # before anything else: ps shows the stars from here on
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
     code = main()

@@ -2,7 +2,8 @@
 
 A name from the network must never leave the target directory or surprise a shell:
 no ``..``, no absolute paths, no separators, no control characters, no leading dot
-or dash; collisions get ``.1``, ``.2``... before the extension.
+or dash, no ending of the engine's side files (``.bgtpart``...: a ``_`` is added);
+collisions get ``.1``, ``.2``... before the extension.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from engine._disk.checksum import parse
+from engine._disk.core import SIDE_SUFFIXES
 from engine.errors import InvalidRequestError
 
 _MAX_NAME = 200
@@ -36,6 +38,8 @@ def safe_name(raw: str, fallback: str = "download.bin") -> str:
     encoded = text.encode()
     if len(encoded) > _MAX_NAME:
         text = encoded[:_MAX_NAME].decode(errors="ignore")
+    if text.endswith(SIDE_SUFFIXES):  # the engine's own names beside another file
+        text += "_"
     return text
 
 
@@ -159,18 +163,24 @@ def read_list(source: str) -> MirrorList:
 
 def unique_names(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, int]]]:
     """Give colliding names (case-insensitively) a ``.N`` suffix before the extension;
-    the entries renamed, each with the line of the entry that has its name."""
+    the entries renamed, each with the line of the entry that has its name.
+
+    The next N to try is kept for each name, so ten thousand equal names cost ten
+    thousand tries, not fifty million."""
     seen: dict[str, int] = {}
+    next_n: dict[str, int] = {}
     out, renamed = [], []
     for entry in entries:
         name = entry.name
         stem, dot, ext = name.rpartition(".")
         if not dot or not stem:
             stem, dot, ext = name, "", ""
-        n = 0
+        key = name.lower()
+        n = next_n.get(key, 0)
         while name.lower() in seen:
             n += 1
             name = f"{stem}.{n}{dot}{ext}"
+        next_n[key] = n
         seen[name.lower()] = entry.line
         if name is entry.name:
             out.append(entry)

@@ -39,19 +39,29 @@ class Waits:
         self._told: set[tuple[BackgroundTransferStatus, str]] = set()
 
     def look(self, ops: Iterable[DownloadOperation]) -> None:
-        now = {(st, str(op.result_file.parent)) for op in ops if (st := op.status) in _WAITS}
+        waiting = [(st, op) for op in ops if (st := op.status) in _WAITS]
+        now = {(st, str(op.result_file.parent)) for st, op in waiting}
+        needs: dict[str, int] = {}  # the most a file of the folder waits to have room for
+        for _, op in waiting:
+            folder = str(op.result_file.parent)
+            needs[folder] = max(needs.get(folder, 0), op.space_needed)
         for status, folder in sorted(now - self._told, key=lambda k: (k[0].value, k[1])):
-            print(f"bgtransfer: {self._line(status, folder)}", file=sys.stderr)
+            print(f"bgtransfer: {self._line(status, folder, needs[folder])}", file=sys.stderr)
         self._told = now
 
-    def _line(self, status: BackgroundTransferStatus, folder: str) -> str:
+    def _line(self, status: BackgroundTransferStatus, folder: str, need: int) -> str:
         what = f"waiting for {_WAITS[status]}"
         if status is S.PAUSED_SYSTEM_POLICY:
             try:
-                free = f"{shutil.disk_usage(folder).free >> 20} MiB free, "
+                free = shutil.disk_usage(folder).free
             except OSError:
-                free = ""
-            what += f" in {folder} ({free}{self._reserve >> 20} MiB kept free)"
+                free = -1
+            shown = f"{free >> 20} MiB free, " if free >= 0 else ""
+            what += f" in {folder} ({shown}{self._reserve >> 20} MiB kept free"
+            if need and free >= 0:
+                more = max(0, need + self._reserve - free)
+                what += f"; a file of {need >> 20} MiB needs {-(-more >> 20)} MiB more"
+            what += ")"
         return what + "; it goes on by itself (Ctrl-C pauses)"
 
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine import InvalidRequestError
-from engine.cli.commands import _credential
+from engine._ops.validate import host_of
+from engine.cli.login import credential
 from engine.cli.names import Entry
 from engine.cluster._client import Report, run
 from engine.cluster._task import Options
@@ -38,7 +39,10 @@ def mirror_on_cluster(
             raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
         headers.append((name.strip(), value.strip()))
     options = Options(
-        args.parallel, args.connections, tuple(headers), _credential(args.user, logins)
+        args.parallel,
+        args.connections,
+        tuple(headers),
+        credential(args, logins, (host_of(entry.url) for entry in entries)),
     )
     started = time.monotonic()
     with connect(args.cluster) as client:
