@@ -30,7 +30,7 @@ def raw() -> Iterator[RawServer]:
     def respond(path: str, headers: dict[str, str], conn: socket.socket) -> None:
         if path == "/huge-length":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775807\r\n\r\nabc")
-            conn.close()
+            conn.shutdown(socket.SHUT_RDWR)
         elif path == "/huge-header":
             ok(conn, b"abc", "X-Big: " + "a" * (1 << 20) + "\r\n")
         else:

@@ -747,6 +747,8 @@ class SegmentedDownload:
         if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
             os.close(self._grow_fd)
             self._grow_fd = -1
+        if size is not None and size > self.config.first_request:
+            check_room(self._name, size, self.reserve)  # before any of it is written
         if size is None or size <= self.config.first_request or not ranges:
             # Unknown length, a body the first response carries whole, or a server
             # without ranges: a plain file, no bitmap (a broken small body costs at most
@@ -756,7 +758,6 @@ class SegmentedDownload:
             self._plain = True
         else:
             self._plain = False
-            check_room(self._name, size, self.reserve)  # before any of it is allocated
             remove_partial(self.result)  # a stale partial file is not written through
             if self.on_resumable is not None:
                 self.on_resumable()

@@ -79,7 +79,7 @@ _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _E_TOO_LARGE = 100
 """CURLE_TOO_LARGE (libcurl 8.6+, which pycurl may not name): for a response, a header
 line or the headers past libcurl's limits (100 KiB a line, 300 KiB in all)."""
-_CURL_ERRORS[_E_TOO_LARGE] = (WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE, False)
+_CURL_ERRORS[_E_TOO_LARGE] = (WebErrorStatus.UNKNOWN, False)  # (no status says "too large")
 _MESSAGES = {
     _E_TOO_LARGE: "the server sent a response header larger than accepted "
     "(100 KiB a line, 300 KiB in all)",

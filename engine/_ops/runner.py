@@ -96,9 +96,9 @@ class _Deadline:
             self._task.cancel()
 
     def error(self, op: DownloadOperation) -> TransferTimeoutError:
+        """No WebErrorStatus: the bound is the caller's, not the network failing."""
         return TransferTimeoutError(
-            f"{op.result_file}: not complete within the maximum time ({self.seconds:g} s)",
-            web_error_status=WebErrorStatus.TIMEOUT,
+            f"{op.result_file}: not complete within the maximum time ({self.seconds:g} s)"
         )
 
     def cancel(self) -> None:
