@@ -130,12 +130,13 @@ def _output(args: argparse.Namespace, url: str) -> Path:
 def get_background(args: argparse.Namespace) -> int:
     """Hand the download to the service; print its GUID."""
     from engine._disk.checksum import parse
-    from engine.cli.commands import _credential
+    from engine._ops.validate import host_of
+    from engine.cli.login import credential
     from engine.cli.names import split_login
     from engine.service.protocol import credentials_json
 
     url, login = split_login(args.url)
-    creds = _credential(args.user, [login])
+    creds = credential(args, [login], [host_of(url)])
     output = _output(args, url)
     if args.checksum:
         parse(args.checksum)
@@ -236,10 +237,10 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    from engine.cli.commands import _credential
+    from engine.cli.login import credential
     from engine.service.protocol import credentials_json
 
-    creds = _credential(args.user, [])
+    creds = credential(args, [], [])
     if args.all == bool(args.guid):
         raise InvalidRequestError("resume takes one GUID or --all")
     secret = credentials_json(creds, None) or None
