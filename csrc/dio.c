@@ -67,6 +67,23 @@ int dio_open_same(const char *path, int fd)
     return dfd;
 }
 
+static int run(dio_job *j)
+{
+    if (j->op == DIO_WRITEBACK)
+        return sync_file_range(j->fd_buffered, (off64_t)j->offset, (off64_t)j->len,
+                               SYNC_FILE_RANGE_WRITE) == 0
+                   ? 0
+                   : -errno;
+    if (j->op == DIO_SYNC) {
+        if (fdatasync(j->fd_buffered) != 0)
+            return -errno;
+        return j->fd_direct < 0 || fdatasync(j->fd_direct) == 0 ? 0 : -errno;
+    }
+    if (j->before)
+        j->before(j);
+    return dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
+}
+
 static void unlink_all(dio_job *j)
 {
     if (j->all_prev)
@@ -89,9 +106,7 @@ static void *writer(void *unused)
         if (head == NULL)
             tail = NULL;
         pthread_mutex_unlock(&lock);
-        if (j->before)
-            j->before(j);
-        int rc = dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
+        int rc = run(j);
         pthread_mutex_lock(&lock);
         unlink_all(j);
         j->result = rc;
@@ -148,9 +163,7 @@ void dio_submit(dio_job *job)
     pthread_mutex_lock(&lock);
     if (started == 0 && start_threads() == 0) {
         pthread_mutex_unlock(&lock);
-        if (job->before)
-            job->before(job);
-        job->result = dio_write(job->fd_direct, job->fd_buffered, job->buf, job->offset, job->len);
+        job->result = run(job);
         __atomic_store_n(&job->done, 1, __ATOMIC_RELEASE);
         return;
     }

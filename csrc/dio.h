@@ -30,6 +30,15 @@
 #define DIO_ALIGN 4096u
 #define DIO_THREADS 4
 
+/* What a job does.  DIO_WRITE: the run [offset, offset + len) of buf.  DIO_WRITEBACK:
+ * starts the write-back of fd_buffered's dirty pages in [offset, offset + len) (len 0:
+ * to the end) without waiting for it (sync_file_range), so the disk works behind a
+ * download instead of all at once when the kernel's dirty limits are reached.
+ * DIO_SYNC: fdatasync fd_buffered, then fd_direct when >= 0 (data, then its bitmap). */
+#define DIO_WRITE 0
+#define DIO_WRITEBACK 1
+#define DIO_SYNC 2
+
 typedef struct dio_job {
     struct dio_job *next;     /* queue link: the pool's */
     struct dio_job *all_next; /* every job in flight, for fork */
@@ -39,6 +48,7 @@ typedef struct dio_job {
     const uint8_t *buf;
     uint64_t offset;
     uint64_t len;
+    int op;                   /* DIO_WRITE, DIO_WRITEBACK or DIO_SYNC */
     int result;               /* 0 or -errno, stored before done */
     int done;
     /* NULL, or run by the thread that writes the job, just before the write: work on

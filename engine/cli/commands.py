@@ -71,6 +71,7 @@ def downloader(
         max_connections_per_file=getattr(args, "connections", 8),
         server_credential=_credential(getattr(args, "user", None), found),
         config=_tls_config(args),
+        durability=getattr(args, "durability", None),
     )
     expire(d, keep_seconds(getattr(args, "keep_failed", None)))
     for header in getattr(args, "header", []):

@@ -91,6 +91,17 @@ def _login(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _durability(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal (default): through the page cache, a kill loses nothing, a power "
+        "loss may lose what had not reached the disk; full: each file on the disk "
+        "before it is complete",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgtransfer",
@@ -122,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _login(g)
     _trust(g)
+    _durability(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
@@ -142,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _login(m)
     _trust(m)
+    _durability(m)
     ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
     ls.add_argument("--all", action="store_true", help="also those that completed or were canceled")
     r = sub.add_parser("resume", help="resume one operation (failed ones too), or --all")
@@ -150,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--url", help="continue from this URL (the same file, moved or re-signed)")
     _login(r)
     _trust(r)
+    _durability(r)
     c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
     c.add_argument("guid", help="its GUID, or the first characters of it")
     d = sub.add_parser("demo", help="serve a generated file on loopback and download it")
