@@ -69,11 +69,12 @@ int dio_open_same(const char *path, int fd)
 
 static int run(dio_job *j)
 {
-    if (j->op == DIO_WRITEBACK)
-        return sync_file_range(j->fd_buffered, (off64_t)j->offset, (off64_t)j->len,
-                               SYNC_FILE_RANGE_WRITE) == 0
-                   ? 0
-                   : -errno;
+    if (j->op == DIO_WRITEBACK) {
+        const int how = SYNC_FILE_RANGE_WRITE;
+        if (sync_file_range(j->fd_buffered, (off64_t)j->offset, (off64_t)j->len, how) != 0)
+            return -errno;
+        return j->fd_direct < 0 || sync_file_range(j->fd_direct, 0, 0, how) == 0 ? 0 : -errno;
+    }
     if (j->op == DIO_SYNC) {
         if (fdatasync(j->fd_buffered) != 0)
             return -errno;

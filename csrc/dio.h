@@ -32,9 +32,9 @@
 
 /* What a job does.  DIO_WRITE: the run [offset, offset + len) of buf.  DIO_WRITEBACK:
  * starts the write-back of fd_buffered's dirty pages in [offset, offset + len) (len 0:
- * to the end) without waiting for it (sync_file_range), so the disk works behind a
- * download instead of all at once when the kernel's dirty limits are reached.
- * DIO_SYNC: fdatasync fd_buffered, then fd_direct when >= 0 (data, then its bitmap). */
+ * to the end), then of all of fd_direct's when >= 0, without waiting for the disk
+ * (sync_file_range).  DIO_SYNC: fdatasync fd_buffered, then fd_direct when >= 0.  (For
+ * these two fd_direct is a second file, a download's bitmap after its data.) */
 #define DIO_WRITE 0
 #define DIO_WRITEBACK 1
 #define DIO_SYNC 2

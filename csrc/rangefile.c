@@ -652,7 +652,6 @@ static int64_t dstage_settle(rf_file *f, rf_stage *st)
     st->len = 0;
     if (st->job.result != 0)
         return st->job.result; /* never marked: fetched again */
-    f->wb_due += len;
     return account(f, st->offset, st->buf + st->lead, len, st->job.before ? &st->hash : NULL);
 }
 
@@ -684,8 +683,7 @@ static int wb_start(rf_file *f, int op)
     memset(&f->wb, 0, sizeof f->wb);
     f->wb.op = op;
     f->wb.fd_buffered = f->data_fd;
-    f->wb.fd_direct = op == DIO_SYNC ? f->ctl_fd : -1;
-    f->wb_due = 0;
+    f->wb.fd_direct = f->ctl_fd; /* the bitmap after the data */
     f->wb_busy = 1;
     dio_submit(&f->wb);
     return rc;
@@ -727,8 +725,6 @@ static int64_t dstage_collect(rf_file *f, int wait)
         else
             done += n;
     }
-    if (f->writeback && f->wb_due >= RF_WRITEBACK_STEP)
-        wb_start(f, DIO_WRITEBACK);
     return err ? err : done;
 }
 

@@ -905,6 +905,8 @@ class SegmentedDownload:
             self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
+        if not self._flushed:
+            self._flushed = now  # the first checkpoint one period in, not at the first tick
         due = now - self._flushed >= self.config.durable_every
         if due and self.rf is not None and not self.rf.closed:
             self.rf.checkpoint(self.config.durable)
