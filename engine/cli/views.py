@@ -6,7 +6,7 @@ views only translate an operation's progress into its columns.
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -48,7 +48,8 @@ class Waits:
         what = f"waiting for {_WAITS[status]}"
         if status is S.PAUSED_SYSTEM_POLICY:
             try:
-                free = f"{shutil.disk_usage(folder).free >> 20} MiB free, "
+                st = os.statvfs(folder)  # (shutil is 2 ms of every command's start-up)
+                free = f"{st.f_bavail * st.f_frsize >> 20} MiB free, "
             except OSError:
                 free = ""
             what += f" in {folder} ({free}{self._reserve >> 20} MiB kept free)"
