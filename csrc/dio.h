@@ -29,6 +29,7 @@
 
 #define DIO_ALIGN 4096u
 #define DIO_THREADS 4
+#define DIO_PAGE_CACHE_PIECE (64u * 1024u) /* see buffered_write in dio.c */
 
 /* What a job does.  DIO_WRITE: the run [offset, offset + len) of buf.  DIO_WRITEBACK:
  * starts the write-back of fd_buffered's dirty pages in [offset, offset + len) (len 0:
