@@ -678,7 +678,7 @@ static int wb_start(rf_file *f, int op)
         if (!dio_done(&f->wb))
             return 0;
         f->wb_busy = 0;
-        rc = f->wb.result;
+        rc = f->wb.result == -ECANCELED ? 0 : f->wb.result; /* not run: a forked child */
     }
     memset(&f->wb, 0, sizeof f->wb);
     f->wb.op = op;

@@ -58,11 +58,13 @@ class TransferConfig:
     trust instead of the system's."""
     durability: Durability = "normal"
     """``"normal"`` or ``"full"``, as SQLite's ``synchronous``: see ``Durability``."""
-    direct_io: bool = True
-    """With ``durability="full"``: write whole pages of a file fetched over ranges with
-    O_DIRECT, from the C core's writer threads, where the file system allows it: no
-    page-cache copy, and nothing left to write back when the finished file is fsync'd
-    (see csrc/dio.h).  ``"normal"`` writes through the page cache whatever this says."""
+    direct_io: bool | None = None
+    """Write whole pages of a file fetched over ranges with O_DIRECT, from the C core's
+    writer threads, where the file system allows it: no page-cache copy, and nothing
+    left to write back when the finished file is fsync'd (see csrc/dio.h).  None (the
+    default): with ``durability="full"`` only.  Which is faster depends on the machine:
+    on a VM whose host takes freed memory back, a page-cache write can cost more than
+    the disk's."""
     durable_every: float = 5.0
     """Seconds between checkpoints while a download runs, made by the C core's threads,
     never waited for: ``"full"`` fdatasyncs the data, then the bitmap; ``"normal"``

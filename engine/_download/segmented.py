@@ -757,9 +757,9 @@ class SegmentedDownload:
         self, size: int, block_size: int, etag: str, last_modified: str, *, create: bool
     ) -> RangeFile:
         """The result file written the way ``config.durability`` asks: "full" with
-        O_DIRECT (where allowed and ``direct_io``), "normal" into the page cache; both
-        from the core's writer threads, with the disk's write-back started behind them."""
-        durable = self.config.durable
+        O_DIRECT (where allowed), "normal" into the page cache, unless ``direct_io``
+        says otherwise; both from the core's writer threads."""
+        direct = self.config.direct_io
         return RangeFile(
             self.result,
             size,
@@ -767,7 +767,7 @@ class SegmentedDownload:
             etag=etag,
             last_modified=last_modified,
             create=create,
-            direct=durable and self.config.direct_io,
+            direct=self.config.durable if direct is None else direct,
             writeback=True,
         )
 
