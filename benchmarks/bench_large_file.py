@@ -13,39 +13,13 @@ bytes nginx served a run (its access log).
 
 from __future__ import annotations
 
-import re
 import shlex
-import statistics
 from pathlib import Path
 
 from contenders import alternate, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
+from served import ServedBytes
 from servers import Nginx
-from sidebyside import record
-
-_SENT = re.compile(rb'" \d{3} (\d+) ')
-
-
-class ServedBytes:
-    """Body bytes nginx sent since ``mark()``, from its access log."""
-
-    def __init__(self, server: Nginx) -> None:
-        self.log = server.root / "access.log"
-        self.at = 0
-        self.runs: dict[str, list[int]] = {}
-
-    def mark(self) -> None:
-        self.at = self.log.stat().st_size if self.log.exists() else 0
-
-    def take(self, name: str) -> None:
-        with self.log.open("rb") as fh:
-            fh.seek(self.at)
-            sent = sum(int(m[1]) for m in _SENT.finditer(fh.read()))
-        self.runs.setdefault(name, []).append(sent)
-
-    def report(self, group: str) -> None:
-        for name, sent in self.runs.items():
-            record(f"{group}: MB served a run", name, statistics.median(sent) / 1e6)
 
 
 def _dd(out: Path, size: int, direct: bool) -> list[str]:

@@ -16,7 +16,7 @@ from polling import wait_for
 from servers import FaultServer, Nginx
 
 from engine import BackgroundDownloader, InvalidRequestError, TransferConfig
-from engine._core import RangeFile, control_path, part_path
+from engine._disk.core import RangeFile, control_path, part_path
 
 CHILD = str(Path(__file__).with_name("attach_child.py"))
 BLOCK = 1 << 16  # attach_child.py's
