@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +172,34 @@ def test_an_unknown_durability_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "'normal', 'full'" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["big.bin", "small.bin"])
+def test_normal_waits_for_no_disk_and_full_does(nginx: Nginx, tmp_path: Path, name: str) -> None:
+    """normal makes no fsync or fdatasync of a result file or its folder, ranged or
+    small; full fsyncs the file and its folder before it completes.  (The state
+    database's own, SQLite's, are left out.)"""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    counts = {}
+    for level in ("normal", "full"):
+        log = tmp_path / f"{level}.strace"
+        done = subprocess.run(
+            [
+                *(strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(log)),
+                *(sys.executable, "-m", "engine", "get", nginx.url(name), "-o", level),
+                *("--durability", level, "--state-dir", str(tmp_path / "s")),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / level).read_bytes() == (nginx.www / name).read_bytes()
+        state = f"<{tmp_path / 's'}"  # strace -y: each descriptor with its path
+        calls = [c for c in log.read_text().splitlines() if "sync(" in c and state not in c]
+        counts[level] = len([c for c in calls if c.endswith("= 0")])
+    assert counts["normal"] == 0
+    assert counts["full"] >= 2  # the file, then its directory
