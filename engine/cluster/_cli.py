@@ -38,7 +38,11 @@ def mirror_on_cluster(
             raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
         headers.append((name.strip(), value.strip()))
     options = Options(
-        args.parallel, args.connections, tuple(headers), _credential(args.user, logins)
+        args.parallel,
+        args.connections,
+        tuple(headers),
+        _credential(args.user, logins),
+        durability=args.durability,
     )
     started = time.monotonic()
     with connect(args.cluster) as client:
