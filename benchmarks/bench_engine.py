@@ -1,7 +1,7 @@
 """bgtransfer against curl and aria2c on loopback nginx, in the same session.
 
-(1) one large file (BGT_BENCH_SIZE, default 2 GiB), (2) 5000 files of 64 KiB,
-(3) 64 files of 32 MiB at once.  Contenders alternate, five rounds each, every one
+(1) 5000 files of 64 KiB, (2) 64 files of 32 MiB at once (one large file, at each
+durability: bench_large_file.py).  Contenders alternate, five rounds each, every one
 writing to the same file system; the table shows median throughput, wall and CPU
 seconds and peak anonymous memory.  With ``--benchmark-disable`` (CI) small sizes
 and one round only check the harness.
@@ -10,7 +10,6 @@ and one round only check the harness.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,62 +35,6 @@ def _aria2c(*args: str) -> list[str]:
         "--file-allocation=falloc",
         *args,
     ]
-
-
-def _dd(out: Path, size: int) -> list[str]:
-    """Zeros to ``out`` with O_DIRECT, 1 MiB a write: what the disk takes, no network."""
-    return [
-        "dd",
-        "if=/dev/zero",
-        f"of={out}",
-        "bs=1M",
-        f"count={size >> 20}",
-        "oflag=direct",
-        "status=none",
-    ]
-
-
-def test_one_large_file(
-    benchmark: BenchmarkFixture, served: tuple[Nginx, int], tmp_path: Path
-) -> None:
-    """One large file: bgtransfer -c 8 beside curl (to /dev/null: the socket ceiling)
-    and dd (zeros with O_DIRECT to the same file system, from one writer: what the
-    disk takes this session, which on this VM has been well below the socket), and
-    the two at once, with nothing passed between them: what this VM takes to receive
-    the file and write as much while it does, the least any downloader that writes
-    past the page cache can take here."""
-    server, size = served
-    url = server.url("big.bin")
-    out = tmp_path / "out.bin"
-    state = ["--state-dir", str(tmp_path / "state")]
-    to_null = ["curl", "-s", "-o", "/dev/null", url]
-    contenders = available(
-        {
-            "curl -o /dev/null (socket ceiling)": to_null,
-            "dd oflag=direct (the disk, one writer)": _dd(out, size),
-            "dd and curl -o /dev/null at once": [
-                "sh",
-                "-c",
-                f"{shlex.join(_dd(out, size))} & {shlex.join(to_null)} && wait $!",
-            ],
-            "curl -o FILE": ["curl", "-s", "-o", str(out), url],
-            "aria2c -x16 -s16": _aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
-            "bgtransfer get -c 8": [bgtransfer(), "get", "-q", "-c", "8", "-o", str(out), url],
-        }
-    )
-    contenders["bgtransfer get -c 8"] += state
-    rounds = 1 if benchmark.disabled else 5
-
-    def check(name: str) -> None:
-        if "/dev/null" not in name:
-            assert out.stat().st_size == size, name
-
-    def session() -> None:
-        runs = alternate(contenders, rounds, lambda _: out.unlink(missing_ok=True), check)
-        if not benchmark.disabled:
-            report(f"one {size >> 20} MiB file, median of {rounds}", runs, size / 1e6, "MB/s")
-
-    benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
 
 
 def _many_files(server: Nginx, count: int, size: int) -> tuple[list[str], str]:

@@ -1,9 +1,11 @@
-"""nginx on loopback serving one large file for a benchmark module."""
+"""nginx on loopback serving one large file for a benchmark module, and the bytes it served."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import Nginx
+from sidebyside import record
 
 MIB = 1 << 20
 
@@ -37,3 +40,28 @@ def serve_big_file(root: Path, config: pytest.Config) -> Iterator[tuple[Nginx, i
         yield server, size
     finally:
         server.stop()
+
+
+_SENT = re.compile(rb'" \d{3} (\d+) ')
+
+
+class ServedBytes:
+    """Body bytes nginx sent since ``mark()``, from its access log."""
+
+    def __init__(self, server: Nginx) -> None:
+        self.log = server.root / "access.log"
+        self.at = 0
+        self.runs: dict[str, list[int]] = {}
+
+    def mark(self) -> None:
+        self.at = self.log.stat().st_size if self.log.exists() else 0
+
+    def take(self, name: str) -> None:
+        with self.log.open("rb") as fh:
+            fh.seek(self.at)
+            sent = sum(int(m[1]) for m in _SENT.finditer(fh.read()))
+        self.runs.setdefault(name, []).append(sent)
+
+    def report(self, group: str) -> None:
+        for name, sent in self.runs.items():
+            record(f"{group}: MB served a run", name, statistics.median(sent) / 1e6)

@@ -35,19 +35,34 @@ int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
     return 0;
 }
 
+/* Through the page cache in pieces of DIO_PAGE_CACHE_PIECE: one pwrite of a whole
+ * 1 MiB run cost two to three times the system time of the same bytes in 64 KiB
+ * pieces (a 1 GiB download from loopback: 1.1-1.9 s against 0.5), the kernel then
+ * making folios that large for the page cache. */
+static int buffered_write(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+{
+    for (uint64_t at = 0; at < len; at += DIO_PAGE_CACHE_PIECE) {
+        uint64_t n = len - at < DIO_PAGE_CACHE_PIECE ? len - at : DIO_PAGE_CACHE_PIECE;
+        int rc = dio_pwrite_all(fd, buf + at, n, off + at);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len)
 {
     uint64_t end = offset + len;
     uint64_t a = (offset + DIO_ALIGN - 1) & ~(uint64_t)(DIO_ALIGN - 1);
     uint64_t b = end & ~(uint64_t)(DIO_ALIGN - 1);
     if (fd_direct < 0 || a >= b || ((uintptr_t)(buf + (a - offset)) & (DIO_ALIGN - 1)) != 0)
-        return dio_pwrite_all(fd_buffered, buf, len, offset);
+        return buffered_write(fd_buffered, buf, len, offset);
     int rc = 0;
     if (a > offset && (rc = dio_pwrite_all(fd_buffered, buf, a - offset, offset)) != 0)
         return rc;
     rc = dio_pwrite_all(fd_direct, buf + (a - offset), b - a, a);
     if (rc == -EINVAL) /* this file system or device wants another alignment */
-        rc = dio_pwrite_all(fd_buffered, buf + (a - offset), b - a, a);
+        rc = buffered_write(fd_buffered, buf + (a - offset), b - a, a);
     if (rc == 0 && end > b)
         rc = dio_pwrite_all(fd_buffered, buf + (b - offset), end - b, b);
     return rc;
@@ -65,6 +80,24 @@ int dio_open_same(const char *path, int fd)
         return -1;
     }
     return dfd;
+}
+
+static int run(dio_job *j)
+{
+    if (j->op == DIO_WRITEBACK) {
+        const int how = SYNC_FILE_RANGE_WRITE;
+        if (sync_file_range(j->fd_buffered, (off64_t)j->offset, (off64_t)j->len, how) != 0)
+            return -errno;
+        return j->fd_direct < 0 || sync_file_range(j->fd_direct, 0, 0, how) == 0 ? 0 : -errno;
+    }
+    if (j->op == DIO_SYNC) {
+        if (fdatasync(j->fd_buffered) != 0)
+            return -errno;
+        return j->fd_direct < 0 || fdatasync(j->fd_direct) == 0 ? 0 : -errno;
+    }
+    if (j->before)
+        j->before(j);
+    return dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
 }
 
 static void unlink_all(dio_job *j)
@@ -89,9 +122,7 @@ static void *writer(void *unused)
         if (head == NULL)
             tail = NULL;
         pthread_mutex_unlock(&lock);
-        if (j->before)
-            j->before(j);
-        int rc = dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
+        int rc = run(j);
         pthread_mutex_lock(&lock);
         unlink_all(j);
         j->result = rc;
@@ -148,9 +179,7 @@ void dio_submit(dio_job *job)
     pthread_mutex_lock(&lock);
     if (started == 0 && start_threads() == 0) {
         pthread_mutex_unlock(&lock);
-        if (job->before)
-            job->before(job);
-        job->result = dio_write(job->fd_direct, job->fd_buffered, job->buf, job->offset, job->len);
+        job->result = run(job);
         __atomic_store_n(&job->done, 1, __ATOMIC_RELEASE);
         return;
     }

@@ -29,6 +29,16 @@
 
 #define DIO_ALIGN 4096u
 #define DIO_THREADS 4
+#define DIO_PAGE_CACHE_PIECE (64u * 1024u) /* see buffered_write in dio.c */
+
+/* What a job does.  DIO_WRITE: the run [offset, offset + len) of buf.  DIO_WRITEBACK:
+ * starts the write-back of fd_buffered's dirty pages in [offset, offset + len) (len 0:
+ * to the end), then of all of fd_direct's when >= 0, without waiting for the disk
+ * (sync_file_range).  DIO_SYNC: fdatasync fd_buffered, then fd_direct when >= 0.  (For
+ * these two fd_direct is a second file, a download's bitmap after its data.) */
+#define DIO_WRITE 0
+#define DIO_WRITEBACK 1
+#define DIO_SYNC 2
 
 typedef struct dio_job {
     struct dio_job *next;     /* queue link: the pool's */
@@ -39,6 +49,7 @@ typedef struct dio_job {
     const uint8_t *buf;
     uint64_t offset;
     uint64_t len;
+    int op;                   /* DIO_WRITE, DIO_WRITEBACK or DIO_SYNC */
     int result;               /* 0 or -errno, stored before done */
     int done;
     /* NULL, or run by the thread that writes the job, just before the write: work on

@@ -24,6 +24,7 @@ typedef struct fl_job {
     int dir; /* index of its directory in the dirsyncer's group */
     int created; /* the namer made the partial file */
     int written; /* the syncer is done with it: the namer renames it */
+    int durable; /* FL_DURABLE */
     uint8_t *data; /* FINISH: bytes still to write first (page-aligned copy), or NULL */
     uint64_t data_len, data_off;
     char *b;
@@ -213,13 +214,13 @@ static void *syncer(void *arg)
         if (j->data != NULL) {
             /* Whole pages past the page cache: the fsync below then has no data to
              * write back, and the loop never copied them into the cache itself. */
-            int dfd = dio_open_same(j->a, j->fd);
+            int dfd = j->durable ? dio_open_same(j->a, j->fd) : -1;
             rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len);
             if (dfd >= 0)
                 close(dfd);
             free_data(f, j);
         }
-        if (rc == 0)
+        if (rc == 0 && j->durable)
             rc = fsync(j->fd) == 0 ? 0 : -errno;
         if (close(j->fd) != 0 && rc == 0)
             rc = -errno;
@@ -278,8 +279,10 @@ static void *namer(void *arg)
             if (j->created)
                 unlink(j->a);
             finished(f, j, rc);
-        } else {
+        } else if (j->durable) {
             push(f, &f->dirsyncing, j);
+        } else {
+            finished(f, j, 0);
         }
     }
     return NULL;
@@ -354,7 +357,8 @@ fl_filer *fl_new(int syncers)
 }
 
 int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part,
-              const char *final, const uint8_t *data, uint64_t len, uint64_t offset)
+              const char *final, const uint8_t *data, uint64_t len, uint64_t offset,
+              int flags)
 {
     if (f == NULL || ch == NULL || part == NULL || final == NULL || (fd < 0 && offset != 0))
         return -EINVAL;
@@ -384,6 +388,7 @@ int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part
     j->dir = -1;
     j->created = 0;
     j->written = 0;
+    j->durable = (flags & FL_DURABLE) != 0;
     memcpy(j->a, part, la + 1);
     j->b = j->a + la + 1;
     memcpy(j->b, final, lb + 1);

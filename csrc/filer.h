@@ -11,7 +11,8 @@
  *
  * A job finishes a small result file: write the body the caller kept in memory, if
  * any (the whole pages with O_DIRECT), fsync the partial file and close it, rename
- * it onto the final name, fsync the directory: result 0.  Without a descriptor the
+ * it onto the final name, fsync the directory: result 0 (without FL_DURABLE, the same
+ * through the page cache and without either fsync).  Without a descriptor the
  * partial file is first created here, empty, with O_EXCL (a stale one, or a planted
  * link, is unlinked first and never written through): a small download keeps its
  * body in memory and needs no file until it ends, so the loop never waits for one.
@@ -51,13 +52,20 @@ int fl_channel_fd(const fl_channel *ch);
 /* The owner is gone: jobs still running finish, and are freed. */
 void fl_channel_close(fl_filer *f, fl_channel *ch);
 
+/* flags of fl_finish: the file is on the disk (its data written with O_DIRECT and
+ * fsync'd, its directory fsync'd after the rename) before the job is done.  Without
+ * it the body goes to the page cache and nothing waits for the disk: a killed process
+ * loses nothing, a power loss may. */
+#define FL_DURABLE 1
+
 /* Queue a job: finish ``part`` as ``final``; ``fd`` is the partial file (the filer
  * closes it, whatever happens), or -1 to create it.  ``data``: the last bytes of the
  * body, [offset, offset + len) of the file (offset 0 without a descriptor), copied
  * before this returns and written before the fsync.  0, or -ENAMETOOLONG / -ENOMEM /
  * -EINVAL. */
 int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part,
-              const char *final, const uint8_t *data, uint64_t len, uint64_t offset);
+              const char *final, const uint8_t *data, uint64_t len, uint64_t offset,
+              int flags);
 
 /* Finished jobs of ``ch``, without waiting: up to ``cap`` (id, result) pairs. */
 int fl_take(fl_filer *f, fl_channel *ch, uint64_t *ids, int64_t *results, int cap);

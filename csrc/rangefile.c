@@ -28,6 +28,7 @@
 #define RF_SLOT_INTERVALS 16
 #define RF_SLOTS 512
 #define RF_PWRITE_MIN (64u * 1024u)
+#define RF_BOOT_OFFSET 2048u /* in the header page, past rf_header: old files hold zeros */
 
 struct rf_header {
     char magic[8];
@@ -330,13 +331,16 @@ static void dstage_free(rf_file *f, rf_stage *st);
 /* Waits for the writer threads to give back every stage, then frees the buffers. */
 static void release_stages(rf_file *f)
 {
+    if (f->wb_busy)
+        dio_wait(&f->wb);
+    f->wb_busy = 0;
     for (uint32_t i = 0; i < RF_DIRECT_STAGES; i++) {
         rf_stage *st = &f->stages[i];
         if (st->writing) {
             dio_wait(&st->job);
             st->writing = 0;
         }
-        if (st->buf != NULL && f->direct)
+        if (st->buf != NULL && f->threaded)
             dstage_free(f, st); /* gives its bytes back to the budget */
         else
             free(st->buf);
@@ -344,12 +348,13 @@ static void release_stages(rf_file *f)
         st->len = 0;
     }
     f->inflight = 0;
-    if (f->direct && f->open)
+    if (f->threaded && f->open)
         __atomic_sub_fetch(&direct_files, 1, __ATOMIC_RELAXED);
 }
 
 static void release(rf_file *f)
 {
+    release_stages(f); /* first: a writer thread may still be using the descriptors */
     if (f->data)
         munmap(f->data, f->size);
     if (f->ctl)
@@ -358,7 +363,6 @@ static void release(rf_file *f)
         close(f->data_fd);
     if (f->ctl_fd >= 0)
         close(f->ctl_fd);
-    release_stages(f);
     if (f->direct_fd >= 0)
         close(f->direct_fd);
     f->direct_fd = -1;
@@ -407,11 +411,14 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
         release(f);
         return rc;
     }
-    if ((flags & RF_OPEN_DIRECT) && f->staged && size > 0) {
+    if ((flags & (RF_OPEN_DIRECT | RF_OPEN_WRITEBACK)) && f->staged && size > 0) {
         /* Refused (tmpfs before Linux 6.6, some FUSE): the page cache it is. */
-        f->direct_fd = dio_open_same(data_path, f->data_fd);
+        if (flags & RF_OPEN_DIRECT)
+            f->direct_fd = dio_open_same(data_path, f->data_fd);
         f->direct = f->direct_fd >= 0;
-        if (f->direct) {
+        f->writeback = (flags & RF_OPEN_WRITEBACK) != 0;
+        f->threaded = f->direct || f->writeback;
+        if (f->threaded) {
             __atomic_add_fetch(&direct_files, 1, __ATOMIC_RELAXED);
             /* A stage a block: one hash from memory each, and a kill loses what a
              * block-sized bitmap would lose anyway. */
@@ -545,7 +552,7 @@ int64_t rf_drain(rf_file *f)
 {
     if (!f->open)
         return RF_E_CLOSED;
-    if (f->direct)
+    if (f->threaded)
         return dstage_drain(f, 1);
     int64_t done = 0, err = 0;
     for (uint32_t i = 0; i < f->nstages; i++) {
@@ -701,6 +708,27 @@ static int dstage_follows_inflight(const rf_file *f, const rf_stage *st)
     return 0;
 }
 
+/* Hands the file's one write-back job to the writer threads, unless the last one is
+ * still there (then it is skipped: the next one covers what this one would have).  0,
+ * or the error the last one finished with. */
+static int wb_start(rf_file *f, int op)
+{
+    int rc = 0;
+    if (f->wb_busy) {
+        if (!dio_done(&f->wb))
+            return 0;
+        f->wb_busy = 0;
+        rc = f->wb.result == -ECANCELED ? 0 : f->wb.result; /* not run: a forked child */
+    }
+    memset(&f->wb, 0, sizeof f->wb);
+    f->wb.op = op;
+    f->wb.fd_buffered = f->data_fd;
+    f->wb.fd_direct = f->ctl_fd; /* the bitmap after the data */
+    f->wb_busy = 1;
+    dio_submit(&f->wb);
+    return rc;
+}
+
 /* Accounts every stage that came back (or, with wait, every one in flight), lowest
  * offset first. */
 static int64_t dstage_collect(rf_file *f, int wait)
@@ -752,6 +780,7 @@ static void dstage_submit(rf_file *f, rf_stage *st)
                 st->len == block_len(f, st->offset >> f->block_shift);
     st->job.before = whole ? hash_whole_block : NULL; /* also tells settle the hash is there */
     stage_fence(); /* the non-temporal stores of stage_copy, before a writer reads them */
+    st->job.op = DIO_WRITE;
     st->job.fd_direct = f->direct_fd;
     st->job.fd_buffered = f->data_fd;
     st->job.buf = st->buf + st->lead;
@@ -940,7 +969,7 @@ int64_t rf_reap(rf_file *f)
 {
     if (!f->open)
         return RF_E_CLOSED;
-    return f->direct && f->inflight > 0 ? dstage_collect(f, 0) : 0;
+    return f->threaded && f->inflight > 0 ? dstage_collect(f, 0) : 0;
 }
 
 int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
@@ -952,7 +981,7 @@ int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
     if (len == 0)
         return 0;
     f->bytes_written += len;
-    if (f->direct)
+    if (f->threaded)
         return dstage_write(f, offset, buf, len);
     if (f->staged && len < RF_PWRITE_MIN)
         return stage_write(f, offset, buf, (uint32_t)len);
@@ -1074,6 +1103,36 @@ int rf_flush(rf_file *f, int durable)
     return 0;
 }
 
+int rf_checkpoint(rf_file *f, int durable)
+{
+    if (!f->open)
+        return RF_E_CLOSED;
+    if (f->size == 0)
+        return 0;
+    return wb_start(f, durable ? DIO_SYNC : DIO_WRITEBACK);
+}
+
+int64_t rf_boot(rf_file *f, const char *boot_id)
+{
+    _Static_assert(sizeof(rf_header) <= RF_BOOT_OFFSET &&
+                       RF_BOOT_OFFSET + RF_BOOT_MAX + 1 <= RF_HEADER_SIZE,
+                   "the boot id fits the header page, past the header");
+    if (!f->open)
+        return RF_E_CLOSED;
+    size_t n = strlen(boot_id);
+    if (n > RF_BOOT_MAX)
+        return RF_E_ARG;
+    char *stored = (char *)f->ctl + RF_BOOT_OFFSET;
+    if (n > 0 && strncmp(stored, boot_id, RF_BOOT_MAX + 1) == 0)
+        return 0;
+    int64_t bad = rf_verify(f); /* before the new id: a kill meanwhile verifies again */
+    if (bad < 0)
+        return bad;
+    memset(stored, 0, RF_BOOT_MAX + 1);
+    memcpy(stored, boot_id, n);
+    return bad;
+}
+
 static int fsync_parent(const char *path)
 {
     char buf[RF_PATH_MAX];
@@ -1086,7 +1145,7 @@ static int fsync_parent(const char *path)
     return rc;
 }
 
-int rf_finish(rf_file *f, const char *final_path)
+int rf_finish(rf_file *f, const char *final_path, int durable)
 {
     if (!f->open)
         return RF_E_CLOSED;
@@ -1095,11 +1154,11 @@ int rf_finish(rf_file *f, const char *final_path)
         return (int)drained;
     if (f->bytes_complete != f->size)
         return RF_E_INCOMPLETE;
-    if (fsync(f->data_fd) != 0)
+    if (durable && fsync(f->data_fd) != 0)
         return -errno;
     if (rename(f->data_path, final_path) != 0)
         return -errno;
-    int rc = fsync_parent(final_path);
+    int rc = durable ? fsync_parent(final_path) : 0;
     release(f);
     unlink(f->ctl_path);
     return rc;

@@ -7,7 +7,7 @@ underscore are private.
 
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor
 from engine._runtime.loop import run
-from engine.config import TransferConfig
+from engine.config import Durability, TransferConfig
 from engine.downloader import (
     BackgroundDownloader,
     BackgroundTransferCompletionGroup,
@@ -60,6 +60,7 @@ __all__ = [
     "Credential",
     "Deferral",
     "DownloadOperation",
+    "Durability",
     "HttpError",
     "IntegrityError",
     "InvalidRequestError",

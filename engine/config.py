@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
+
+from engine.errors import InvalidRequestError
+
+Durability = Literal["normal", "full"]
+"""What a finished or interrupted download may rely on (see docs/durability.md).
+
+``"normal"``: the data goes through the page cache and nothing waits for the disk; a
+killed process loses nothing it counted, a power loss may cost what had not reached
+the disk (never a wrong byte of a download that resumes), and a file finished just
+before it may come back short or empty, as with curl or wget.  ``"full"``: a file is
+on the disk before it appears under its name and before COMPLETED is reported."""
+
+DURABILITY_LEVELS: tuple[Durability, ...] = ("normal", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +60,19 @@ class TransferConfig:
     ca_path: str | None = None
     """A directory of CA certificates (OpenSSL's hashed names, ``openssl rehash``) to
     trust instead of the system's."""
-    direct_io: bool = True
+    durability: Durability = "normal"
+    """``"normal"`` or ``"full"``, as SQLite's ``synchronous``: see ``Durability``."""
+    direct_io: bool | None = None
     """Write whole pages of a file fetched over ranges with O_DIRECT, from the C core's
     writer threads, where the file system allows it: no page-cache copy, and nothing
-    left to write back when the finished file is fsync'd (see csrc/dio.h)."""
+    left to write back when the finished file is fsync'd (see csrc/dio.h).  None (the
+    default): with ``durability="full"`` only.  Which is faster depends on the machine:
+    on a VM whose host takes freed memory back, a page-cache write can cost more than
+    the disk's."""
     durable_every: float = 5.0
-    """Seconds between flushes of data and bitmap while a download runs."""
+    """Seconds between checkpoints while a download runs, made by the C core's threads,
+    never waited for: ``"full"`` fdatasyncs the data, then the bitmap; ``"normal"``
+    starts their write-back."""
     poll_interval: float = 2.0
     """Seconds between looks at the network, its cost and free disk (a paused operation
     resumes by itself within this long of its cause going away)."""
@@ -63,3 +84,14 @@ class TransferConfig:
     """SFTP: the private key file to log in with (else the credential's password)."""
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     """SFTP: host keys to trust; a host not in it is refused (no trust on first use)."""
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_LEVELS:
+            raise InvalidRequestError(
+                f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {self.durability!r}"
+            )
+
+    @property
+    def durable(self) -> bool:
+        """Whether a file is on the disk before it is reported complete."""
+        return self.durability == "full"

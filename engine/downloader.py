@@ -22,7 +22,7 @@ from engine._ops.validate import absolute, check_header, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
 from engine._runtime.loop import engine_loop
 from engine._state.store import OpRecord, Store
-from engine.config import TransferConfig
+from engine.config import Durability, TransferConfig
 from engine.errors import InvalidRequestError, InvalidStateError, TransferError
 from engine.operation import DownloadOperation
 from engine.values import (
@@ -297,6 +297,7 @@ class BackgroundDownloader:
         config: TransferConfig | None = None,
         network_monitor: NetworkMonitor | None = None,
         service: bool = False,
+        durability: Durability | None = None,
     ) -> None:
         if not 1 <= max_connections_per_file <= 64:
             raise InvalidRequestError("max_connections_per_file must be within 1..64")
@@ -304,6 +305,9 @@ class BackgroundDownloader:
             raise InvalidRequestError("block_size must be a power of two of 4096 or more")
         if not method or not method.isalpha():
             raise InvalidRequestError(f"invalid method {method!r}")
+        config = config or TransferConfig()
+        if durability is not None and durability != config.durability:
+            config = dataclasses.replace(config, durability=durability)  # checks it
         self._store = Store.at(state_dir)
         if transfer_group is not None and transfer_group._store is not self._store:
             transfer_group = transfer_group._adopted_by(self._store)
@@ -316,7 +320,7 @@ class BackgroundDownloader:
         self._headers: list[tuple[str, str]] = []
         self._settings = Settings(
             self._store,
-            config or TransferConfig(),
+            config,
             network_monitor or LinuxNetworkMonitor(),
             server_credential,
             proxy_credential,
@@ -332,6 +336,13 @@ class BackgroundDownloader:
     def completion_group(self) -> BackgroundTransferCompletionGroup | None:
         """The completion group its operations join (Windows' ``CompletionGroup``)."""
         return self._settings.completion_group
+
+    @property
+    def durability(self) -> Durability:
+        """``"normal"`` (the default: the page cache, nothing waits for the disk) or
+        ``"full"`` (each file on the disk before COMPLETED), for every operation this
+        downloader runs, those it finds again too; see ``engine.Durability``."""
+        return self._settings.config.durability
 
     @property
     def free_space_reserve(self) -> int:

@@ -4,11 +4,13 @@
     attach_child.py STATE_DIR attach              attach every current operation
 
 Prints one line per operation handled (guid status) and exits 0 when all completed.
+``BGT_TEST_DURABILITY`` (normal, full) sets the downloader's durability.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from engine import BackgroundDownloader, BackgroundTransferStatus, TransferConfig
@@ -18,7 +20,11 @@ CONFIG = TransferConfig(poll_interval=0.05, backoff_base=0.05, block_size=1 << 1
 
 async def main(argv: list[str]) -> int:
     downloader = BackgroundDownloader(
-        state_dir=argv[0], config=CONFIG, block_size=1 << 16, max_connections_per_file=4
+        state_dir=argv[0],
+        config=CONFIG,
+        block_size=1 << 16,
+        max_connections_per_file=4,
+        durability="full" if os.environ.get("BGT_TEST_DURABILITY") == "full" else "normal",
     )
     if argv[1] == "create":
         op = downloader.create_download(argv[2], argv[3])

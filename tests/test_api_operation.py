@@ -609,14 +609,21 @@ def _paused_after_a_mib(fault_server: FaultServer, make: Make, out: Path) -> Dow
 
 
 def test_a_block_whose_hash_no_longer_matches_is_fetched_again(
-    fault_server: FaultServer, body: bytes, make_downloader: Make, tmp_path: Path
+    fault_server: FaultServer,
+    body: bytes,
+    make_downloader: Make,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Data damaged on disk while paused: resume re-checks hashes and fetches that block."""
+    """Data damaged on disk while paused, then a reboot: resume re-checks hashes and
+    fetches that block."""
     out = tmp_path / "h.bin"
+    monkeypatch.setenv("BGTRANSFER_BOOT_ID", "boot-before")
     op = _paused_after_a_mib(fault_server, make_downloader, out)
     with part_path(out).open("r+b") as fh:
         fh.seek(1000)
         fh.write(bytes([body[1000] ^ 0xFF]))
+    monkeypatch.setenv("BGTRANSFER_BOOT_ID", "boot-after")
     fault_server.rate = 0
     op.resume()
     op.wait(30)

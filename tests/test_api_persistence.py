@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sqlite3
@@ -34,11 +35,16 @@ BLOCK = 1 << 16
 CONNECTIONS = 4
 
 
-def _child(state: Path, *args: str) -> subprocess.Popen[str]:
-    """The child, its output to a file beside the state (no pipe left open after a kill)."""
+def _child(state: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The child, its output to a file beside the state (no pipe left open after a kill);
+    ``env``: variables set for it (attach_child.py's durability, a boot id)."""
     with (state.parent / "child.log").open("a") as log:
         return subprocess.Popen(
-            [sys.executable, CHILD, str(state), *args], stdout=log, stderr=log, text=True
+            [sys.executable, CHILD, str(state), *args],
+            stdout=log,
+            stderr=log,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
 
 
@@ -66,9 +72,12 @@ def _kill_when_underway(proc: subprocess.Popen[str], result: Path, rng: random.R
     return True
 
 
-def test_sigkill_and_reattach_five_times(tmp_path: Path) -> None:
-    """Killed at random moments, re-attached from a new process each time: byte-exact, and
-    the server sends at most the file plus connections x block size per kill."""
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_sigkill_and_reattach_five_times(tmp_path: Path, durability: str) -> None:
+    """Killed at random moments, re-attached from a new process each time, at either
+    durability: byte-exact, and the server sends at most the file plus connections x
+    block size per kill."""
+    env = {"BGT_TEST_DURABILITY": durability}
     body = random.Random(7).randbytes(24 << 20)
     server = FaultServer(body)
     server.rate = 2 << 20  # per connection: the download spans several kills
@@ -76,7 +85,7 @@ def test_sigkill_and_reattach_five_times(tmp_path: Path) -> None:
     rng = random.Random(11)
     try:
         kills = 0
-        proc = _child(state, "create", server.url, str(result))
+        proc = _child(state, "create", server.url, str(result), env=env)
         while kills < 5:
             if not _kill_when_underway(proc, result, rng):
                 break
@@ -85,7 +94,7 @@ def test_sigkill_and_reattach_five_times(tmp_path: Path) -> None:
             found = BackgroundDownloader(state_dir=state).get_current_downloads()
             assert len(found) == 1
             assert found[0].status is S.RUNNING
-            proc = _child(state, "attach")
+            proc = _child(state, "attach", env=env)
         proc.wait(120)
         log = (tmp_path / "child.log").read_text()
         assert proc.returncode == 0, log

@@ -73,8 +73,8 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path) -> None:
     ch = lib.fl_channel_new()
     name = os.fsencode(tmp_path / "x.bin")
     # without a descriptor the body is the whole file: it cannot start further on
-    assert lib.fl_finish(f, ch, 1, -1, name + b".part", name, ffi.NULL, 0, 10) == -22
-    assert lib.fl_finish(f, ch, 1, -1, b"/" + b"a" * 5000, name, ffi.NULL, 0, 0) == -36
+    assert lib.fl_finish(f, ch, 1, -1, name + b".part", name, ffi.NULL, 0, 10, 0) == -22
+    assert lib.fl_finish(f, ch, 1, -1, b"/" + b"a" * 5000, name, ffi.NULL, 0, 0, 0) == -36
     lib.fl_channel_close(f, ch)
     assert list(tmp_path.iterdir()) == []
 
@@ -88,7 +88,7 @@ def test_a_closed_channels_jobs_still_finish_whole(tmp_path: Path) -> None:
     for i, r in enumerate(results):
         body = os.urandom(100 + i)
         rc = lib.fl_finish(
-            f, ch, i, -1, os.fsencode(part_path(r)), os.fsencode(r), body, len(body), 0
+            f, ch, i, -1, os.fsencode(part_path(r)), os.fsencode(r), body, len(body), 0, 0
         )
         assert rc == 0
     lib.fl_channel_close(f, ch)

@@ -89,6 +89,24 @@ def peek(result: Path) -> tuple[int, int] | None:
     return int(size[0]), 1 << int(shift[0])
 
 
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's id: a control file opened in another boot has its blocks checked.
+
+    ``BGTRANSFER_BOOT_ID`` stands in for the kernel's (a test simulates a reboot with
+    it); "" when neither says, and then every reopen checks."""
+    forced = os.environ.get("BGTRANSFER_BOOT_ID")
+    if forced is not None:
+        return forced
+    try:
+        with open(_BOOT_ID, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _encode_validator(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("latin-1", "strict")
     if b"\0" in raw or len(raw) > limit:
@@ -121,6 +139,7 @@ class RangeFile:
         create: bool = True,
         staged: bool = True,
         direct: bool = True,
+        writeback: bool = False,
     ) -> None:
         self.result = Path(result)
         if size < 0:
@@ -137,6 +156,7 @@ class RangeFile:
             (lib.RF_OPEN_CREATE if create else 0)
             | (0 if staged else lib.RF_OPEN_UNSTAGED)
             | (lib.RF_OPEN_DIRECT if direct and staged else 0)
+            | (lib.RF_OPEN_WRITEBACK if writeback and staged else 0)
         )
         check(
             lib.rf_open(
@@ -184,6 +204,12 @@ class RangeFile:
         """True when whole pages go to the disk with O_DIRECT from the core's writer
         threads (asked for, and the file system allows it); see csrc/dio.h."""
         return bool(self._f.direct)
+
+    @property
+    def threaded(self) -> bool:
+        """True when full runs are written by the core's writer threads (``direct``, or
+        ``writeback``): the caller's thread only copies each piece into a run."""
+        return bool(self._f.threaded)
 
     @property
     def etag(self) -> str:
@@ -290,9 +316,24 @@ class RangeFile:
         """Write back the data, then the bitmap; ``durable`` waits for the disk."""
         check(lib.rf_flush(self._f, 1 if durable else 0), self.result)
 
-    def finish(self) -> Path:
-        """fsync, rename the partial file onto the result name, drop the control file."""
-        check(lib.rf_finish(self._f, os.fsencode(self.result)), self.result)
+    def checkpoint(self, durable: bool = False) -> None:
+        """Hand the core's threads a checkpoint and return at once: ``durable``
+        fdatasyncs the data, then the bitmap; else their write-back is started.
+        Raises the error the previous checkpoint ended with, if any."""
+        check(lib.rf_checkpoint(self._f, 1 if durable else 0), self.result)
+
+    def check_boot(self, boot: str) -> int:
+        """Record ``boot`` as the boot the file was last opened in; when another boot
+        was recorded, first re-hash every complete block and clear those that fail (a
+        power loss may have lost any byte not yet on the disk).  Returns how many were
+        cleared.  Reads the whole file after a reboot: run it off the event loop."""
+        raw = boot.encode("ascii", "replace")[: lib.RF_BOOT_MAX]
+        return check(lib.rf_boot(self._f, raw), self.result)
+
+    def finish(self, durable: bool = True) -> Path:
+        """Rename the partial file onto the result name and drop the control file;
+        ``durable``: fsync the data first and the directory after."""
+        check(lib.rf_finish(self._f, os.fsencode(self.result), 1 if durable else 0), self.result)
         return self.result
 
     def discard(self) -> None:

@@ -74,11 +74,14 @@ class Filer:
         result: os.PathLike[str] | str,
         body: bytes | bytearray = b"",
         offset: int = 0,
+        *,
+        durable: bool = True,
     ) -> None:
         """Write ``body`` at ``offset`` (the end of the file, kept in memory until now),
         fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync
-        the directory.  ``fd`` is closed whatever happens; -1: there is no partial file
-        yet, and the filer creates it (``body`` is then the whole file)."""
+        the directory (without ``durable``: through the page cache, no fsync at all).
+        ``fd`` is closed whatever happens; -1: there is no partial file yet, and the
+        filer creates it (``body`` is then the whole file)."""
         loop = running_loop()
         channel = self._channels.get(loop)
         if channel is None:
@@ -88,7 +91,8 @@ class Filer:
         name = os.fsencode(result)
         data = ffi.from_buffer(body) if body else ffi.NULL  # copied before fl_finish returns
         part = name + _PART
-        rc = lib.fl_finish(self._f, channel.ch, job, fd, part, name, data, len(body), offset)
+        flags = lib.FL_DURABLE if durable else 0
+        rc = lib.fl_finish(self._f, channel.ch, job, fd, part, name, data, len(body), offset, flags)
         if rc != 0:
             if fd >= 0:
                 os.close(fd)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from engine._disk.core import (
     CONTROL_SUFFIX,
     PART_SUFFIX,
     RangeFile,
+    boot_id,
     foreign_side_file,
     part_path,
     peek,
@@ -762,14 +764,10 @@ class SegmentedDownload:
             if self.on_resumable is not None:
                 self.on_resumable()
             self._rf_base = 0
-            self.rf = RangeFile(
-                self.result,
-                size,
-                self.config.block_size,
-                etag=self.etag,
-                last_modified=self.last_modified,
-                direct=self.config.direct_io,
+            self.rf = self._open_range_file(
+                size, self.config.block_size, self.etag, self.last_modified, create=True
             )
+            self.rf.check_boot(boot_id())  # a new file: no block to check, the boot noted
         self._add_workers()
 
     async def _prepare(self) -> None:
@@ -787,21 +785,39 @@ class SegmentedDownload:
             self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
         # else a damaged control file was removed: start afresh
 
+    def _open_range_file(
+        self, size: int, block_size: int, etag: str, last_modified: str, *, create: bool
+    ) -> RangeFile:
+        """The result file written the way ``config.durability`` asks: "full" with
+        O_DIRECT (where allowed), "normal" into the page cache, unless ``direct_io``
+        says otherwise; both from the core's writer threads."""
+        direct = self.config.direct_io
+        return RangeFile(
+            self.result,
+            size,
+            block_size,
+            etag=etag,
+            last_modified=last_modified,
+            create=create,
+            direct=self.config.durable if direct is None else direct,
+            writeback=True,
+        )
+
     def _reopen(self) -> RangeFile | None:
-        """The RangeFile an earlier run left, its blocks verified; None when damaged."""
+        """The RangeFile an earlier run left, its blocks checked when the machine
+        rebooted since (a power loss may have lost what its bits say); None when
+        damaged."""
         try:
             found = peek(self.result)
             if found is not None:
-                rf = RangeFile(
-                    self.result, found[0], found[1], create=False, direct=self.config.direct_io
-                )
+                rf = self._open_range_file(found[0], found[1], "", "", create=False)
         except ControlFileError:  # damaged, or its data file is gone: nothing to resume
             found = None
         if found is None:
             remove_partial(self.result)
             return None
         try:
-            rf.verify()  # after a power loss a set bit may not match the disk
+            rf.check_boot(boot_id())
         except BaseException:
             rf.close()
             raise
@@ -837,15 +853,18 @@ class SegmentedDownload:
         return await asyncio.to_thread(file_digest, part_path(self.result), algo)
 
     async def _finish_durably(self) -> None:
-        """fsync, rename onto the final name, fsync the directory."""
+        """Rename onto the final name; with durability "full", fsync the file first and
+        the directory after."""
         self.finishing = True  # readers leave the result file to the finishing thread
+        durable = self.config.durable
         if self.rf is not None:
-            await asyncio.get_running_loop().run_in_executor(_DURABLE, self.rf.finish)
+            finish = functools.partial(self.rf.finish, durable)
+            await asyncio.get_running_loop().run_in_executor(_DURABLE, finish)
             return
         fd, self._grow_fd = self._grow_fd, -1
         held, self._held = self._held, bytearray()
         self._plain = False
-        await filer().finish(fd, self._name, held, self._held_at)
+        await filer().finish(fd, self._name, held, self._held_at, durable=durable)
         self.size = self._grow_pos
 
     def _keep_plain(self) -> None:
@@ -910,16 +929,19 @@ class SegmentedDownload:
             self._ticker = None
 
     def _tick(self) -> None:
-        """Throttled progress reports and periodic write-back of data and bitmap (a
-        member of the loop's ticker, not a task: most small files end before a tick)."""
+        """Throttled progress reports and periodic checkpoints of data and bitmap,
+        handed to the core's threads (a member of the loop's ticker, not a task: most
+        small files end before a tick)."""
         rf = self.rf
         if rf is not None and not rf.closed and rf.reap() and self.on_blocks is not None:
             self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
+        if not self._flushed:
+            self._flushed = now  # the first checkpoint one period in, not at the first tick
         due = now - self._flushed >= self.config.durable_every
         if due and self.rf is not None and not self.rf.closed:
-            self.rf.flush(durable=False)
+            self.rf.checkpoint(self.config.durable)
             self._flushed = now
 
     def _report(self) -> None:

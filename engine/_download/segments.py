@@ -4,10 +4,14 @@ Theory of operation
 -------------------
 ``inflight`` holds the requests on the wire, each asking ``[start, end)`` and written
 up to ``pos``.  ``next`` hands a connection the first missing bytes of the bitmap that
-no request covers (at most ``chunk_size``); when none are left it steals the second
-half of the request with most left (``min_split`` at least), whose write callback then
-stops at the new end.  Offsets readers wait for (``prioritize``) go first.  All of it
-runs on the engine loop.
+no request covers (at most ``chunk_size``, and less as the end nears: a connection's
+share of what no request covers yet, ``min_split`` at least, so that the connections
+run out of work together); when none are left it steals the second half of the
+request with most left (``min_split`` at least), whose write callback then stops at
+the new end.  A steal aborts the victim's response, and what the server had already
+sent into the sockets is thrown away (megabytes a steal on loopback): tapering makes
+steals rare.  Offsets readers wait for (``prioritize``) go first.  All of it runs on
+the engine loop.
 """
 
 from __future__ import annotations
@@ -78,9 +82,20 @@ class Segments:
             start, length = gap
             free = self._subtract_inflight(start, start + length)
             if free is not None:
-                return free[0], min(free[1], free[0] + self.config.chunk_size)
+                return free[0], min(free[1], free[0] + self._chunk(rf))
             pos = start + length
         return self._steal(rf.block_size)
+
+    def _chunk(self, rf: RangeFile) -> int:
+        """The length of the next request: ``chunk_size``, or a connection's share of
+        what no request covers yet when that is less (``min_split`` at least, in
+        whole blocks)."""
+        config = self.config
+        ahead = sum((st.end or st.pos) - st.pos for st in self.inflight)
+        share = (rf.size - rf.bytes_complete - ahead) // config.connections
+        block = rf.block_size
+        share = max(config.min_split, -(-share // block) * block)
+        return min(config.chunk_size, share)
 
     def prioritize(self, offset: int, rf: RangeFile | None, size: int | None) -> bool:
         """Fetch ``offset`` next: a reader waits for it (random access).

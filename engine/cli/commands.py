@@ -76,6 +76,7 @@ def downloader(
         max_connections_per_file=getattr(args, "connections", 8),
         server_credential=credential(args, found, hosts),
         config=with_limits(args, _tls_config(args)),
+        durability=getattr(args, "durability", None),
     )
     expire(d, keep_seconds(getattr(args, "keep_failed", None)))
     for header in getattr(args, "header", []):

@@ -40,6 +40,24 @@ class _Parser(argparse.ArgumentParser):
         """One line and exit status 2, as for every other usage error."""
         self.exit(2, f"bgtransfer: {message}\n")
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """argparse's, given the width shutil would find: argparse imports shutil for
+        it at every add_argument, 2 ms of each command's start-up."""
+        factory: Callable[..., argparse.HelpFormatter] = self.formatter_class
+        return factory(prog=self.prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "")) or 80
+    except ValueError:
+        pass
+    out = sys.__stdout__
+    try:
+        return (os.get_terminal_size(out.fileno()).columns if out else 0) or 80
+    except (ValueError, OSError):
+        return 80
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, help="where operations are kept")
@@ -69,13 +87,22 @@ def _trust(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked: importlib.metadata is a fifth of the
+    start-up of every other command."""
 
-    try:
-        return f"bgtransfer {version('bgtransfer')}"
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "bgtransfer (not installed)"
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = f"bgtransfer {version('bgtransfer')}"
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "bgtransfer (not installed)"
+        print(found)
+        parser.exit(0)
 
 
 _EPILOG = """exit status: 0 when every file is complete (and verified where asked), 1 when a
@@ -133,6 +160,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _durability(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal (default): through the page cache, a kill loses nothing, a power "
+        "loss may lose what had not reached the disk; full: each file on the disk "
+        "before it is complete",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgtransfer",
@@ -141,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("get", help="download one file; running it again resumes")
     g.add_argument("url")
@@ -165,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     _login(g)
     _trust(g)
     _limits(g)
+    _durability(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
@@ -186,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     _login(m)
     _trust(m)
     _limits(m)
+    _durability(m)
     ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
     ls.add_argument("--all", action="store_true", help="also those that completed or were canceled")
     r = sub.add_parser("resume", help="resume one operation (failed ones too), or --all")
@@ -195,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     _login(r)
     _trust(r)
     _limits(r)
+    _durability(r)
     c = sub.add_parser("cancel", help="cancel an operation and remove its partial data")
     c.add_argument("guid", help="its GUID, or the first characters of it")
     d = sub.add_parser("demo", help="serve a generated file on loopback and download it")

@@ -6,7 +6,7 @@ views only translate an operation's progress into its columns.
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -53,7 +53,8 @@ class Waits:
         what = f"waiting for {_WAITS[status]}"
         if status is S.PAUSED_SYSTEM_POLICY:
             try:
-                free = shutil.disk_usage(folder).free
+                st = os.statvfs(folder)  # (shutil is 2 ms of every command's start-up)
+                free = st.f_bavail * st.f_frsize
             except OSError:
                 free = -1
             shown = f"{free >> 20} MiB free, " if free >= 0 else ""

@@ -43,6 +43,7 @@ def mirror_on_cluster(
         args.connections,
         tuple(headers),
         credential(args, logins, (host_of(entry.url) for entry in entries)),
+        durability=args.durability,
     )
     started = time.monotonic()
     with connect(args.cluster) as client:

@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from engine import BackgroundDownloader, BackgroundTransferStatus, Credential, DownloadOperation
+from engine import (
+    BackgroundDownloader,
+    BackgroundTransferStatus,
+    Credential,
+    DownloadOperation,
+    Durability,
+)
 from engine.cli.commands import _complete, mirror_files
 from engine.cli.names import Entry
 from engine.cli.views import ENDED, MirrorView
@@ -35,7 +41,7 @@ EVERY = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """How each shard is mirrored (the command's -j, -c, -H and login)."""
+    """How each shard is mirrored (the command's -j, -c, -H, login and --durability)."""
 
     parallel: int = 16
     connections: int = 4
@@ -43,6 +49,7 @@ class Options:
     credential: Credential | None = None
     mirror: str = ""
     """The id of the mirror run its progress messages carry ("" sends none)."""
+    durability: Durability = "normal"
 
 
 class ShardView(MirrorView):
@@ -186,6 +193,7 @@ def _downloader(options: Options) -> BackgroundDownloader:
             state_dir=state,
             max_connections_per_file=options.connections,
             server_credential=options.credential,
+            durability=options.durability,
         )
         for name, value in options.headers:
             d.set_request_header(name, value)
