@@ -15,6 +15,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from engine._net.ratelimit import Budget
 from engine._ops.reporting import run_handler
 from engine._ops.validate import absolute, check_header, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
@@ -205,6 +206,8 @@ class Settings:
     proxy: str | None = None
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    """The downloader's total rate, shared by its operations' requests."""
     _free: dict[str, tuple[float, int | None]] = dataclasses.field(default_factory=dict, repr=False)
     _configs: dict[tuple[int, int], TransferConfig] = dataclasses.field(
         default_factory=dict, repr=False
@@ -295,7 +298,10 @@ class BackgroundDownloader:
         config: TransferConfig | None = None,
         network_monitor: NetworkMonitor | None = None,
         service: bool = False,
+        max_bytes_per_second: int = 0,
     ) -> None:
+        if max_bytes_per_second < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
         if not 1 <= max_connections_per_file <= 64:
             raise InvalidRequestError("max_connections_per_file must be within 1..64")
         if block_size < 4096 or block_size & (block_size - 1):
@@ -320,6 +326,7 @@ class BackgroundDownloader:
             proxy_credential,
             proxy,
             completion_group,
+            budget=Budget(max_bytes_per_second),
         )
 
     @property
@@ -339,6 +346,18 @@ class BackgroundDownloader:
     @free_space_reserve.setter
     def free_space_reserve(self, value: int) -> None:
         self._settings.free_space_reserve = max(0, value)
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        """*Beyond*: the most bytes a second all of this downloader's operations receive
+        together (0: no limit); each operation's own limit applies within it."""
+        return self._settings.budget.rate
+
+    @max_bytes_per_second.setter
+    def max_bytes_per_second(self, value: int) -> None:
+        if value < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        self._settings.budget.rate = value
 
     def set_request_header(self, name: str, value: str) -> None:
         """A header every operation created afterwards sends (comma-joined when repeated)."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine._disk.checksum import parse
 from engine._disk.core import RangeFile, control_path, peek, remove_partial
 from engine._download.segmented import SegmentedDownload, Snapshot
+from engine._net.ratelimit import Budget
 from engine._net.transport import ResponseHead
 from engine._ops.cross_process import ask_to_cancel
 from engine._ops.outcome import Outcome
@@ -48,6 +49,7 @@ from engine._state.store import OpRecord, Store
 from engine.errors import (
     ControlFileError,
     HttpError,
+    InvalidRequestError,
     InvalidStateError,
     ResultFileInUseError,
     StorageError,
@@ -109,6 +111,8 @@ class DownloadOperation:
     _runner: Runner | None = None
     _unsaved_running = False
     _connections = 0
+    _rate = 0  # max_bytes_per_second
+    _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
     _new = False  # made by create_download in this process and not yet run: no files
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:
@@ -235,6 +239,28 @@ class DownloadOperation:
     def connections(self) -> int:
         """*Beyond*: requests in flight for this operation at the last progress tick."""
         return self._connections
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        """*Beyond*: the most bytes a second this download receives (0: no limit of its
+        own; the downloader's total still applies).  Kept for the life of this object,
+        not in the state database; a change applies to the connections on the wire."""
+        return self._rate
+
+    @max_bytes_per_second.setter
+    def max_bytes_per_second(self, value: int) -> None:
+        if value < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        self._rate = value
+        if self._budget is not None:
+            self._budget.rate = value
+
+    def _rate_budget(self) -> Budget:
+        """The budget its requests take their rate from (engine loop)."""
+        budget = self._budget
+        if budget is None:
+            budget = self._budget = Budget(self._rate, self._settings.budget)
+        return budget
 
     @property
     def status(self) -> BackgroundTransferStatus:

@@ -31,6 +31,7 @@ from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove
 from engine._disk.files import filer
 from engine._download.segments import Segments, Stop, Stream
 from engine._net.connections import Slots
+from engine._net.ratelimit import Budget
 from engine._net.transport import (
     FtpReplies,
     HandlePool,
@@ -193,6 +194,8 @@ class SegmentedDownload:
     _failures = 0
     _failing_since = 0.0  # loop time of the first of the failures in a row
     _ticker: Ticker | None = None
+    budget: Budget | None = None
+    """The rate limit its requests share (``engine._net.ratelimit``), if any."""
     _flushed = 0.0
     new = False
     """Set when nothing of this download can be on disk yet (an operation's first run
@@ -445,12 +448,17 @@ class SegmentedDownload:
             curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
             code, message = 0, ""
             self._on_wire += 1
+            budget = self.budget
+            if budget is not None:
+                budget.attach(curl)
             try:
                 await multi.perform(curl)
             except pycurl.error as exc:
                 code, message = exc.args[0], exc.args[1]
             finally:
                 self._on_wire -= 1
+                if budget is not None:
+                    budget.detach(curl)
         finally:
             slots.give(self._host)
             inflight.remove(stream)

@@ -334,6 +334,7 @@ def configure(
         return
     curl.bgt_profile = None
     curl.reset()
+    curl.bgt_rate = 0  # the reset lifted any rate limit (engine._net.ratelimit)
     curl.setopt(pycurl.URL, url)
     curl.setopt(pycurl.PROTOCOLS, _ALLOWED)
     # Redirects go to http(s) only, and https never to plain http: libcurl refuses them.

@@ -179,6 +179,7 @@ class Runner:
         job.finisher = self._finish_verified
         job.new, op._new = op._new, False
         job.rank = op._rank
+        job.budget = op._rate_budget()
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
         if not job.new and op._bytes > 0 and not os.path.lexists(control_path(op.result_file)):

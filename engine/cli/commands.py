@@ -73,6 +73,8 @@ def downloader(
         config=_tls_config(args),
     )
     expire(d, keep_seconds(getattr(args, "keep_failed", None)))
+    if args.command == "mirror":
+        d.max_bytes_per_second = args.limit_rate  # the total; get's limits its one file
     for header in getattr(args, "header", []):
         name, sep, value = header.partition(":")
         if not sep:
@@ -193,6 +195,7 @@ def get(args: argparse.Namespace) -> int:
         op = d.create_download(url, output)
     if args.checksum:
         op.expected_checksum = args.checksum
+    op.max_bytes_per_second = args.limit_rate
     errors = follow(d, [op], args.quiet)
     if errors:
         if args.debug:

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import gc
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -91,6 +92,36 @@ def _login(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _limit(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--limit-rate",
+        type=_rate,
+        default=0,
+        metavar="RATE",
+        help=f"the most bytes a second for {what}, as curl's: 500K, 10M, 1G (1024-based)",
+    )
+
+
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    """Bytes a second from curl's ``--limit-rate`` syntax: ``500K``, ``10M``, ``1.5G``
+    (1024-based, as curl and aria2 read them); ``0`` means no limit."""
+    m = _RATE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a rate (bytes a second, e.g. 500K, 10M, 1G)")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgtransfer",
@@ -120,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hand it to the background service, print its GUID and exit (see wait)",
     )
+    _limit(g, "the download")
     _login(g)
     _trust(g)
     m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
@@ -140,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --cluster: connections to one host over the whole cluster at most",
     )
+    _limit(m, "all the files together")
     _login(m)
     _trust(m)
     ls = sub.add_parser("list", help="operations in the state directory, failed ones too")
