@@ -18,7 +18,7 @@ class TransferConfig:
     chunk_size: int = 64 << 20
     """Largest range one request asks for; requests end cleanly, keeping connections alive."""
     min_split: int = 2 << 20
-    """A connection that runs out of work steals half of a segment at least twice this long."""
+    """The smallest range a request asks for (requests shrink to it as the file fills)."""
     connect_timeout: float = 300.0
     response_timeout: float = 120.0
     """No byte for this long, once connected, aborts the request (libcurl's low-speed check)."""

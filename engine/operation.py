@@ -112,6 +112,7 @@ class DownloadOperation:
     _unsaved_running = False
     _connections = 0
     _rate = 0  # max_bytes_per_second
+    _duplicated = 0
     _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
     _new = False  # made by create_download in this process and not yet run: no files
 
@@ -239,6 +240,13 @@ class DownloadOperation:
     def connections(self) -> int:
         """*Beyond*: requests in flight for this operation at the last progress tick."""
         return self._connections
+
+    @property
+    def duplicated_bytes(self) -> int:
+        """*Beyond*: bytes received twice in this run, at the last progress tick: a
+        connection with nothing left raced a much slower one for the end of its range
+        (see docs/sources.md); the copy that came second was dropped."""
+        return self._duplicated
 
     @property
     def max_bytes_per_second(self) -> int:
@@ -768,6 +776,7 @@ class DownloadOperation:
         job = self._job
         self._bytes = snap.bytes_received
         self._connections = snap.connections
+        self._duplicated = snap.duplicated
         if snap.total_bytes_to_receive:
             self._total = snap.total_bytes_to_receive
         if job is not None:

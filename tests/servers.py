@@ -251,6 +251,18 @@ class FaultHandler(RangeHandler):
             self.send_body(first, last)
         return True
 
+    def _slow_from(self, modes: set[str], last: int) -> int:
+        """``slow-tail``: the first connection that asks for bytes past ``slow_from``
+        gets every such byte at ``slow_rate`` (the others at full speed); from where
+        its bytes are slow, else past the end."""
+        srv = self.server
+        if "slow-tail" not in modes or last < srv.slow_from:
+            return 1 << 62
+        with srv.lock:
+            if srv.slow_connection is None:
+                srv.slow_connection = self.connection
+        return srv.slow_from if srv.slow_connection is self.connection else 1 << 62
+
     def send_body(self, first: int, last: int) -> None:
         srv = self.server
         view = memoryview(srv.body)
@@ -264,9 +276,11 @@ class FaultHandler(RangeHandler):
             limit = min(limit, first + srv.fault_after)
         off = first
         started = time.monotonic()
+        slow = self._slow_from(modes, last)
+        piece = 16384 if slow < limit else 65536
         try:
             while off < limit:
-                chunk = view[off : min(off + 65536, limit)]
+                chunk = view[off : min(off + piece, limit)]
                 self.wfile.write(chunk)
                 with srv.lock:
                     srv.bytes_sent += len(chunk)
@@ -275,6 +289,8 @@ class FaultHandler(RangeHandler):
                     ahead = (off - first) / srv.rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
+                if off > slow:  # this connection's bytes past ``slow_from``: a trickle
+                    time.sleep(len(chunk) / srv.slow_rate)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return
@@ -309,6 +325,9 @@ class FaultServer(LoopbackServer):
         self.ranges_seen: list[str | None] = []
         self.new_body = b""
         self.rate = 0
+        self.slow_from = 0
+        self.slow_rate = 100_000
+        self.slow_connection: object = None
         self.auth: str | None = None
         self.auth_seen: list[str | None] = []
         self.post_seen: list[bytes] = []

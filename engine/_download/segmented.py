@@ -1,13 +1,13 @@
-"""One file over many ranged connections: probe, split, steal, and check every 206.
+"""One file over many ranged connections: probe, split, race the slow tail, check every 206.
 
 Theory of operation
 -------------------
 The first request asks for ``bytes=0-(first_request-1)`` (a small file costs that one
 request).  Its response tells the size, the validators and whether ranges work; the
 C core's result file is created then, and the other connections start.  Each request
-asks for a bounded range, so it ends cleanly and its connection stays alive; a
-connection out of work takes half of the largest remaining range of another
-(``min_split`` at least), whose write callback stops at the new end.  Every 206 must
+asks for a bounded range, so it ends cleanly and its connection stays alive; ranges
+shrink as the file fills, so no range is split in flight, and a connection out of
+work may race a slow request for its last bytes (``engine._download.tail``).  Every 206 must
 start where asked and agree with the known size and validators, else its bytes are
 thrown away.  A 200 to a ranged request means no range support: one connection from
 zero.  A changed ETag/Last-Modified (If-Range) restarts the whole file: a result never
@@ -30,6 +30,7 @@ from engine._disk.checksum import file_digest, new_hash
 from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._disk.files import filer
 from engine._download.segments import Segments, Stop, Stream
+from engine._download.tail import Tail, ahead, overtake
 from engine._net.connections import Slots
 from engine._net.ratelimit import Budget
 from engine._net.transport import (
@@ -44,11 +45,12 @@ from engine._net.transport import (
     is_ftp,
     is_sftp,
     new_multi,
+    one_connection,
     set_range,
     unplain,
 )
 from engine._ops.validate import host_of
-from engine._runtime.loop import running_loop
+from engine._runtime.loop import being_cancelled, running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.config import TransferConfig
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
@@ -74,6 +76,8 @@ class Snapshot(NamedTuple):
     has_restarted: bool
     has_response_changed: bool
     connections: int
+    duplicated: int = 0
+    """Bytes received twice while racing a slow request (``engine._download.tail``)."""
 
 
 _shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool, Slots]] = {}
@@ -118,6 +122,10 @@ async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
 _DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
 """Finishing and reopening a large result file (fsync, rename, verify) off the engine
 loop; small files go through the C filer (``engine._disk.files``) instead."""
+
+_LOOK = 0.1
+"""Seconds between looks, while every missing byte is asked for, for a slow request to
+race (a request that ends wakes the connections waiting at once)."""
 
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
@@ -238,6 +246,9 @@ class SegmentedDownload:
         self._held = bytearray()
         """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
         self.segments = Segments(self.config)
+        self.tail = Tail()
+        self._wake: asyncio.Future[None] | None = None
+        """Set when a request ends: a connection waiting to race a slow one looks again."""
         self._tasks: set[asyncio.Future[None]] = set()
 
     # -- public ---------------------------------------------------------------
@@ -270,6 +281,7 @@ class SegmentedDownload:
             self.has_restarted,
             self.has_response_changed,
             self._on_wire,
+            self.tail.duplicated,
         )
 
     async def run(self) -> None:
@@ -396,10 +408,27 @@ class SegmentedDownload:
     async def _worker(self, segment: tuple[int, int | None] | None) -> None:
         if segment is None:
             segment = self._next_segment()
-        while segment is not None:
-            if (await self._fetch(*segment)).retire:
+        while True:
+            while segment is not None:
+                if (await self._fetch(*segment)).retire:
+                    return
+                segment = self._next_segment()
+            if not await self._idle():
                 return
             segment = self._next_segment()
+
+    async def _idle(self) -> bool:
+        """Wait while every missing byte is asked for: True when a request ended or a
+        moment passed (a slow one may be worth racing now), False when nothing is left
+        to wait for."""
+        rf = self.rf
+        if rf is None or not self.ranges_ok or rf.is_complete or not self.segments.inflight:
+            return False
+        wake = self._wake
+        if wake is None or wake.done():
+            wake = self._wake = running_loop().create_future()
+        await asyncio.wait([wake], timeout=_LOOK)
+        return True
 
     def _next_segment(self) -> tuple[int, int | None] | None:
         """The next range to ask for (see ``Segments.next``)."""
@@ -407,7 +436,10 @@ class SegmentedDownload:
             return self._next_plain()
         if not self.ranges_ok:
             return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
-        return self.segments.next(self.rf)
+        found = self.segments.next(self.rf, self.config.connections)
+        if found is None:  # every missing byte is asked for: race a slow request?
+            return self.tail.pick(self.segments.inflight, running_loop().time())
+        return found
 
     def _next_plain(self) -> tuple[int, int | None] | None:
         """A small file of known size broke off: go on from where it stopped (or from 0).
@@ -430,6 +462,7 @@ class SegmentedDownload:
         stream = Stream(start, end, start)
         inflight = self.segments.inflight
         inflight.append(stream)
+        Tail.pair(stream, inflight)
         try:
             await slots.take(self._host, self.rank())
         except BaseException:
@@ -446,13 +479,15 @@ class SegmentedDownload:
                 set_range(curl, start, end)
             curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
             curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
+            one_connection(curl, self.rf is not None and not self._ftp and not self._sftp)
             code, message = 0, ""
             self._on_wire += 1
             budget = self.budget
             if budget is not None:
                 budget.attach(curl)
+            stream.started = running_loop().time()
             try:
-                await multi.perform(curl)
+                await self._perform(multi, curl, stream)
             except pycurl.error as exc:
                 code, message = exc.args[0], exc.args[1]
             finally:
@@ -462,6 +497,10 @@ class SegmentedDownload:
         finally:
             slots.give(self._host)
             inflight.remove(stream)
+            self.tail.ended(stream, running_loop().time())
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
         if stream.checked and stream.stop in (None, Stop.RANGE_END, Stop.HTTP):
             self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)
@@ -471,9 +510,23 @@ class SegmentedDownload:
             await self._settle(stream, code, message)
         return stream
 
+    @staticmethod
+    async def _perform(multi: Any, curl: Any, stream: Stream) -> None:
+        """The transfer; one its rival overtook ends here as if it had ended well."""
+        transfer = stream.transfer = multi.add_handle(curl)
+        try:
+            await transfer
+        except asyncio.CancelledError:
+            if stream.stop is not Stop.OVERTAKEN or being_cancelled():
+                raise
+        finally:
+            stream.transfer = None
+
     def _ended_well(self, stream: Stream, code: int) -> bool:
         """Count the request's progress; True when it ended without a fault (most do:
         no coroutine settles them), else ``_settle`` decides what the fault means."""
+        if stream.stop is Stop.OVERTAKEN:
+            return True
         if stream.pos > stream.start and self.ranges_ok:
             self._failures = 0  # without ranges a retry throws the bytes away: no progress
         if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
@@ -559,6 +612,8 @@ class SegmentedDownload:
             try:
                 if not st.checked and not self._check_head(st):
                     return 0
+                if st.rival is not None:
+                    return self._race(st, mv)
                 pos, end = st.pos, st.end
                 if end is not None and pos + n > end:
                     if end > pos:
@@ -574,6 +629,26 @@ class SegmentedDownload:
             return None
 
         return on_write
+
+    def _race(self, st: Stream, mv: memoryview) -> int | None:
+        """A piece of a request that races another for its bytes (``engine._download.
+        tail``): the bytes the rival wrote already are counted and dropped; a twin that
+        gets ahead of the request it races ends that request."""
+        rival = st.rival
+        assert rival is not None
+        pos, end = st.pos, st.end
+        n = len(mv) if end is None else max(0, min(len(mv), end - pos))
+        had = min(n, ahead(st))
+        self.tail.duplicated += had
+        if n > had:
+            self._write(pos + had, mv[had:n])
+        st.pos = pos + n
+        if st.twin and st.pos > rival.pos and rival.stop is None:
+            overtake(rival)
+        if n < len(mv):
+            st.stop = Stop.RANGE_END
+            return 0
+        return None
 
     def _write(self, offset: int, data: memoryview) -> None:
         if self.rf is not None:
