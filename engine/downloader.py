@@ -11,13 +11,13 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from engine._net.ratelimit import Budget
 from engine._ops.reporting import run_handler
-from engine._ops.validate import absolute, check_header, check_uri, new_guid
+from engine._ops.validate import absolute, check_header, check_sources, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
 from engine._runtime.loop import engine_loop
 from engine._state.store import OpRecord, Store
@@ -374,9 +374,15 @@ class BackgroundDownloader:
         uri: str,
         result_file: os.PathLike[str] | str,
         request_body_file: os.PathLike[str] | str | None = None,
+        *,
+        sources: Sequence[str] = (),
     ) -> DownloadOperation:
-        """A new operation in IDLE, persisted at once; refused when its file is taken."""
+        """A new operation in IDLE, persisted at once; refused when its file is taken.
+
+        *Beyond*: ``sources`` are more URLs of the same content, fetched from together
+        (see docs/sources.md)."""
         check_uri(uri)
+        extra = check_sources(uri, sources)
         name = os.path.abspath(os.fspath(result_file))
         folder, leaf = os.path.split(name)
         if not leaf or _names_a_folder(folder, name):
@@ -401,6 +407,7 @@ class BackgroundDownloader:
             max_connections=self.max_connections_per_file,
             block_size=self.block_size,
             status=BackgroundTransferStatus.IDLE.value,
+            sources=extra,
         )
         self._store.insert(rec)  # its unique index refuses a second live op on the file
         op = self._adopt(rec)

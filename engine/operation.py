@@ -113,6 +113,7 @@ class DownloadOperation:
     _connections = 0
     _rate = 0  # max_bytes_per_second
     _duplicated = 0
+    _dropped: dict[str, str] = {}  # noqa: RUF012 (replaced, never changed in place)
     _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
     _new = False  # made by create_download in this process and not yet run: no files
 
@@ -240,6 +241,17 @@ class DownloadOperation:
     def connections(self) -> int:
         """*Beyond*: requests in flight for this operation at the last progress tick."""
         return self._connections
+
+    @property
+    def sources(self) -> list[str]:
+        """*Beyond*: the URLs the file is fetched from, ``requested_uri`` first."""
+        return [self._rec.uri, *self._rec.sources]
+
+    @property
+    def dropped_sources(self) -> dict[str, str]:
+        """*Beyond*: the sources no longer used, each with why (it disagreed on the
+        size or validators, changed, or kept failing), at the last progress tick."""
+        return dict(self._dropped)
 
     @property
     def duplicated_bytes(self) -> int:
@@ -780,6 +792,8 @@ class DownloadOperation:
         if snap.total_bytes_to_receive:
             self._total = snap.total_bytes_to_receive
         if job is not None:
+            if job.sources.several:
+                self._dropped = job.sources.reasons()
             if job.restarts > self._restarts_seen:
                 self._restarts_seen = job.restarts
                 self._note_restart()

@@ -183,6 +183,11 @@ class FaultHandler(RangeHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+        if "503" in modes:  # busy for ever
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if "404" in modes:
             self.send_error(404)
             return

@@ -30,6 +30,7 @@ from engine._disk.checksum import file_digest, new_hash
 from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._disk.files import filer
 from engine._download.segments import Segments, Stop, Stream
+from engine._download.sources import Source, Sources
 from engine._download.tail import Tail, ahead, overtake
 from engine._net.connections import Slots
 from engine._net.ratelimit import Budget
@@ -201,10 +202,14 @@ class SegmentedDownload:
     """SFTP: (time, size) of the file, from the stat at the start of a round."""
     _failures = 0
     _failing_since = 0.0  # loop time of the first of the failures in a row
+    _last_error: TransferError | None = None
     _ticker: Ticker | None = None
     budget: Budget | None = None
     """The rate limit its requests share (``engine._net.ratelimit``), if any."""
     _flushed = 0.0
+    loose = False
+    """The caller knows the expected checksum: other sources need only agree on the size."""
+    _answering: Source | None = None  # the source of the response being checked
     new = False
     """Set when nothing of this download can be on disk yet (an operation's first run
     in the process that created it): ``run`` does not look for a control file, a
@@ -221,8 +226,11 @@ class SegmentedDownload:
         on_progress: Callable[[Snapshot], None] | None = None,
         request: RequestOptions | None = None,
         require_ranges: bool = False,
+        mirrors: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.sources = Sources([url, *mirrors])
+        """The URLs of the file (``engine._download.sources``), the first being ``url``."""
         self._host = host_of(url)
         self._ftp, self._sftp = is_ftp(url), is_sftp(url)
         self.rank: Callable[[], int] = _default_rank
@@ -459,20 +467,25 @@ class SegmentedDownload:
         connection asks for its bytes meanwhile (one may still take half of them:
         the range is put in the request once the slot is there)."""
         multi, pool, slots = _multi_for_loop()
+        source = self.sources.pick(self.segments.inflight, running_loop().time())
+        if source is None:
+            raise self._no_source()
         stream = Stream(start, end, start)
+        stream.source = source
+        host = source.host
         inflight = self.segments.inflight
         inflight.append(stream)
         Tail.pair(stream, inflight)
         try:
-            await slots.take(self._host, self.rank())
+            await slots.take(host, self.rank())
         except BaseException:
             inflight.remove(stream)
             raise
         try:  # from here the slot is given back whatever happens, a refused set-up too
             curl = pool.take()
             end = stream.end
-            headers = self._request_headers(start, end)
-            configure(curl, self.url, self.config, headers, self.request)
+            headers = self._request_headers(start, end, source)
+            configure(curl, source.url, self.config, headers, self.request)
             if self._ftp or self._sftp:
                 # FTP's replies make the head; SFTP has none: what the stat said stands in.
                 stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
@@ -486,18 +499,22 @@ class SegmentedDownload:
             if budget is not None:
                 budget.attach(curl)
             stream.started = running_loop().time()
+            source.busy += 1
             try:
                 await self._perform(multi, curl, stream)
             except pycurl.error as exc:
                 code, message = exc.args[0], exc.args[1]
             finally:
+                source.busy -= 1
                 self._on_wire -= 1
                 if budget is not None:
                     budget.detach(curl)
         finally:
-            slots.give(self._host)
+            slots.give(host)
             inflight.remove(stream)
-            self.tail.ended(stream, running_loop().time())
+            now = running_loop().time()
+            self.tail.ended(stream, now)
+            self.sources.measured(source, stream.pos - stream.start, now - stream.started)
             wake = self._wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
@@ -507,8 +524,39 @@ class SegmentedDownload:
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
         if not self._ended_well(stream, code):
-            await self._settle(stream, code, message)
+            if self.sources.several:
+                await self._settle_source(stream, code, message)
+            else:
+                await self._settle(stream, code, message)
         return stream
+
+    async def _settle_source(self, stream: Stream, code: int, message: str) -> None:
+        """A fault of one of several sources: that source is dropped when it disagrees,
+        fails for good or keeps failing; the download fails when none is left."""
+        source = stream.source
+        assert source is not None
+        try:
+            await self._settle(stream, code, message)
+        except _Restart as again:
+            why = stream.why or ("content changed" if again.changed else "ranges are ignored")
+            if not self.sources.drop(source, why):
+                raise
+        except TransferError as exc:
+            if not self.sources.drop(source, str(exc)):
+                raise
+            self._failures = 0  # the other sources start afresh
+        else:
+            source.failures += 1
+            err = self._last_error
+            gone = source.failures > self.config.retries and err is not None
+            if gone and err is not None and not self.sources.drop(source, str(err)):
+                raise err
+
+    def _no_source(self) -> TransportError:
+        reasons = "; ".join(f"{url}: {why}" for url, why in self.sources.reasons().items())
+        return TransportError(
+            f"every source was dropped ({reasons})", web_error_status=WebErrorStatus.UNKNOWN
+        )
 
     @staticmethod
     async def _perform(multi: Any, curl: Any, stream: Stream) -> None:
@@ -539,12 +587,11 @@ class SegmentedDownload:
             return True
         return False
 
-    def _request_headers(self, start: int, end: int | None) -> list[str]:
+    def _request_headers(self, start: int, end: int | None, source: Source) -> list[str]:
         if self.request.single_request or self._ftp or self._sftp:
             return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
-        validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
-        validator = validator or self.last_modified
+        validator = Sources.validator(source)
         if validator and (self.size is not None or start > 0):  # a body of unknown length too
             headers.append(f"If-Range: {validator}")
         return headers
@@ -589,6 +636,7 @@ class SegmentedDownload:
         now = asyncio.get_running_loop().time()
         if self._failures == 1:
             self._failing_since = now
+        self._last_error = err
         if self._failures > self.config.retries:
             err.attempts, err.retried_for = self._failures, now - self._failing_since
             raise err
@@ -717,6 +765,7 @@ class SegmentedDownload:
 
     def _accept_head(self, st: Stream) -> bool:
         head = st.head
+        self._answering = st.source
         status = head.status
         if status == 206:
             return self._check_partial(st)
@@ -728,7 +777,7 @@ class SegmentedDownload:
                 st.stop = Stop.BODY_END  # nothing past where the last response ended
                 return False
         if status == 200 or (200 < status < 300 and st.start == 0):
-            changed = self._changed(head, head.content_length)
+            changed = self._changed(st, head.content_length)
             if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
                 if self.size is None:
                     self._adopt(head, head.content_length, ranges=False)
@@ -751,7 +800,7 @@ class SegmentedDownload:
             if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
                 return self._accept_unsized(st, rng[1] + 1)
             self._adopt(st.head, rng[2], ranges=True)
-        elif self._changed(st.head, rng[2]):
+        elif self._changed(st, rng[2]):
             st.stop = Stop.CHANGED
             return False
         last = rng[1] + 1
@@ -766,14 +815,19 @@ class SegmentedDownload:
         or a 416 says nothing is left (``Stop.BODY_END``)."""
         if not self._plain:
             self._adopt(st.head, None, ranges=True)  # the first response
-        elif self._changed(st.head, None):
+        elif self._changed(st, None):
             st.stop = Stop.CHANGED
             return False
         if st.end is None or last < st.end:
             st.end = None  # the body ends with this response
         return True
 
-    def _changed(self, head: ResponseHead, total: int | None) -> bool:
+    def _changed(self, st: Stream, total: int | None) -> bool:
+        head = st.head
+        source = st.source
+        if source is not None and self.sources.several and self.size is not None:
+            st.why = self.sources.disagrees(source, head, total, self)
+            return bool(st.why)
         if total is not None and self.size is not None and total != self.size:
             return True
         etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
@@ -787,6 +841,7 @@ class SegmentedDownload:
         self.size = size
         self.etag = _storable(head.get("ETag"), 256)
         self.last_modified = _storable(head.get("Last-Modified"), 128)
+        self.sources.decided(self._answering, self.etag, self.last_modified)
         self.ranges_ok = ranges
         self._body_ended = False
         self._held, self._held_at = bytearray(), 0
@@ -830,6 +885,7 @@ class SegmentedDownload:
             self.rf = rf
             self._rf_base = rf.bytes_complete
             self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
+            self.sources.decided(None, rf.etag, rf.last_modified)
         # else a damaged control file was removed: start afresh
 
     def _reopen(self) -> RangeFile | None:
@@ -857,6 +913,7 @@ class SegmentedDownload:
         remove_partial(self.result)
         self.rf, self.size = None, None
         self.etag = self.last_modified = ""
+        self.sources.forget()
         self.ranges_ok = True
         self.has_restarted = True
         self.restarts += 1

@@ -61,6 +61,10 @@ class Stream:
     """It races a slow request (the rival) for that request's bytes."""
     transfer: asyncio.Future[Any] | None = None
     """libcurl's transfer of it, to end it early."""
+    source: Any = None
+    """The ``engine._download.sources.Source`` it asks."""
+    why: str = ""
+    """Why its source disagrees with the file (``Stop.CHANGED``), when it does."""
 
 
 class Segments:

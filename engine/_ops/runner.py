@@ -175,7 +175,9 @@ class Runner:
             on_progress=op._on_tick,
             request=self._request_options(),
             require_ranges=op._rec.random_access,
+            mirrors=op._rec.sources,
         )
+        job.loose = op._rec.checksum is not None
         job.finisher = self._finish_verified
         job.new, op._new = op._new, False
         job.rank = op._rank

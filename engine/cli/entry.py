@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("get", help="download one file; running it again resumes")
-    g.add_argument("url")
+    g.add_argument("url", nargs="+", help="the file's URL, and more URLs of the same file")
     g.add_argument(
         "-o",
         "--output",
@@ -154,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     _limit(g, "the download")
     _login(g)
     _trust(g)
-    m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
+    m = sub.add_parser(
+        "mirror", help="download every file of a list (URL [URL...] [NAME] [ALGO=HEX])"
+    )
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
     m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
