@@ -10,7 +10,10 @@ class TransferConfig:
     """How one download uses the network; every field has the documented default."""
 
     connections: int = 8
-    """Ranged connections per file."""
+    """Ranged connections per file (with ``adaptive``, the most it may use)."""
+    adaptive: bool = False
+    """Start with a few connections and add them while they raise the throughput
+    (``engine._download.adaptive``); fewer after 429, 503 or a refused connection."""
     block_size: int = 1 << 20
     """Granularity of the bitmap and of the per-block hash."""
     first_request: int = 4 << 20

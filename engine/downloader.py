@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 from engine._net.ratelimit import Budget
 from engine._ops.reporting import run_handler
@@ -194,6 +194,10 @@ class BackgroundTransferCompletionGroupTrigger:
         self._group._future.add_done_callback(fired)
 
 
+AUTO = 0
+"""``max_connections`` stored for ``max_connections_per_file="auto"``."""
+
+
 @dataclasses.dataclass
 class Settings:
     """What a downloader's operations share: the store, the network view, secrets."""
@@ -232,8 +236,12 @@ class Settings:
         if config is None:
             if len(self._configs) > 64:
                 self._configs.clear()
+            auto = rec.max_connections == AUTO  # the cap of 64, the count adapts
             config = dataclasses.replace(
-                self.config, connections=rec.max_connections, block_size=block
+                self.config,
+                connections=64 if auto else rec.max_connections,
+                adaptive=auto,
+                block_size=block,
             )
             self._configs[key] = config
         return config
@@ -293,7 +301,7 @@ class BackgroundDownloader:
         proxy_credential: Credential | None = None,
         proxy: str | None = None,
         completion_group: BackgroundTransferCompletionGroup | None = None,
-        max_connections_per_file: int = 8,
+        max_connections_per_file: int | Literal["auto"] = "auto",
         block_size: int = 1 << 20,
         config: TransferConfig | None = None,
         network_monitor: NetworkMonitor | None = None,
@@ -302,8 +310,10 @@ class BackgroundDownloader:
     ) -> None:
         if max_bytes_per_second < 0:
             raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
-        if not 1 <= max_connections_per_file <= 64:
-            raise InvalidRequestError("max_connections_per_file must be within 1..64")
+        if max_connections_per_file != "auto" and not (
+            isinstance(max_connections_per_file, int) and 1 <= max_connections_per_file <= 64
+        ):
+            raise InvalidRequestError("max_connections_per_file must be 'auto' or within 1..64")
         if block_size < 4096 or block_size & (block_size - 1):
             raise InvalidRequestError("block_size must be a power of two of 4096 or more")
         if not method or not method.isalpha():
@@ -404,7 +414,9 @@ class BackgroundDownloader:
             random_access=False,
             recoverable=[],
             headers=list(self._headers),
-            max_connections=self.max_connections_per_file,
+            max_connections=(
+                AUTO if self.max_connections_per_file == "auto" else self.max_connections_per_file
+            ),
             block_size=self.block_size,
             status=BackgroundTransferStatus.IDLE.value,
             sources=extra,

@@ -29,10 +29,11 @@ import pycurl
 from engine._disk.checksum import file_digest, new_hash
 from engine._disk.core import CONTROL_SUFFIX, RangeFile, part_path, peek, remove_partial
 from engine._disk.files import filer
+from engine._download.adaptive import Width
 from engine._download.segments import Segments, Stop, Stream
 from engine._download.sources import Source, Sources
 from engine._download.tail import Tail, ahead, overtake
-from engine._net.connections import Slots
+from engine._net.connections import PER_HOST, Slots
 from engine._net.ratelimit import Budget
 from engine._net.transport import (
     FtpReplies,
@@ -202,6 +203,7 @@ class SegmentedDownload:
     """SFTP: (time, size) of the file, from the stat at the start of a round."""
     _failures = 0
     _failing_since = 0.0  # loop time of the first of the failures in a row
+    _workers = 0  # worker coroutines running
     _last_error: TransferError | None = None
     _ticker: Ticker | None = None
     budget: Budget | None = None
@@ -254,6 +256,10 @@ class SegmentedDownload:
         self._held = bytearray()
         """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
         self.segments = Segments(self.config)
+        self._width: Width | None = None
+        """The connection count when the engine chooses it (``engine._download.adaptive``)."""
+        if self.config.adaptive:
+            self._width = Width(min(self.config.connections, PER_HOST))
         self.tail = Tail()
         self._wake: asyncio.Future[None] | None = None
         """Set when a request ends: a connection waiting to race a slow one looks again."""
@@ -366,8 +372,22 @@ class SegmentedDownload:
     def _add_workers(self) -> None:
         """Connections beside the one running, as many as the bytes left are worth."""
         if self._in_round and self.ranges_ok and self.rf is not None:
-            more = min(self.config.connections, self._useful_connections()) - 1
+            more = min(self._connections(), self._useful_connections()) - 1
             self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
+
+    def _connections(self) -> int:
+        """Connections the file may use now (fixed, or as ``_width`` has it)."""
+        return self.config.connections if self._width is None else self._width.target
+
+    def _widen(self, now: float) -> None:
+        """An adaptive download at a tick: more workers when ``_width`` says so (the
+        ones past its count leave after their request, see ``_worker``)."""
+        rf = self.rf
+        if self._width is None or not self._in_round or not self.ranges_ok or rf is None:
+            return
+        target = min(self._width.tick(now, rf.bytes_complete), self._useful_connections())
+        more = target - self._workers
+        self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
 
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""
@@ -414,16 +434,24 @@ class SegmentedDownload:
         return max(1, -(-left // self.config.min_split))
 
     async def _worker(self, segment: tuple[int, int | None] | None) -> None:
-        if segment is None:
-            segment = self._next_segment()
-        while True:
-            while segment is not None:
-                if (await self._fetch(*segment)).retire:
+        self._workers += 1
+        try:
+            if segment is None:
+                segment = self._next_segment()
+            while True:
+                while segment is not None:
+                    if (await self._fetch(*segment)).retire or self._surplus():
+                        return
+                    segment = self._next_segment()
+                if not await self._idle():
                     return
                 segment = self._next_segment()
-            if not await self._idle():
-                return
-            segment = self._next_segment()
+        finally:
+            self._workers -= 1
+
+    def _surplus(self) -> bool:
+        """More workers than the file may use now: this one leaves."""
+        return self._width is not None and self._workers > max(1, self._width.target)
 
     async def _idle(self) -> bool:
         """Wait while every missing byte is asked for: True when a request ended or a
@@ -444,7 +472,8 @@ class SegmentedDownload:
             return self._next_plain()
         if not self.ranges_ok:
             return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
-        found = self.segments.next(self.rf, self.config.connections)
+        paced = self.budget is not None and self.budget.limited()
+        found = self.segments.next(self.rf, self._connections(), paced)
         if found is None:  # every missing byte is asked for: race a slow request?
             return self.tail.pick(self.segments.inflight, running_loop().time())
         return found
@@ -481,6 +510,11 @@ class SegmentedDownload:
         except BaseException:
             inflight.remove(stream)
             raise
+        if stream.stop is Stop.OVERTAKEN:  # its rival finished while it waited
+            slots.give(host)
+            inflight.remove(stream)
+            self.tail.ended(stream, running_loop().time())
+            return stream
         try:  # from here the slot is given back whatever happens, a refused set-up too
             curl = pool.take()
             end = stream.end
@@ -620,6 +654,8 @@ class SegmentedDownload:
             await self._transient(err, None)
             return
         if stream.stop is Stop.HTTP:
+            if self._width is not None and stream.head.status in (429, 503):
+                self._width.busy()  # the server asks for fewer
             herr, transient = http_error(stream.head.status, self.url)
             if not transient:
                 raise herr
@@ -628,6 +664,8 @@ class SegmentedDownload:
         cerr, transient = curl_error(code, message, self.url)
         if not transient:
             raise cerr
+        if self._width is not None and code == pycurl.E_COULDNT_CONNECT:
+            self._width.busy()
         await self._transient(cerr, None)
 
     async def _transient(self, err: TransferError, retry_after: float | None) -> None:
@@ -1019,6 +1057,8 @@ class SegmentedDownload:
             self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
+        if self._width is not None:
+            self._widen(now)
         due = now - self._flushed >= self.config.durable_every
         if due and self.rf is not None and not self.rf.closed:
             self.rf.flush(durable=False)

@@ -78,9 +78,12 @@ class Segments:
         self.readers: list[int] = []
         """Offsets that reads wait for right now."""
 
-    def next(self, rf: RangeFile, connections: int) -> tuple[int, int] | None:
+    def next(self, rf: RangeFile, connections: int, paced: bool = False) -> tuple[int, int] | None:
         """The next range to ask for: readers' offsets, else free missing bytes; None
-        when every missing byte is asked for already (see ``engine._download.tail``)."""
+        when every missing byte is asked for already (see ``engine._download.tail``).
+        ``paced``: under a rate limit, whose shares grow as connections finish,
+        requests are long (``chunk_size``): each new request starts libcurl's pacing
+        afresh, and a short one ends ahead of its pace."""
         while self.urgent:
             start = self.urgent.pop(0)
             gap = rf.next_missing(start)
@@ -92,7 +95,9 @@ class Segments:
             start, length = gap
             free = self._subtract_inflight(start, start + length)
             if free is not None:
-                return free[0], min(free[1], self._end_of(free[0], rf, connections))
+                end = free[0] + self.config.chunk_size if paced else 0
+                end = end or self._end_of(free[0], rf, connections)
+                return free[0], min(free[1], end)
             pos = start + length
         return None
 

@@ -12,7 +12,7 @@ write into the same file; a byte is written by whichever request brings it first
 and what the other then brings for it is counted in ``duplicated`` and dropped.
 When the twin gets ahead of the slow request, the slow one is ended at once; when
 the slow one finishes first, the twin is ended.  A range has at most one twin, and
-only a range whose request is at most half as fast as the download's usual request,
+only a range whose request is at most a quarter as fast as the usual request,
 and would take a second or more still, gets one: the bytes spent twice are bounded by
 what the slow request brings while the twin catches up.
 """
@@ -27,7 +27,7 @@ _WORTH = 1.0
 """Seconds a slow request must still need, at its own rate, before it gets a twin."""
 _SETTLED = 0.5
 """Seconds a request runs before its rate is taken as its own."""
-_SLOWER = 2.0
+_SLOWER = 4.0
 """How many times slower than the usual request a request must be to get a twin."""
 
 

@@ -64,7 +64,8 @@ class Budget:
     def _root(self) -> Budget:
         return self if self.parent is None else self.parent
 
-    def _limited(self) -> bool:
+    def limited(self) -> bool:
+        """Whether a rate applies to this budget's transfers (its own or above it)."""
         return bool(self._rate or (self.parent is not None and self.parent._rate))
 
     def attach(self, curl: Any) -> None:
@@ -73,7 +74,7 @@ class Budget:
         parent = self.parent
         if parent is not None and len(self.handles) == 1:
             parent._active.append(self)
-        if self._limited():
+        if self.limited():
             # libcurl hands a transfer a whole second of its rate the moment it starts,
             # then a second's worth at the start of each second: at half its share in
             # its first second, a new transfer's opening burst stays within the rate.
@@ -96,7 +97,7 @@ class Budget:
         parent = self.parent
         if parent is not None and not self.handles:
             parent._active.remove(self)
-        if self._limited():
+        if self.limited():
             self._root().divide()
 
     def divide(self) -> None:

@@ -68,7 +68,7 @@ def downloader(
     each; one login a command)."""
     d = BackgroundDownloader(
         state_dir=args.state_dir,
-        max_connections_per_file=getattr(args, "connections", 8),
+        max_connections_per_file=getattr(args, "connections", "auto"),
         server_credential=_credential(getattr(args, "user", None), found),
         config=_tls_config(args),
     )

@@ -92,6 +92,26 @@ def _login(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _connections(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--connections",
+        type=_count,
+        default="auto",
+        metavar="N",
+        help="per file, 1 to 64 (default: auto, as many as raise the throughput)",
+    )
+
+
+def _count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections") from None
+
+
 def _limit(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--limit-rate",
@@ -143,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--create-dirs", action="store_true", help="make the folder of -o when it is missing"
     )
-    g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
+    _connections(g)
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
     g.add_argument(
@@ -160,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
     m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
-    m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
+    _connections(m)
     m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     m.add_argument(
         "--cluster",

@@ -98,7 +98,9 @@ class ServiceDownloader(BackgroundDownloader):
             "method": self.method,
             "priority": self.priority.name,
             "cost_policy": self.cost_policy.name,
-            "max_connections": self.max_connections_per_file,
+            "max_connections": (
+                0 if self.max_connections_per_file == "auto" else self.max_connections_per_file
+            ),
             "block_size": self.block_size,
             "headers": [list(h) for h in self._headers],
         }

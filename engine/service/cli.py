@@ -142,7 +142,7 @@ def get_background(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "uri": url,
         "result_file": os.fspath(output),
-        "max_connections": args.connections,
+        "max_connections": 0 if args.connections == "auto" else args.connections,  # 0: auto
         "headers": [_header(h) for h in args.header],
     }
     if args.checksum:
