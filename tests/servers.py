@@ -168,9 +168,12 @@ class FaultHandler(RangeHandler):
     def respond(self, send_body: bool) -> None:
         srv = self.server
         with srv.lock:
+            self.body, self.etag = srv.body, srv.etag  # one version for this response
+            srv.versions.append(self.etag)
             srv.requests += 1
             n = srv.requests
             srv.ranges_seen.append(self.headers.get("Range"))
+            srv.peers.add(self.client_address)
             if srv.record_headers is not None:
                 srv.record_headers.append(dict(self.headers))
         if not self._authorized():
@@ -205,7 +208,7 @@ class FaultHandler(RangeHandler):
             del self.headers["Range"]
         if "no-length" in modes:
             self.send_response(200)
-            self.send_header("ETag", srv.etag)
+            self.send_header("ETag", self.etag)
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
@@ -249,12 +252,16 @@ class FaultHandler(RangeHandler):
         first, last = rng
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {first}-{last}/*")
-        self.send_header("ETag", self.server.etag)
+        self.send_header("ETag", self.etag)
         self.send_header("Content-Length", str(last - first + 1))
         self.end_headers()
         if send_body:
             self.send_body(first, last)
         return True
+
+    def version(self) -> tuple[bytes, str]:
+        """The version ``respond`` took when the request came."""
+        return self.body, self.etag
 
     def _slow_from(self, modes: set[str], last: int) -> int:
         """``slow-tail``: the first connection that asks for bytes past ``slow_from``
@@ -270,7 +277,7 @@ class FaultHandler(RangeHandler):
 
     def send_body(self, first: int, last: int) -> None:
         srv = self.server
-        view = memoryview(srv.body)
+        view = memoryview(self.body)
         with srv.lock:
             modes = set(srv.fault.split("+"))
             fault_here = bool(modes & BODY_FAULTS) and srv.faults_left > 0
@@ -311,7 +318,8 @@ class FaultHandler(RangeHandler):
             )
             self.connection.close()
         elif "change" in modes:
-            srv.body, srv.etag = srv.new_body, '"v2"'
+            with srv.lock:
+                srv.body, srv.etag = srv.new_body, '"v2"'
         self.close_connection = True
 
 
@@ -328,6 +336,10 @@ class FaultServer(LoopbackServer):
         self.requests = 0
         self.bytes_sent = 0
         self.ranges_seen: list[str | None] = []
+        self.peers: set[object] = set()
+        self.versions: list[str] = []
+        """The ETag of each response, as the request came."""
+        """The client addresses (connections) requests came from."""
         self.new_body = b""
         self.rate = 0
         self.slow_from = 0

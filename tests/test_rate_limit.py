@@ -67,7 +67,8 @@ def test_a_downloader_total_is_shared_by_its_operations(
 
 def test_shares_fill_what_a_capped_operation_leaves() -> None:
     """A downloader's total goes first to operations capped below their share, the
-    rest evenly to the others' connections; a lifted limit frees every handle."""
+    rest evenly to the others' connections (each handle's rate changed once a second
+    at most); a lifted limit frees every handle at once."""
 
     async def divide() -> list[int]:
         total = Budget(12_000_000)
@@ -79,6 +80,7 @@ def test_shares_fill_what_a_capped_operation_leaves() -> None:
         for curl in handles:  # past their first second (see Budget.attach)
             capped._settled(curl)
             free._settled(curl)
+        await asyncio.sleep(1.05)  # a handle takes one new rate a second at most
         shares = [curl.bgt_rate for curl in handles]
         total.rate = 0
         capped.rate = 0
@@ -117,7 +119,7 @@ def test_get_limit_rate_takes_curls_syntax(nginx: Nginx, tmp_path: Path) -> None
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     rate = size / took  # the interpreter's start-up only makes it look slower
-    assert 0.8 * (16 << 20) <= rate <= 1.1 * (16 << 20), f"{rate / 1e6:.2f} MB/s"
+    assert 0.7 * (16 << 20) <= rate <= 1.1 * (16 << 20), f"{rate / 1e6:.2f} MB/s"
 
 
 @pytest.mark.parametrize("rate", ["10Q", "fast", "1.2.3M", ""])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 START = 4
 """Connections a download begins with."""
-WINDOW = 0.5
+WINDOW = 0.25
 """Seconds over which the throughput is measured."""
 GAIN = 1.3
 """The factor by which a doubling must raise the throughput to be kept."""

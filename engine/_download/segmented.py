@@ -385,6 +385,8 @@ class SegmentedDownload:
         rf = self.rf
         if self._width is None or not self._in_round or not self.ranges_ok or rf is None:
             return
+        if self.budget is not None and self.budget.limited():
+            return  # the rate limit is the bottleneck: more connections cannot pay
         target = min(self._width.tick(now, rf.bytes_complete), self._useful_connections())
         more = target - self._workers
         self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
@@ -473,7 +475,11 @@ class SegmentedDownload:
         if not self.ranges_ok:
             return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
         paced = self.budget is not None and self.budget.limited()
-        found = self.segments.next(self.rf, self._connections(), paced)
+        width = self._width
+        # While the count may still grow, requests are sized for the most it may
+        # reach: a long request taken early would hold the end of the file back.
+        spread = width.cap if width is not None and width.growing else self._connections()
+        found = self.segments.next(self.rf, spread, paced)
         if found is None:  # every missing byte is asked for: race a slow request?
             return self.tail.pick(self.segments.inflight, running_loop().time())
         return found

@@ -23,9 +23,9 @@ import dataclasses
 
 from engine._download.segments import Stop, Stream
 
-_WORTH = 1.0
+_WORTH = 0.5
 """Seconds a slow request must still need, at its own rate, before it gets a twin."""
-_SETTLED = 0.5
+_SETTLED = 0.25
 """Seconds a request runs before its rate is taken as its own."""
 _SLOWER = 4.0
 """How many times slower than the usual request a request must be to get a twin."""

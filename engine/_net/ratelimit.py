@@ -26,10 +26,19 @@ _FIRST_STEP = 1.0
 """Seconds of libcurl's rate step (see Budget.attach)."""
 
 
-def _set(curl: Any, rate: int) -> None:
-    if getattr(curl, "bgt_rate", 0) != rate:
-        curl.setopt(pycurl.MAX_RECV_SPEED_LARGE, rate)
-        curl.bgt_rate = rate
+def _set(curl: Any, rate: int, now: float) -> float:
+    """Give ``curl`` its new rate, unless it got one less than a second ago: libcurl
+    grants a second's worth with every new value, so a handle changed more often
+    would overshoot.  Returns when to try again (0: done)."""
+    old = getattr(curl, "bgt_rate", 0)
+    if old == rate:
+        return 0.0
+    due = getattr(curl, "bgt_at", 0.0) + _FIRST_STEP
+    if rate and old and now < due:
+        return due
+    curl.setopt(pycurl.MAX_RECV_SPEED_LARGE, rate)
+    curl.bgt_rate, curl.bgt_at = rate, now
+    return 0.0
 
 
 class Budget:
@@ -82,7 +91,7 @@ class Budget:
             running_loop().call_later(_FIRST_STEP, self._settled, curl)
             self._root().divide()
         elif getattr(curl, "bgt_rate", 0):
-            _set(curl, 0)  # a pooled handle limited by an earlier download
+            _set(curl, 0, 0.0)  # a pooled handle limited by an earlier download
 
     def _settled(self, curl: Any) -> None:
         if curl in self._fresh:
@@ -131,6 +140,9 @@ class Budget:
     def _spread(self, rate: int) -> None:
         """``rate`` (0: none) divided evenly among this budget's handles."""
         share = max(1, rate // len(self.handles)) if rate and self.handles else 0
-        fresh = self._fresh
+        fresh, now, later = self._fresh, running_loop().time(), 0.0
         for curl in self.handles:
-            _set(curl, max(1, share // 2) if share and curl in fresh else share)
+            due = _set(curl, max(1, share // 2) if share and curl in fresh else share, now)
+            later = max(later, due)
+        if later:
+            running_loop().call_at(later, self._root().divide)
