@@ -38,7 +38,10 @@ def mirror_on_cluster(
             raise InvalidRequestError(f"bad header {header!r}: expected 'Name: value'")
         headers.append((name.strip(), value.strip()))
     options = Options(
-        args.parallel, args.connections, tuple(headers), _credential(args.user, logins)
+        args.parallel,
+        args.connections if isinstance(args.connections, int) else 4,  # auto: the cluster's 4
+        tuple(headers),
+        _credential(args.user, logins),
     )
     started = time.monotonic()
     with connect(args.cluster) as client:

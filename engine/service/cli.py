@@ -108,7 +108,7 @@ def get(args: argparse.Namespace, local: Callable[[argparse.Namespace], int]) ->
     if running(args.state_dir):
         from engine.cli.names import split_login
 
-        url, _ = split_login(args.url)
+        url, _ = split_login(args.url[0])
         output = os.fspath(_output(args, url))
         views = _call(args, lambda c: c.current())
         mine = [v for v in views if v.result_file == output and v.uri == url]
@@ -134,7 +134,9 @@ def get_background(args: argparse.Namespace) -> int:
     from engine.cli.names import split_login
     from engine.service.protocol import credentials_json
 
-    url, login = split_login(args.url)
+    if len(args.url) > 1:
+        raise InvalidRequestError("--background takes one URL (several sources run in-process)")
+    url, login = split_login(args.url[0])
     creds = _credential(args.user, [login])
     output = _output(args, url)
     if args.checksum:
