@@ -24,7 +24,10 @@ class TransferConfig:
     """How one download uses the network; every field has the documented default."""
 
     connections: int = 8
-    """Ranged connections per file."""
+    """Ranged connections per file (with ``adaptive``, the most it may use)."""
+    adaptive: bool = False
+    """Start with a few connections and add them while they raise the throughput
+    (``engine._download.adaptive``); fewer after 429, 503 or a refused connection."""
     block_size: int = 1 << 20
     """Granularity of the bitmap and of the per-block hash."""
     first_request: int = 4 << 20
@@ -32,7 +35,7 @@ class TransferConfig:
     chunk_size: int = 64 << 20
     """Largest range one request asks for; requests end cleanly, keeping connections alive."""
     min_split: int = 2 << 20
-    """A connection that runs out of work steals half of a segment at least twice this long."""
+    """The smallest range a request asks for (requests shrink to it as the file fills)."""
     connect_timeout: float = 300.0
     response_timeout: float = 120.0
     """No byte for this long, once connected, aborts the request (libcurl's low-speed check)."""

@@ -11,14 +11,15 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 from engine._disk.core import SIDE_SUFFIXES
 from engine._disk.trusted import check_folder
+from engine._net.ratelimit import Budget
 from engine._ops.reporting import run_handler
-from engine._ops.validate import absolute, check_header, check_uri, new_guid
+from engine._ops.validate import absolute, check_header, check_sources, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
 from engine._runtime.loop import engine_loop
 from engine._state.store import OpRecord, Store
@@ -195,6 +196,10 @@ class BackgroundTransferCompletionGroupTrigger:
         self._group._future.add_done_callback(fired)
 
 
+AUTO = 0
+"""``max_connections`` stored for ``max_connections_per_file="auto"``."""
+
+
 @dataclasses.dataclass
 class Settings:
     """What a downloader's operations share: the store, the network view, secrets."""
@@ -207,6 +212,8 @@ class Settings:
     proxy: str | None = None
     completion_group: BackgroundTransferCompletionGroup | None = None
     free_space_reserve: int = -1
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    """The downloader's total rate, shared by its operations' requests."""
     _free: dict[str, tuple[float, int | None]] = dataclasses.field(default_factory=dict, repr=False)
     _configs: dict[tuple[int, int], TransferConfig] = dataclasses.field(
         default_factory=dict, repr=False
@@ -231,8 +238,12 @@ class Settings:
         if config is None:
             if len(self._configs) > 64:
                 self._configs.clear()
+            auto = rec.max_connections == AUTO  # the cap of 64, the count adapts
             config = dataclasses.replace(
-                self.config, connections=rec.max_connections, block_size=block
+                self.config,
+                connections=64 if auto else rec.max_connections,
+                adaptive=auto,
+                block_size=block,
             )
             self._configs[key] = config
         return config
@@ -292,15 +303,20 @@ class BackgroundDownloader:
         proxy_credential: Credential | None = None,
         proxy: str | None = None,
         completion_group: BackgroundTransferCompletionGroup | None = None,
-        max_connections_per_file: int = 8,
+        max_connections_per_file: int | Literal["auto"] = "auto",
         block_size: int = 1 << 20,
         config: TransferConfig | None = None,
         network_monitor: NetworkMonitor | None = None,
         service: bool = False,
         durability: Durability | None = None,
+        max_bytes_per_second: int = 0,
     ) -> None:
-        if not 1 <= max_connections_per_file <= 64:
-            raise InvalidRequestError("max_connections_per_file must be within 1..64")
+        if max_bytes_per_second < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        if max_connections_per_file != "auto" and not (
+            isinstance(max_connections_per_file, int) and 1 <= max_connections_per_file <= 64
+        ):
+            raise InvalidRequestError("max_connections_per_file must be 'auto' or within 1..64")
         if block_size < 4096 or block_size & (block_size - 1):
             raise InvalidRequestError("block_size must be a power of two of 4096 or more")
         if not method or not method.isalpha():
@@ -326,6 +342,7 @@ class BackgroundDownloader:
             proxy_credential,
             proxy,
             completion_group,
+            budget=Budget(max_bytes_per_second),
         )
 
     @property
@@ -353,6 +370,18 @@ class BackgroundDownloader:
     def free_space_reserve(self, value: int) -> None:
         self._settings.free_space_reserve = max(0, value)
 
+    @property
+    def max_bytes_per_second(self) -> int:
+        """*Beyond*: the most bytes a second all of this downloader's operations receive
+        together (0: no limit); each operation's own limit applies within it."""
+        return self._settings.budget.rate
+
+    @max_bytes_per_second.setter
+    def max_bytes_per_second(self, value: int) -> None:
+        if value < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        self._settings.budget.rate = value
+
     def set_request_header(self, name: str, value: str) -> None:
         """A header every operation created afterwards sends (comma-joined when repeated)."""
         check_header(name, value)
@@ -368,9 +397,15 @@ class BackgroundDownloader:
         uri: str,
         result_file: os.PathLike[str] | str,
         request_body_file: os.PathLike[str] | str | None = None,
+        *,
+        sources: Sequence[str] = (),
     ) -> DownloadOperation:
-        """A new operation in IDLE, persisted at once; refused when its file is taken."""
+        """A new operation in IDLE, persisted at once; refused when its file is taken.
+
+        *Beyond*: ``sources`` are more URLs of the same content, fetched from together
+        (see docs/sources.md)."""
         check_uri(uri)
+        extra = check_sources(uri, sources)
         name = os.path.abspath(os.fspath(result_file))
         folder, leaf = os.path.split(name)
         if not leaf or _names_a_folder(folder, name):
@@ -398,9 +433,12 @@ class BackgroundDownloader:
             random_access=False,
             recoverable=[],
             headers=list(self._headers),
-            max_connections=self.max_connections_per_file,
+            max_connections=(
+                AUTO if self.max_connections_per_file == "auto" else self.max_connections_per_file
+            ),
             block_size=self.block_size,
             status=BackgroundTransferStatus.IDLE.value,
+            sources=extra,
         )
         self._store.insert(rec)  # its unique index refuses a second live op on the file
         op = self._adopt(rec)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine._disk.checksum import parse
 from engine._disk.core import RangeFile, control_path, peek, remove_partial
 from engine._download.segmented import SegmentedDownload, Snapshot
+from engine._net.ratelimit import Budget
 from engine._net.transport import ResponseHead
 from engine._ops.cross_process import ask_to_cancel
 from engine._ops.outcome import NotSettled, Outcome
@@ -48,6 +49,7 @@ from engine._state.store import OpRecord, Store
 from engine.errors import (
     ControlFileError,
     HttpError,
+    InvalidRequestError,
     InvalidStateError,
     ResultFileInUseError,
     StorageError,
@@ -109,6 +111,10 @@ class DownloadOperation:
     _runner: Runner | None = None
     _unsaved_running = False
     _connections = 0
+    _rate = 0  # max_bytes_per_second
+    _duplicated = 0
+    _dropped: dict[str, str] = {}  # noqa: RUF012 (replaced, never changed in place)
+    _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
     _new = False  # made by create_download in this process and not yet run: no files
     _space_needed = 0  # the declared size it waits to have room for (PAUSED_SYSTEM_POLICY)
 
@@ -236,6 +242,46 @@ class DownloadOperation:
     def connections(self) -> int:
         """*Beyond*: requests in flight for this operation at the last progress tick."""
         return self._connections
+
+    @property
+    def sources(self) -> list[str]:
+        """*Beyond*: the URLs the file is fetched from, ``requested_uri`` first."""
+        return [self._rec.uri, *self._rec.sources]
+
+    @property
+    def dropped_sources(self) -> dict[str, str]:
+        """*Beyond*: the sources no longer used, each with why (it disagreed on the
+        size or validators, changed, or kept failing), at the last progress tick."""
+        return dict(self._dropped)
+
+    @property
+    def duplicated_bytes(self) -> int:
+        """*Beyond*: bytes received twice in this run, at the last progress tick: a
+        connection with nothing left raced a much slower one for the end of its range
+        (see docs/sources.md); the copy that came second was dropped."""
+        return self._duplicated
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        """*Beyond*: the most bytes a second this download receives (0: no limit of its
+        own; the downloader's total still applies).  Kept for the life of this object,
+        not in the state database; a change applies to the connections on the wire."""
+        return self._rate
+
+    @max_bytes_per_second.setter
+    def max_bytes_per_second(self, value: int) -> None:
+        if value < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        self._rate = value
+        if self._budget is not None:
+            self._budget.rate = value
+
+    def _rate_budget(self) -> Budget:
+        """The budget its requests take their rate from (engine loop)."""
+        budget = self._budget
+        if budget is None:
+            budget = self._budget = Budget(self._rate, self._settings.budget)
+        return budget
 
     @property
     def status(self) -> BackgroundTransferStatus:
@@ -752,9 +798,12 @@ class DownloadOperation:
         job = self._job
         self._bytes = snap.bytes_received
         self._connections = snap.connections
+        self._duplicated = snap.duplicated
         if snap.total_bytes_to_receive:
             self._total = snap.total_bytes_to_receive
         if job is not None:
+            if job.sources.several:
+                self._dropped = job.sources.reasons()
             if job.restarts > self._restarts_seen:
                 self._restarts_seen = job.restarts
                 self._note_restart()

@@ -169,9 +169,12 @@ class FaultHandler(RangeHandler):
     def respond(self, send_body: bool) -> None:
         srv = self.server
         with srv.lock:
+            self.body, self.etag = srv.body, srv.etag  # one version for this response
+            srv.versions.append(self.etag)
             srv.requests += 1
             n = srv.requests
             srv.ranges_seen.append(self.headers.get("Range"))
+            srv.peers.add(self.client_address)
             if srv.record_headers is not None:
                 srv.record_headers.append(dict(self.headers))
         if not self._authorized():
@@ -186,6 +189,11 @@ class FaultHandler(RangeHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+        if "503" in modes:  # busy for ever
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if "404" in modes:
             self.send_error(404)
             return
@@ -203,7 +211,7 @@ class FaultHandler(RangeHandler):
             del self.headers["Range"]
         if "no-length" in modes:
             self.send_response(200)
-            self.send_header("ETag", srv.etag)
+            self.send_header("ETag", self.etag)
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
@@ -247,16 +255,32 @@ class FaultHandler(RangeHandler):
         first, last = rng
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {first}-{last}/*")
-        self.send_header("ETag", self.server.etag)
+        self.send_header("ETag", self.etag)
         self.send_header("Content-Length", str(last - first + 1))
         self.end_headers()
         if send_body:
             self.send_body(first, last)
         return True
 
+    def version(self) -> tuple[bytes, str]:
+        """The version ``respond`` took when the request came."""
+        return self.body, self.etag
+
+    def _slow_from(self, modes: set[str], last: int) -> int:
+        """``slow-tail``: the first connection that asks for bytes past ``slow_from``
+        gets every such byte at ``slow_rate`` (the others at full speed); from where
+        its bytes are slow, else past the end."""
+        srv = self.server
+        if "slow-tail" not in modes or last < srv.slow_from:
+            return 1 << 62
+        with srv.lock:
+            if srv.slow_connection is None:
+                srv.slow_connection = self.connection
+        return srv.slow_from if srv.slow_connection is self.connection else 1 << 62
+
     def send_body(self, first: int, last: int) -> None:
         srv = self.server
-        view = memoryview(srv.body)
+        view = memoryview(self.body)
         with srv.lock:
             modes = set(srv.fault.split("+"))
             fault_here = bool(modes & BODY_FAULTS) and srv.faults_left > 0
@@ -267,9 +291,11 @@ class FaultHandler(RangeHandler):
             limit = min(limit, first + srv.fault_after)
         off = first
         started = time.monotonic()
+        slow = self._slow_from(modes, last)
+        piece = 16384 if slow < limit else 65536
         try:
             while off < limit:
-                chunk = view[off : min(off + 65536, limit)]
+                chunk = view[off : min(off + piece, limit)]
                 self.wfile.write(chunk)
                 with srv.lock:
                     srv.bytes_sent += len(chunk)
@@ -278,6 +304,8 @@ class FaultHandler(RangeHandler):
                     ahead = (off - first) / srv.rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
+                if off > slow:  # this connection's bytes past ``slow_from``: a trickle
+                    time.sleep(len(chunk) / srv.slow_rate)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return
@@ -293,7 +321,8 @@ class FaultHandler(RangeHandler):
             )
             self.connection.close()
         elif "change" in modes:
-            srv.body, srv.etag = srv.new_body, '"v2"'
+            with srv.lock:
+                srv.body, srv.etag = srv.new_body, '"v2"'
         self.close_connection = True
 
 
@@ -310,8 +339,15 @@ class FaultServer(LoopbackServer):
         self.requests = 0
         self.bytes_sent = 0
         self.ranges_seen: list[str | None] = []
+        self.peers: set[object] = set()
+        self.versions: list[str] = []
+        """The ETag of each response, as the request came."""
+        """The client addresses (connections) requests came from."""
         self.new_body = b""
         self.rate = 0
+        self.slow_from = 0
+        self.slow_rate = 100_000
+        self.slow_connection: object = None
         self.auth: str | None = None
         self.auth_seen: list[str | None] = []
         self.post_seen: list[bytes] = []

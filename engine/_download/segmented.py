@@ -1,13 +1,13 @@
-"""One file over many ranged connections: probe, split, steal, and check every 206.
+"""One file over many ranged connections: probe, split, race the slow tail, check every 206.
 
 Theory of operation
 -------------------
 The first request asks for ``bytes=0-(first_request-1)`` (a small file costs that one
 request).  Its response tells the size, the validators and whether ranges work; the
 C core's result file is created then, and the other connections start.  Each request
-asks for a bounded range, so it ends cleanly and its connection stays alive; a
-connection out of work takes half of the largest remaining range of another
-(``min_split`` at least), whose write callback stops at the new end.  Every 206 must
+asks for a bounded range, so it ends cleanly and its connection stays alive; ranges
+shrink as the file fills, so no range is split in flight, and a connection out of
+work may race a slow request for its last bytes (``engine._download.tail``).  Every 206 must
 start where asked and agree with the known size and validators, else its bytes are
 thrown away.  A 200 to a ranged request means no range support: one connection from
 zero.  A changed ETag/Last-Modified (If-Range) restarts the whole file: a result never
@@ -40,8 +40,12 @@ from engine._disk.core import (
 )
 from engine._disk.files import filer
 from engine._disk.space import check_room
+from engine._download.adaptive import Width
 from engine._download.segments import Segments, Stop, Stream
-from engine._net.connections import Slots
+from engine._download.sources import Source, Sources
+from engine._download.tail import Tail, ahead, overtake
+from engine._net.connections import PER_HOST, Slots
+from engine._net.ratelimit import Budget
 from engine._net.transport import (
     FtpReplies,
     HandlePool,
@@ -54,12 +58,13 @@ from engine._net.transport import (
     is_ftp,
     is_sftp,
     new_multi,
+    one_connection,
     set_range,
     unplain,
 )
 from engine._ops.validate import host_of
 from engine._runtime.descriptors import budget
-from engine._runtime.loop import running_loop
+from engine._runtime.loop import being_cancelled, running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.config import TransferConfig
 from engine.errors import ControlFileError, StorageError, TransferError, TransportError
@@ -85,6 +90,8 @@ class Snapshot(NamedTuple):
     has_restarted: bool
     has_response_changed: bool
     connections: int
+    duplicated: int = 0
+    """Bytes received twice while racing a slow request (``engine._download.tail``)."""
 
 
 _shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool, Slots]] = {}
@@ -134,6 +141,10 @@ async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
 _DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
 """Finishing and reopening a large result file (fsync, rename, verify) off the engine
 loop; small files go through the C filer (``engine._disk.files``) instead."""
+
+_LOOK = 0.1
+"""Seconds between looks, while every missing byte is asked for, for a slow request to
+race (a request that ends wakes the connections waiting at once)."""
 
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
@@ -211,8 +222,15 @@ class SegmentedDownload:
     """SFTP: (time, size) of the file, from the stat at the start of a round."""
     _failures = 0
     _failing_since = 0.0  # loop time of the first of the failures in a row
+    _workers = 0  # worker coroutines running
+    _last_error: TransferError | None = None
     _ticker: Ticker | None = None
+    budget: Budget | None = None
+    """The rate limit its requests share (``engine._net.ratelimit``), if any."""
     _flushed = 0.0
+    loose = False
+    """The caller knows the expected checksum: other sources need only agree on the size."""
+    _answering: Source | None = None  # the source of the response being checked
     new = False
     """Set when nothing of this download can be on disk yet (an operation's first run
     in the process that created it): ``run`` does not look for a control file, a
@@ -229,8 +247,11 @@ class SegmentedDownload:
         on_progress: Callable[[Snapshot], None] | None = None,
         request: RequestOptions | None = None,
         require_ranges: bool = False,
+        mirrors: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.sources = Sources([url, *mirrors])
+        """The URLs of the file (``engine._download.sources``), the first being ``url``."""
         self._host = host_of(url)
         self._ftp, self._sftp = is_ftp(url), is_sftp(url)
         self.rank: Callable[[], int] = _default_rank
@@ -256,6 +277,13 @@ class SegmentedDownload:
         self._held = bytearray()
         """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
         self.segments = Segments(self.config)
+        self._width: Width | None = None
+        """The connection count when the engine chooses it (``engine._download.adaptive``)."""
+        if self.config.adaptive:
+            self._width = Width(min(self.config.connections, PER_HOST))
+        self.tail = Tail()
+        self._wake: asyncio.Future[None] | None = None
+        """Set when a request ends: a connection waiting to race a slow one looks again."""
         self._tasks: set[asyncio.Future[None]] = set()
 
     # -- public ---------------------------------------------------------------
@@ -288,6 +316,7 @@ class SegmentedDownload:
             self.has_restarted,
             self.has_response_changed,
             self._on_wire,
+            self.tail.duplicated,
         )
 
     async def run(self) -> None:
@@ -364,8 +393,24 @@ class SegmentedDownload:
     def _add_workers(self) -> None:
         """Connections beside the one running, as many as the bytes left are worth."""
         if self._in_round and self.ranges_ok and self.rf is not None:
-            more = min(self.config.connections, self._useful_connections()) - 1
+            more = min(self._connections(), self._useful_connections()) - 1
             self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
+
+    def _connections(self) -> int:
+        """Connections the file may use now (fixed, or as ``_width`` has it)."""
+        return self.config.connections if self._width is None else self._width.target
+
+    def _widen(self, now: float) -> None:
+        """An adaptive download at a tick: more workers when ``_width`` says so (the
+        ones past its count leave after their request, see ``_worker``)."""
+        rf = self.rf
+        if self._width is None or not self._in_round or not self.ranges_ok or rf is None:
+            return
+        if self.budget is not None and self.budget.limited():
+            return  # the rate limit is the bottleneck: more connections cannot pay
+        target = min(self._width.tick(now, rf.bytes_complete), self._useful_connections())
+        more = target - self._workers
+        self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
 
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""
@@ -412,12 +457,37 @@ class SegmentedDownload:
         return max(1, -(-left // self.config.min_split))
 
     async def _worker(self, segment: tuple[int, int | None] | None) -> None:
-        if segment is None:
-            segment = self._next_segment()
-        while segment is not None:
-            if (await self._fetch(*segment)).retire:
-                return
-            segment = self._next_segment()
+        self._workers += 1
+        try:
+            if segment is None:
+                segment = self._next_segment()
+            while True:
+                while segment is not None:
+                    if (await self._fetch(*segment)).retire or self._surplus():
+                        return
+                    segment = self._next_segment()
+                if not await self._idle():
+                    return
+                segment = self._next_segment()
+        finally:
+            self._workers -= 1
+
+    def _surplus(self) -> bool:
+        """More workers than the file may use now: this one leaves."""
+        return self._width is not None and self._workers > max(1, self._width.target)
+
+    async def _idle(self) -> bool:
+        """Wait while every missing byte is asked for: True when a request ended or a
+        moment passed (a slow one may be worth racing now), False when nothing is left
+        to wait for."""
+        rf = self.rf
+        if rf is None or not self.ranges_ok or rf.is_complete or not self.segments.inflight:
+            return False
+        wake = self._wake
+        if wake is None or wake.done():
+            wake = self._wake = running_loop().create_future()
+        await asyncio.wait([wake], timeout=_LOOK)
+        return True
 
     def _next_segment(self) -> tuple[int, int | None] | None:
         """The next range to ask for (see ``Segments.next``)."""
@@ -425,7 +495,15 @@ class SegmentedDownload:
             return self._next_plain()
         if not self.ranges_ok:
             return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
-        return self.segments.next(self.rf)
+        paced = self.budget is not None and self.budget.limited()
+        width = self._width
+        # While the count may still grow, requests are sized for the most it may
+        # reach: a long request taken early would hold the end of the file back.
+        spread = width.cap if width is not None and width.growing else self._connections()
+        found = self.segments.next(self.rf, spread, paced)
+        if found is None:  # every missing byte is asked for: race a slow request?
+            return self.tail.pick(self.segments.inflight, running_loop().time())
+        return found
 
     def _next_plain(self) -> tuple[int, int | None] | None:
         """A small file of known size broke off: go on from where it stopped (or from 0).
@@ -445,48 +523,119 @@ class SegmentedDownload:
         connection asks for its bytes meanwhile (one may still take half of them:
         the range is put in the request once the slot is there)."""
         multi, pool, slots = _multi_for_loop()
+        source = self.sources.pick(self.segments.inflight, running_loop().time())
+        if source is None:
+            raise self._no_source()
         stream = Stream(start, end, start)
+        stream.source = source
+        host = source.host
         inflight = self.segments.inflight
         inflight.append(stream)
+        Tail.pair(stream, inflight)
         try:
-            await slots.take(self._host, self.rank())
+            await slots.take(host, self.rank())
         except BaseException:
             inflight.remove(stream)
             raise
+        if stream.stop is Stop.OVERTAKEN:  # its rival finished while it waited
+            slots.give(host)
+            inflight.remove(stream)
+            self.tail.ended(stream, running_loop().time())
+            return stream
         try:  # from here the slot is given back whatever happens, a refused set-up too
             curl = pool.take()
             end = stream.end
-            headers = self._request_headers(start, end)
-            configure(curl, self.url, self.config, headers, self.request)
+            headers = self._request_headers(start, end, source)
+            configure(curl, source.url, self.config, headers, self.request)
             if self._ftp or self._sftp:
                 # FTP's replies make the head; SFTP has none: what the stat said stands in.
                 stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
                 set_range(curl, start, end)
             curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
             curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
+            one_connection(curl, self.rf is not None and not self._ftp and not self._sftp)
             code, message = 0, ""
             self._on_wire += 1
+            budget = self.budget
+            if budget is not None:
+                budget.attach(curl)
+            stream.started = running_loop().time()
+            source.busy += 1
             try:
-                await multi.perform(curl)
+                await self._perform(multi, curl, stream)
             except pycurl.error as exc:
                 code, message = exc.args[0], exc.args[1]
             finally:
+                source.busy -= 1
                 self._on_wire -= 1
+                if budget is not None:
+                    budget.detach(curl)
         finally:
-            slots.give(self._host)
+            slots.give(host)
             inflight.remove(stream)
+            now = running_loop().time()
+            self.tail.ended(stream, now)
+            self.sources.measured(source, stream.pos - stream.start, now - stream.started)
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
         if stream.checked and stream.stop in (None, Stop.RANGE_END, Stop.HTTP):
             self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
         pool.give(curl)
         if not stream.checked and code == 0 and stream.stop is None:
             self._check_head(stream)  # an empty body: the head is all there is
         if not self._ended_well(stream, code):
-            await self._settle(stream, code, message)
+            if self.sources.several:
+                await self._settle_source(stream, code, message)
+            else:
+                await self._settle(stream, code, message)
         return stream
+
+    async def _settle_source(self, stream: Stream, code: int, message: str) -> None:
+        """A fault of one of several sources: that source is dropped when it disagrees,
+        fails for good or keeps failing; the download fails when none is left."""
+        source = stream.source
+        assert source is not None
+        try:
+            await self._settle(stream, code, message)
+        except _Restart as again:
+            why = stream.why or ("content changed" if again.changed else "ranges are ignored")
+            if not self.sources.drop(source, why):
+                raise
+        except TransferError as exc:
+            if not self.sources.drop(source, str(exc)):
+                raise
+            self._failures = 0  # the other sources start afresh
+        else:
+            source.failures += 1
+            err = self._last_error
+            gone = source.failures > self.config.retries and err is not None
+            if gone and err is not None and not self.sources.drop(source, str(err)):
+                raise err
+
+    def _no_source(self) -> TransportError:
+        reasons = "; ".join(f"{url}: {why}" for url, why in self.sources.reasons().items())
+        return TransportError(
+            f"every source was dropped ({reasons})", web_error_status=WebErrorStatus.UNKNOWN
+        )
+
+    @staticmethod
+    async def _perform(multi: Any, curl: Any, stream: Stream) -> None:
+        """The transfer; one its rival overtook ends here as if it had ended well."""
+        transfer = stream.transfer = multi.add_handle(curl)
+        try:
+            await transfer
+        except asyncio.CancelledError:
+            if stream.stop is not Stop.OVERTAKEN or being_cancelled():
+                raise
+        finally:
+            stream.transfer = None
 
     def _ended_well(self, stream: Stream, code: int) -> bool:
         """Count the request's progress; True when it ended without a fault (most do:
         no coroutine settles them), else ``_settle`` decides what the fault means."""
+        if stream.stop is Stop.OVERTAKEN:
+            return True
         # Progress resets the failures, unless without ranges (a retry throws the bytes
         # away) or the request ended below the low-speed limit: a trickle that always
         # makes a little progress would otherwise retry for ever.
@@ -502,12 +651,11 @@ class SegmentedDownload:
             return True
         return False
 
-    def _request_headers(self, start: int, end: int | None) -> list[str]:
+    def _request_headers(self, start: int, end: int | None, source: Source) -> list[str]:
         if self.request.single_request or self._ftp or self._sftp:
             return list(self.headers)
         headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
-        validator = self.etag if self.etag and not self.etag.startswith("W/") else ""
-        validator = validator or self.last_modified
+        validator = Sources.validator(source)
         if validator and (self.size is not None or start > 0):  # a body of unknown length too
             headers.append(f"If-Range: {validator}")
         return headers
@@ -536,6 +684,8 @@ class SegmentedDownload:
             await self._transient(err, None)
             return
         if stream.stop is Stop.HTTP:
+            if self._width is not None and stream.head.status in (429, 503):
+                self._width.busy()  # the server asks for fewer
             herr, transient = http_error(stream.head.status, self.url)
             if not transient:
                 raise herr
@@ -544,6 +694,8 @@ class SegmentedDownload:
         cerr, transient = curl_error(code, message, self.url)
         if not transient:
             raise cerr
+        if self._width is not None and code == pycurl.E_COULDNT_CONNECT:
+            self._width.busy()
         await self._transient(cerr, None)
 
     async def _transient(self, err: TransferError, retry_after: float | None) -> None:
@@ -552,6 +704,7 @@ class SegmentedDownload:
         now = asyncio.get_running_loop().time()
         if self._failures == 1:
             self._failing_since = now
+        self._last_error = err
         if self._failures > self.config.retries:
             err.attempts, err.retried_for = self._failures, now - self._failing_since
             raise err
@@ -575,6 +728,8 @@ class SegmentedDownload:
             try:
                 if not st.checked and not self._check_head(st):
                     return 0
+                if st.rival is not None:
+                    return self._race(st, mv)
                 pos, end = st.pos, st.end
                 if end is not None and pos + n > end:
                     if end > pos:
@@ -590,6 +745,26 @@ class SegmentedDownload:
             return None
 
         return on_write
+
+    def _race(self, st: Stream, mv: memoryview) -> int | None:
+        """A piece of a request that races another for its bytes (``engine._download.
+        tail``): the bytes the rival wrote already are counted and dropped; a twin that
+        gets ahead of the request it races ends that request."""
+        rival = st.rival
+        assert rival is not None
+        pos, end = st.pos, st.end
+        n = len(mv) if end is None else max(0, min(len(mv), end - pos))
+        had = min(n, ahead(st))
+        self.tail.duplicated += had
+        if n > had:
+            self._write(pos + had, mv[had:n])
+        st.pos = pos + n
+        if st.twin and st.pos > rival.pos and rival.stop is None:
+            overtake(rival)
+        if n < len(mv):
+            st.stop = Stop.RANGE_END
+            return 0
+        return None
 
     def _write(self, offset: int, data: memoryview) -> None:
         if self.rf is not None:
@@ -658,6 +833,7 @@ class SegmentedDownload:
 
     def _accept_head(self, st: Stream) -> bool:
         head = st.head
+        self._answering = st.source
         status = head.status
         if status == 206:
             return self._check_partial(st)
@@ -670,7 +846,7 @@ class SegmentedDownload:
                 st.stop = Stop.BODY_END  # nothing past where the last response ended
                 return False
         if status == 200 or (200 < status < 300 and st.start == 0):
-            changed = self._changed(head, head.content_length)
+            changed = self._changed(st, head.content_length)
             if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
                 if self.size is None:
                     self._adopt(head, head.content_length, ranges=False)
@@ -701,7 +877,7 @@ class SegmentedDownload:
             if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
                 return self._accept_unsized(st, rng[1] + 1, rng[2])
             self._adopt(st.head, rng[2], ranges=True)
-        elif self._changed(st.head, rng[2]):
+        elif self._changed(st, rng[2]):
             st.stop = Stop.CHANGED
             return False
         last = rng[1] + 1
@@ -718,7 +894,7 @@ class SegmentedDownload:
         range's length."""
         if not self._plain:
             self._adopt(st.head, None, ranges=True)  # the first response
-        elif self._changed(st.head, None):
+        elif self._changed(st, None):
             st.stop = Stop.CHANGED
             return False
         # The body ends with this response if it was open-ended or cut short, and
@@ -728,7 +904,12 @@ class SegmentedDownload:
         st.end = last
         return True
 
-    def _changed(self, head: ResponseHead, total: int | None) -> bool:
+    def _changed(self, st: Stream, total: int | None) -> bool:
+        head = st.head
+        source = st.source
+        if source is not None and self.sources.several and self.size is not None:
+            st.why = self.sources.disagrees(source, head, total, self)
+            return bool(st.why)
         if total is not None and self.size is not None and total != self.size:
             return True
         etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
@@ -742,6 +923,7 @@ class SegmentedDownload:
         self.size = size
         self.etag = _storable(head.get("ETag"), 256)
         self.last_modified = _storable(head.get("Last-Modified"), 128)
+        self.sources.decided(self._answering, self.etag, self.last_modified)
         self.ranges_ok = ranges
         self._body_ended = False
         self._held, self._held_at = bytearray(), 0
@@ -783,6 +965,7 @@ class SegmentedDownload:
             self.rf = rf
             self._rf_base = rf.bytes_complete
             self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
+            self.sources.decided(None, rf.etag, rf.last_modified)
         # else a damaged control file was removed: start afresh
 
     def _open_range_file(
@@ -828,6 +1011,7 @@ class SegmentedDownload:
         remove_partial(self.result)
         self.rf, self.size = None, None
         self.etag = self.last_modified = ""
+        self.sources.forget()
         self.ranges_ok = True
         self.has_restarted = True
         self.restarts += 1
@@ -939,6 +1123,8 @@ class SegmentedDownload:
         now = asyncio.get_running_loop().time()
         if not self._flushed:
             self._flushed = now  # the first checkpoint one period in, not at the first tick
+        if self._width is not None:
+            self._widen(now)
         due = now - self._flushed >= self.config.durable_every
         if due and self.rf is not None and not self.rf.closed:
             self.rf.checkpoint(self.config.durable)

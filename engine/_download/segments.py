@@ -4,20 +4,18 @@ Theory of operation
 -------------------
 ``inflight`` holds the requests on the wire, each asking ``[start, end)`` and written
 up to ``pos``.  ``next`` hands a connection the first missing bytes of the bitmap that
-no request covers (at most ``chunk_size``, and less as the end nears: a connection's
-share of what no request covers yet, ``min_split`` at least, so that the connections
-run out of work together); when none are left it steals the second half of the
-request with most left (``min_split`` at least), whose write callback then stops at
-the new end.  A steal aborts the victim's response, and what the server had already
-sent into the sockets is thrown away (megabytes a steal on loopback): tapering makes
-steals rare.  Offsets readers wait for (``prioritize``) go first.  All of it runs on
-the engine loop.
+no request covers, a request's share of what nobody has asked for yet (``_end_of``);
+when none are left, a free connection may race a slow request
+(``engine._download.tail``).  Offsets readers wait for (``prioritize``) go first.  All of it
+runs on the engine loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
+from typing import Any
 
 from engine._disk.core import RangeFile
 from engine._net.transport import ResponseHead
@@ -36,6 +34,7 @@ class Stop(enum.Enum):
     HTTP = "error status"
     STORAGE = "storage failed"
     UNSUPPORTED = "random access needs ranges and a length"
+    OVERTAKEN = "another request brought its bytes first"
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,6 +55,18 @@ class Stream:
     of the checks a piece of a ranged file needs (see SegmentedDownload._writer)."""
     ends_body: bool = False
     """A body of unknown length ends at ``end`` if this response gets there."""
+    started: float = 0.0
+    """Loop time its request went on the wire."""
+    rival: Stream | None = None
+    """The request racing it for the same bytes (see ``engine._download.tail``)."""
+    twin: bool = False
+    """It races a slow request (the rival) for that request's bytes."""
+    transfer: asyncio.Future[Any] | None = None
+    """libcurl's transfer of it, to end it early."""
+    source: Any = None
+    """The ``engine._download.sources.Source`` it asks."""
+    why: str = ""
+    """Why its source disagrees with the file (``Stop.CHANGED``), when it does."""
 
 
 class Segments:
@@ -69,8 +80,12 @@ class Segments:
         self.readers: list[int] = []
         """Offsets that reads wait for right now."""
 
-    def next(self, rf: RangeFile) -> tuple[int, int] | None:
-        """The next range to ask for: readers' offsets, free missing bytes, else a steal."""
+    def next(self, rf: RangeFile, connections: int, paced: bool = False) -> tuple[int, int] | None:
+        """The next range to ask for: readers' offsets, else free missing bytes; None
+        when every missing byte is asked for already (see ``engine._download.tail``).
+        ``paced``: under a rate limit, whose shares grow as connections finish,
+        requests are long (``chunk_size``): each new request starts libcurl's pacing
+        afresh, and a short one ends ahead of its pace."""
         while self.urgent:
             start = self.urgent.pop(0)
             gap = rf.next_missing(start)
@@ -82,20 +97,27 @@ class Segments:
             start, length = gap
             free = self._subtract_inflight(start, start + length)
             if free is not None:
-                return free[0], min(free[1], free[0] + self._chunk(rf))
+                end = free[0] + self.config.chunk_size if paced else 0
+                end = end or self._end_of(free[0], rf, connections)
+                return free[0], min(free[1], end)
             pos = start + length
-        return self._steal(rf.block_size)
+        return None
 
-    def _chunk(self, rf: RangeFile) -> int:
-        """The length of the next request: ``chunk_size``, or a connection's share of
-        what no request covers yet when that is less (``min_split`` at least, in
-        whole blocks)."""
-        config = self.config
-        ahead = sum((st.end or st.pos) - st.pos for st in self.inflight)
-        share = (rf.size - rf.bytes_complete - ahead) // config.connections
+    def _end_of(self, start: int, rf: RangeFile, connections: int) -> int:
+        """Where a request from ``start`` ends: a share of the bytes nobody has asked
+        for yet, ``min_split`` at least and ``chunk_size`` at most, on a block border.
+
+        Requests shrink as the file fills (guided self-scheduling), so the
+        connections run out of work within a small request of each other, and none
+        needs to take half of another's range: a range split in flight costs what
+        the server had sent past the split by the time the request is ended (its
+        socket buffers), up to megabytes a split."""
+        asked = sum(st.end - st.pos for st in self.inflight if st.end is not None)
+        unasked = rf.size - rf.bytes_complete - asked
+        share = min(self.config.chunk_size, unasked // (2 * connections))
+        share = max(self.config.min_split, share)
         block = rf.block_size
-        share = max(config.min_split, -(-share // block) * block)
-        return min(config.chunk_size, share)
+        return (start + share + block - 1) // block * block
 
     def prioritize(self, offset: int, rf: RangeFile | None, size: int | None) -> bool:
         """Fetch ``offset`` next: a reader waits for it (random access).
@@ -155,19 +177,3 @@ class Segments:
             if start >= end:
                 return None
         return (start, end) if start < end else None
-
-    def _steal(self, block: int) -> tuple[int, int] | None:
-        victims = [s for s in self.inflight if s.end is not None]
-        if not victims:
-            return None
-        victim = max(victims, key=lambda s: (s.end or 0) - s.pos)
-        assert victim.end is not None
-        left = victim.end - victim.pos
-        if left < 2 * self.config.min_split:
-            return None
-        mid = (victim.pos + left // 2 + block - 1) // block * block
-        if mid >= victim.end:
-            return None
-        stolen = (mid, victim.end)
-        victim.end = mid  # its write callback stops there
-        return stolen

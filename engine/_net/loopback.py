@@ -37,7 +37,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if not header:
             return None
         if_range = self.headers.get("If-Range")
-        if if_range and if_range not in (self.server.etag, self.server.last_modified):
+        if if_range and if_range not in (self.etag, self.server.last_modified):
             return None
         m = _RANGE.match(header.strip())
         if m is None or (not m.group(1) and not m.group(2)):
@@ -51,8 +51,18 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             return False
         return first, last
 
+    body = b""
+    """The content this response sends, with its ``etag``: taken together when the
+    request comes (``version``), so a body the server replaces meanwhile is not sent
+    under the old validator."""
+    etag = ""
+
+    def version(self) -> tuple[bytes, str]:
+        return self.server.body, self.server.etag
+
     def respond(self, send_body: bool) -> None:
-        body = self.server.body
+        body, self.etag = self.version()
+        self.body = body
         size = len(body)
         rng = self.wanted_range(size)
         if rng is False:
@@ -69,7 +79,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             first, last = 0, size - 1
             self.send_response(200)
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", self.server.etag)
+        self.send_header("ETag", self.etag)
         self.send_header("Last-Modified", self.server.last_modified)
         self.send_header("Content-Length", str(last - first + 1))
         self.send_header("Content-Type", "application/octet-stream")
@@ -78,7 +88,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_body(first, last)
 
     def send_body(self, first: int, last: int) -> None:
-        view = memoryview(self.server.body)
+        view = memoryview(self.body)
         try:
             for off in range(first, last + 1, 1 << 20):
                 self.wfile.write(view[off : min(off + (1 << 20), last + 1)])

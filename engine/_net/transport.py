@@ -343,6 +343,8 @@ def configure(
         return
     curl.bgt_profile = None
     curl.reset()
+    curl.bgt_rate = 0  # the reset lifted any rate limit (engine._net.ratelimit)
+    curl.bgt_alone = False  # and any HTTP version (one_connection)
     curl.setopt(pycurl.URL, url)
     curl.setopt(pycurl.PROTOCOLS, _ALLOWED)
     # Redirects go to http(s) only, and https never to plain http: libcurl refuses them.
@@ -378,6 +380,20 @@ def configure(
         _set_ssh(curl, config)
     if plain:
         curl.bgt_profile = (config, https)  # what a later request may keep (see above)
+
+
+def one_connection(curl: Any, alone: bool) -> None:
+    """A ranged request of a file takes a connection of its own: HTTP/1.1, never a
+    stream of an HTTP/2 connection that its file's other requests share.  Streams of
+    one connection share one TCP window and one server worker: a file over eight of
+    them came no faster than over one.  Other requests (a small file, the first of a
+    large one) may use HTTP/2 and share a connection."""
+    if getattr(curl, "bgt_alone", False) != alone:
+        curl.setopt(
+            pycurl.HTTP_VERSION,
+            pycurl.CURL_HTTP_VERSION_1_1 if alone else pycurl.CURL_HTTP_VERSION_NONE,
+        )
+        curl.bgt_alone = alone
 
 
 def unplain(curl: Any) -> None:

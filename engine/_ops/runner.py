@@ -219,11 +219,14 @@ class Runner:
             on_progress=op._on_tick,
             request=self._request_options(),
             require_ranges=op._rec.random_access,
+            mirrors=op._rec.sources,
         )
+        job.loose = op._rec.checksum is not None
         job.finisher = self._finish_verified
         job.new, op._new = op._new, False
         job.rank = op._rank
         job.reserve = op._settings.free_space_reserve
+        job.budget = op._rate_budget()
         job.on_blocks = op._wake_readers
         job.on_resumable = lambda: op._save_running(now=True)
         if not job.new and op._bytes > 0 and not os.path.lexists(control_path(op.result_file)):

@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import InvalidRequestError
@@ -85,6 +86,21 @@ def check_uri(uri: str) -> None:
             f"{shown}: a password in the URL would be stored with the operation; pass it "
             "as server_credential, which stays in memory"
         )
+
+
+def check_sources(uri: str, sources: Sequence[str]) -> list[str]:
+    """More URLs of ``uri``'s content: each checked as ``uri`` is, all over http or
+    https (the head of each response tells whether it agrees), none twice."""
+    if isinstance(sources, str):
+        raise InvalidRequestError("sources must be a list of URLs, not one string")
+    extra: list[str] = []
+    for url in sources:
+        check_uri(url)
+        if not all(u.lower().startswith(("http:", "https:")) for u in (uri, url)):
+            raise InvalidRequestError(f"{url}: several sources work over http and https only")
+        if url != uri and url not in extra:
+            extra.append(url)
+    return extra
 
 
 def new_guid() -> str:

@@ -83,6 +83,13 @@ def _being_cancelled(task: asyncio.Task[Any]) -> bool:
     return bool(cancelling is not None and cancelling())
 
 
+def being_cancelled() -> bool:
+    """Whether the current task was asked to cancel (a CancelledError it got may be of
+    a future it awaited, cancelled by someone else)."""
+    task = asyncio.current_task()
+    return task is not None and _being_cancelled(task)
+
+
 async def _settle() -> None:
     """Wait for the tasks being cancelled on this loop to end."""
     me = asyncio.current_task()

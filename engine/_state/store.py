@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS operations (
     total INTEGER NOT NULL DEFAULT 0,
     checksum TEXT,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    sources TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS one_live_operation_per_result ON operations(result_file)
     WHERE status NOT IN (5, 6) AND NOT (status = 7 AND acknowledged = 1);
@@ -104,6 +105,14 @@ with no key: a row appended costs about 1 us where one under a primary key cost 
 (engine/_ops/cross_process.py).  ``answer`` is NULL until the driver takes it ('taken'),
 then 'done' or 'refused: why'."""
 
+
+def _add_sources(db: sqlite3.Connection) -> None:
+    """A database made before operations had sources gets the column (empty lists)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(operations)")}
+    if "sources" not in columns:
+        db.execute("ALTER TABLE operations ADD COLUMN sources TEXT NOT NULL DEFAULT '[]'")
+
+
 FINISHED_SQL = "status IN (5, 6) OR (status = 7 AND acknowledged = 1)"
 
 
@@ -134,6 +143,8 @@ class OpRecord:
     """``algo=hex`` the finished file must match (beyond the Windows API)."""
     created: float = dataclasses.field(default_factory=time.time)
     updated: float = dataclasses.field(default_factory=time.time)
+    sources: list[str] = dataclasses.field(default_factory=list)
+    """More URLs of the same content (beyond the Windows API)."""
 
     def to_row(self) -> tuple[Any, ...]:
         """The row's values in column order (one C call gathers them: a comprehension
@@ -141,6 +152,7 @@ class OpRecord:
         row = list(_VALUES(self))
         row[_RECOVERABLE] = json.dumps(self.recoverable) if self.recoverable else "[]"
         row[_HEADERS] = json.dumps(self.headers) if self.headers else "[]"
+        row[_SOURCES] = json.dumps(self.sources) if self.sources else "[]"
         row[_RANDOM_ACCESS] = int(self.random_access)
         row[_ACKNOWLEDGED] = int(self.acknowledged)
         return tuple(row)
@@ -150,6 +162,7 @@ class OpRecord:
         data = dict(row)
         data["recoverable"] = json.loads(data["recoverable"])
         data["headers"] = [tuple(h) for h in json.loads(data["headers"])]
+        data["sources"] = json.loads(data["sources"])
         data["random_access"] = bool(data["random_access"])
         data["acknowledged"] = bool(data["acknowledged"])
         return cls(**data)
@@ -158,6 +171,7 @@ class OpRecord:
 _COLUMNS = [f.name for f in dataclasses.fields(OpRecord)]
 _VALUES = operator.attrgetter(*_COLUMNS)
 _RECOVERABLE, _HEADERS = _COLUMNS.index("recoverable"), _COLUMNS.index("headers")
+_SOURCES = _COLUMNS.index("sources")
 _RANDOM_ACCESS, _ACKNOWLEDGED = _COLUMNS.index("random_access"), _COLUMNS.index("acknowledged")
 _INSERT = (
     f"INSERT INTO operations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -277,6 +291,7 @@ class Store:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP}")
                 self._db.execute(f"PRAGMA journal_size_limit={_BACKSTOP * 4096}")
                 self._db.executescript(_SCHEMA)
+                _add_sources(self._db)
             finally:
                 os.umask(old)
             os.chmod(db, 0o600)

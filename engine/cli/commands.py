@@ -73,12 +73,14 @@ def downloader(
     took out of each) or of a netrc file for ``hosts``; one login a command."""
     d = BackgroundDownloader(
         state_dir=args.state_dir,
-        max_connections_per_file=getattr(args, "connections", 8),
+        max_connections_per_file=getattr(args, "connections", "auto"),
         server_credential=credential(args, found, hosts),
         config=with_limits(args, _tls_config(args)),
         durability=getattr(args, "durability", None),
     )
     expire(d, keep_seconds(getattr(args, "keep_failed", None)))
+    if args.command == "mirror":
+        d.max_bytes_per_second = args.limit_rate  # the total; get's limits its one file
     for header in getattr(args, "header", []):
         name, sep, value = header.partition(":")
         if not sep:
@@ -167,8 +169,9 @@ def pause_all(ops: list[DownloadOperation]) -> None:
 
 # -- get ---------------------------------------------------------------------------------
 def get(args: argparse.Namespace) -> int:
-    url, login = split_login(args.url)
-    d = downloader(args, [login], [host_of(url)])
+    split = [split_login(u) for u in args.url]
+    url, mirrors = split[0][0], [u for u, _ in split[1:]]
+    d = downloader(args, [login for _, login in split], [host_of(u) for u, _ in split])
     output = output_path(args.output, url, create=args.create_dirs)
     if args.checksum:
         parse(args.checksum)  # a bad spec is bad usage, before anything starts
@@ -176,9 +179,10 @@ def get(args: argparse.Namespace) -> int:
     if op is not None:
         op = point_at(op, url)  # the same URL, or a new one for the same content
     if op is None:
-        op = d.create_download(url, output)
+        op = d.create_download(url, output, sources=mirrors)
     if args.checksum:
         op.expected_checksum = args.checksum
+    op.max_bytes_per_second = args.limit_rate
     errors = follow(d, [op], args.quiet)
     if errors:
         if args.debug:
@@ -208,10 +212,12 @@ def mirror(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"{args.input}: no URL in the list")
     logins: list[tuple[str, str]] = []  # those the URLs carried
     for i, entry in enumerate(entries):
-        url, login = split_login(entry.url)
-        if login is not None:
-            entries[i] = dataclasses.replace(entry, url=url)
-            logins.append(login)
+        split = [split_login(u) for u in (entry.url, *entry.mirrors)]
+        found = [login for _, login in split if login is not None]
+        if found:
+            urls = [u for u, _ in split]
+            entries[i] = dataclasses.replace(entry, url=urls[0], mirrors=tuple(urls[1:]))
+            logins.extend(found)
     if getattr(args, "host_connections", None) is not None and not args.cluster:
         raise InvalidRequestError("--host-connections goes with --cluster")
     if getattr(args, "cluster", None):  # Dask is imported only then
@@ -378,7 +384,7 @@ async def _mirror(
             await slots.acquire()
             entry, path, op, partial = todo.popleft()
             if op is None:
-                op = d.create_download(entry.url, path)
+                op = d.create_download(entry.url, path, sources=getattr(entry, "mirrors", ()))
                 if partial:
                     op._continue_found()
                 if entry.checksum:

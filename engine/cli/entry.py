@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import gc
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -171,6 +172,56 @@ def _durability(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _connections(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--connections",
+        type=_count,
+        default="auto",
+        metavar="N",
+        help="per file, 1 to 64 (default: auto, as many as raise the throughput)",
+    )
+
+
+def _count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections") from None
+
+
+def _limit(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--limit-rate",
+        type=_rate,
+        default=0,
+        metavar="RATE",
+        help=f"the most bytes a second for {what}, as curl's: 500K, 10M, 1G (1024-based)",
+    )
+
+
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    """Bytes a second from curl's ``--limit-rate`` syntax: ``500K``, ``10M``, ``1.5G``
+    (1024-based, as curl and aria2 read them); ``0`` means no limit."""
+    m = _RATE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a rate (bytes a second, e.g. 500K, 10M, 1G)")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bgtransfer",
@@ -182,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("get", help="download one file; running it again resumes")
-    g.add_argument("url")
+    g.add_argument("url", nargs="+", help="the file's URL, and more URLs of the same file")
     g.add_argument(
         "-o",
         "--output",
@@ -192,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--create-dirs", action="store_true", help="make the folder of -o when it is missing"
     )
-    g.add_argument("-c", "--connections", type=int, default=8, help="per file (default 8)")
+    _connections(g)
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     g.add_argument("--checksum", help="ALGO=HEX with sha256, sha1, md5, xxh3 or xxh128")
     g.add_argument(
@@ -200,15 +251,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hand it to the background service, print its GUID and exit (see wait)",
     )
+    _limit(g, "the download")
     _login(g)
     _trust(g)
     _limits(g)
     _durability(g)
-    m = sub.add_parser("mirror", help="download every URL of a list (URL [NAME] [ALGO=HEX])")
+    m = sub.add_parser(
+        "mirror", help="download every file of a list (URL [URL...] [NAME] [ALGO=HEX])"
+    )
     m.add_argument("-i", "--input", required=True, help="the list, or - for stdin")
     m.add_argument("-d", "--dir", required=True, type=Path, help="where the files go")
     m.add_argument("-j", "--parallel", type=int, default=16, help="files at once (default 16)")
-    m.add_argument("-c", "--connections", type=int, default=4, help="per file (default 4)")
+    _connections(m)
     m.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     m.add_argument(
         "--cluster",
@@ -222,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --cluster: connections to one host over the whole cluster at most",
     )
+    _limit(m, "all the files together")
     _login(m)
     _trust(m)
     _limits(m)

@@ -97,6 +97,8 @@ class Entry:
     checksum: str | None
     line: int = 0
     """Its line in the list (1 for the first)."""
+    mirrors: tuple[str, ...] = ()
+    """More URLs of the same file (after the first on its line)."""
 
 
 SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp"})
@@ -104,17 +106,20 @@ SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp"})
 
 def _entry(number: int, fields: list[str]) -> Entry:
     """One line's entry; ValueError saying what is wrong with it."""
-    url, rest = fields[0], fields[1:]
+    urls, rest = [fields[0]], fields[1:]
+    while rest and "://" in rest[0]:  # more URLs of the same file (TAB-separated, as aria2's)
+        urls.append(rest.pop(0))
     checksum = rest.pop() if rest and "=" in rest[-1] else None
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"{url!r} is not a URL")
-    if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"{url!r}: {parts.scheme} is not http, https, ftp, ftps or sftp")
+    for url in urls:
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise ValueError(f"{url!r} is not a URL")
+        if parts.scheme.lower() not in SCHEMES:
+            raise ValueError(f"{url!r}: {parts.scheme} is not http, https, ftp, ftps or sftp")
     if checksum is not None:
         parse(checksum)  # its own ValueError says what is wrong
-    name = " ".join(rest) if rest else _last_segment(parts.path)
-    return Entry(url, safe_name(name), checksum, number)
+    name = " ".join(rest) if rest else _last_segment(urlsplit(urls[0]).path)
+    return Entry(urls[0], safe_name(name), checksum, number, tuple(urls[1:]))
 
 
 @dataclasses.dataclass
@@ -130,8 +135,9 @@ class MirrorList:
 
 
 def parse_list(lines: Iterable[str], source: str = "list") -> MirrorList:
-    """A mirror list, one ``URL [NAME] [ALGO=HEX]`` a line (blank lines and ``#``
-    comments skipped), read whole (see ``MirrorList``).
+    """A mirror list, one ``URL [URL...] [NAME] [ALGO=HEX]`` a line, the URLs of one
+    file separated by TABs (as in aria2's input files) or spaces (blank lines and
+    ``#`` comments skipped), read whole (see ``MirrorList``).
 
     The one place a list is parsed: a list streamed line by line replaces it whole."""
     entries, problems = [], []

@@ -15,6 +15,7 @@ waits paused until a process that has them attaches (this one does so by itself)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from engine.downloader import (
     BackgroundTransferCompletionGroup,
     BackgroundTransferGroup,
 )
+from engine.errors import InvalidRequestError
 from engine.operation import DownloadOperation
 from engine.service.link import Link
 from engine.service.operation import RemoteOperation
@@ -82,8 +84,13 @@ class ServiceDownloader(BackgroundDownloader):
         uri: str,
         result_file: os.PathLike[str] | str,
         request_body_file: os.PathLike[str] | str | None = None,
+        *,
+        sources: Sequence[str] = (),
     ) -> RemoteOperation:
-        """A new operation in the service, in IDLE: ``start_async`` starts it there."""
+        """A new operation in the service, in IDLE: ``start_async`` starts it there.
+        Several sources go through the engine in-process only, for now."""
+        if sources:
+            raise InvalidRequestError("several sources are not taken by the service yet")
         body: dict[str, Any] = {
             "uri": uri,
             "result_file": os.path.abspath(os.fspath(result_file)),
@@ -91,7 +98,9 @@ class ServiceDownloader(BackgroundDownloader):
             "method": self.method,
             "priority": self.priority.name,
             "cost_policy": self.cost_policy.name,
-            "max_connections": self.max_connections_per_file,
+            "max_connections": (
+                0 if self.max_connections_per_file == "auto" else self.max_connections_per_file
+            ),
             "block_size": self.block_size,
             "headers": [list(h) for h in self._headers],
         }

@@ -108,7 +108,7 @@ def get(args: argparse.Namespace, local: Callable[[argparse.Namespace], int]) ->
     if running(args.state_dir):
         from engine.cli.names import split_login
 
-        url, _ = split_login(args.url)
+        url, _ = split_login(args.url[0])
         output = os.fspath(_output(args, url))
         views = _call(args, lambda c: c.current())
         mine = [v for v in views if v.result_file == output and v.uri == url]
@@ -135,7 +135,9 @@ def get_background(args: argparse.Namespace) -> int:
     from engine.cli.names import split_login
     from engine.service.protocol import credentials_json
 
-    url, login = split_login(args.url)
+    if len(args.url) > 1:
+        raise InvalidRequestError("--background takes one URL (several sources run in-process)")
+    url, login = split_login(args.url[0])
     creds = credential(args, [login], [host_of(url)])
     output = _output(args, url)
     if args.checksum:
@@ -143,7 +145,7 @@ def get_background(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "uri": url,
         "result_file": os.fspath(output),
-        "max_connections": args.connections,
+        "max_connections": 0 if args.connections == "auto" else args.connections,  # 0: auto
         "headers": [_header(h) for h in args.header],
     }
     if args.checksum:

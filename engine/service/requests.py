@@ -63,7 +63,7 @@ class CreateRequest:
             server_credential=self.server,
             proxy_credential=self.proxy,
             proxy=f.get("proxy"),
-            max_connections_per_file=f.get("max_connections", 8),
+            max_connections_per_file=f.get("max_connections", 8) or "auto",  # 0: auto
             block_size=f.get("block_size", 1 << 20),
         )
         for name, value in f.get("headers", []):
