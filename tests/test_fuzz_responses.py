@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import FaultHandler, FaultServer
 
-from engine import BackgroundDownloader, TransferConfig, TransferError
+from engine import BackgroundDownloader, DownloadOperation, TransferConfig, TransferError
 
 BODY = os.urandom(600_000)
 CONFIG = TransferConfig(
@@ -119,17 +119,10 @@ def server() -> Iterator[FaultServer]:
 _runs = itertools.count()
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(script=st.lists(lies, max_size=4))
-def test_any_lie_ends_byte_exact_or_in_a_typed_error(
-    server: FaultServer, tmp_path: Path, script: list[Lie]
-) -> None:
-    """The scripted lies come first, then true answers: the download is byte-exact,
-    or it failed with a TransferError and left no file under the result's name."""
+def _scripted(
+    server: FaultServer, state: Path, result: Path, script: list[Lie]
+) -> DownloadOperation:
+    """A download of ``server.url`` whose first responses are ``script``'s lies."""
     left = list(script)
 
     def respond(h: FaultHandler, send_body: bool) -> bool:
@@ -141,15 +134,26 @@ def test_any_lie_ends_byte_exact_or_in_a_typed_error(
         return True
 
     server.script = respond
+    d = BackgroundDownloader(
+        state_dir=state, config=CONFIG, block_size=1 << 16, max_connections_per_file=2
+    )
+    return d.create_download(server.url, result)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(script=st.lists(lies, max_size=4))
+def test_any_lie_ends_byte_exact_or_in_a_typed_error(
+    server: FaultServer, tmp_path: Path, script: list[Lie]
+) -> None:
+    """The scripted lies come first, then true answers: the download is byte-exact,
+    or it failed with a TransferError and left no file under the result's name."""
     run = next(_runs)
     result = tmp_path / f"out-{run}.bin"
-    d = BackgroundDownloader(
-        state_dir=tmp_path / f"state-{run}",
-        config=CONFIG,
-        block_size=1 << 16,
-        max_connections_per_file=2,
-    )
-    op = d.create_download(server.url, result)
+    op = _scripted(server, tmp_path / f"state-{run}", result, script)
     try:
         op.start().wait(60)
     except TransferError:
@@ -158,3 +162,22 @@ def test_any_lie_ends_byte_exact_or_in_a_typed_error(
         assert result.read_bytes() == BODY
     finally:
         server.script = None
+
+
+def test_a_416_of_another_version_is_a_change_not_the_end_of_the_body(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    """A body of unknown length, then a 416 with another ETag where it was to go on:
+    the file changed, so the download starts over and ends byte-exact, never as the
+    first version's part under the result's name."""
+    script = [
+        Lie(status=206, shift=0, stretch=0, total=None, length="missing", cut=None, etag='"v1"'),
+        Lie(status=416, shift=0, stretch=0, total=None, length="missing", cut=None, etag='"v2"'),
+    ]
+    op = _scripted(server, tmp_path / "state", tmp_path / "out.bin", script)
+    try:
+        op.start().wait(60)
+    finally:
+        server.script = None
+    assert (tmp_path / "out.bin").read_bytes() == BODY
+    assert op.progress.has_restarted

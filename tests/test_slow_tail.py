@@ -9,6 +9,9 @@ from pathlib import Path
 from servers import FaultServer, Nginx, sha256
 
 from engine import BackgroundDownloader
+from engine._download.segmented import SegmentedDownload
+from engine._download.segments import Stop, Stream
+from engine._download.tail import overtake
 
 SIZE = 32 << 20
 
@@ -51,3 +54,18 @@ def test_eight_connections_cost_no_byte_twice(nginx: Nginx, tmp_path: Path) -> N
     size = (nginx.www / "big.bin").stat().st_size
     assert len(lines) >= 8
     assert served <= 1.02 * size, served / size
+
+
+def test_a_piece_for_an_overtaken_request_leaves_it_overtaken(tmp_path: Path) -> None:
+    """libcurl may hand an overtaken request more pieces before the multi drops its
+    transfer: they are refused and the request stays overtaken, so the cancel of that
+    transfer ends it alone (taken for a cancel of the download, it left it RUNNING
+    for ever)."""
+    job = SegmentedDownload("http://127.0.0.1:9/f", tmp_path / "out.bin")
+    for racing in (False, True):
+        loser = Stream(0, 1 << 20, 4096, checked=True)
+        if racing:  # a twin got ahead of it: its rival is still set
+            loser.rival = Stream(4096, 1 << 20, 8192, checked=True, twin=True)
+        overtake(loser)
+        assert job._writer(loser)(memoryview(bytes(16384))) == 0
+        assert (loser.stop, loser.pos, loser.end) == (Stop.OVERTAKEN, 4096, 4096)

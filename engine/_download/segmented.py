@@ -726,6 +726,12 @@ class SegmentedDownload:
                 st.pos = self._grow_pos = st.pos + n
                 return None
             try:
+                if st.stop is Stop.OVERTAKEN:
+                    # Its rival has these bytes, and its transfer is cancelled; libcurl
+                    # may still hand it pieces until the multi drops it.  They keep
+                    # that mark (a range end written over it would make the cancel a
+                    # cancel of the whole download, see _perform).
+                    return 0
                 if not st.checked and not self._check_head(st):
                     return 0
                 if st.rival is not None:
@@ -843,7 +849,8 @@ class SegmentedDownload:
                 return True
             stated = head.unsatisfied_total  # a 416 stating a total past here is wrong
             if self._plain and st.start == self._grow_pos > 0 and stated in (None, st.start):
-                st.stop = Stop.BODY_END  # nothing past where the last response ended
+                # nothing past where the last response ended, unless of another version
+                st.stop = Stop.CHANGED if self._changed(st, None) else Stop.BODY_END
                 return False
         if status == 200 or (200 < status < 300 and st.start == 0):
             changed = self._changed(st, head.content_length)
