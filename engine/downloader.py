@@ -267,7 +267,7 @@ class Settings:
 
     def ended(self, op: DownloadOperation) -> None:
         """An operation reached COMPLETED, CANCELED or ERROR."""
-        body = op._rec.body_file
+        body = op.record.body_file
         if (
             body is not None
             and op.status is not _ERROR
@@ -442,7 +442,7 @@ class BackgroundDownloader:
         )
         self._store.insert(rec)  # its unique index refuses a second live op on the file
         op = self._adopt(rec)
-        op._new = True  # nothing of it is on disk yet (see DownloadOperation._new)
+        op.made_here()
         if self._settings.completion_group is not None:
             self._settings.completion_group._add(op)
         return op
@@ -570,4 +570,4 @@ def reorder_group(settings: Settings, group: str, guid: str) -> None:
         settings.store.update(rec.guid, seq=seq)
         live = _live.get((settings.store.state_dir, rec.guid))
         if live is not None:
-            live._rec.seq = seq
+            live.record.seq = seq

@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 The object lives on the caller's side; the work runs on the engine loop (``_loop``).
-Every status change goes through ``_move``: the table in ``_states`` decides, the
+Every status change goes through ``move``: the table in ``_states`` decides, the
 state database records it, and only then are progress callbacks told.  Calls that
 change the status (``pause``, ``resume``, ``cancel``) do the transition at once on
 the calling thread (so an illegal call raises there and changes nothing) and leave
 the engine loop to stop or start the work.
 
-While the operation runs, a ``Runner`` (``_runner``, a task on the engine loop)
+While the operation runs, a ``Runner`` (``runner``, a task on the engine loop)
 waits for the network, its cost policy and free disk to allow it, waits for the
 scheduler, then drives a ``SegmentedDownload`` whose progress ticks feed the
 throttled progress callbacks and the ``ranges_downloaded`` events (``_reporting``);
@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,10 @@ from engine._download.segmented import SegmentedDownload, Snapshot
 from engine._net.ratelimit import Budget
 from engine._net.transport import ResponseHead
 from engine._ops.cross_process import ask_to_cancel
+from engine._ops.interfaces import Pokable
 from engine._ops.outcome import NotSettled, Outcome
 from engine._ops.reading import Readers
-from engine._ops.reporting import ProgressCallback, Reporter
+from engine._ops.reporting import Reporter
 from engine._ops.runner import Runner
 from engine._ops.scheduler import scheduler
 from engine._ops.starting import Starting
@@ -77,6 +78,9 @@ if TYPE_CHECKING:
 
 S = BackgroundTransferStatus
 _STATUS = {s.value: s for s in S}
+ProgressCallback = Callable[["DownloadOperation"], "Awaitable[None] | None"]
+"""``progress(op)``: a plain function, or an ``async def`` run as a task of the loop
+it is delivered on (C#'s ``async void`` handler): the next report does not wait for it."""
 
 
 _CLEARS_ERROR = (S.RUNNING, S.PAUSED_BY_APPLICATION, S.COMPLETED, S.CANCELED)
@@ -108,7 +112,8 @@ class DownloadOperation:
     _ranges: list[tuple[int, int]] | None = None
     _restarts_seen = 0
     _response_seen = False  # the running job's first response was reported
-    _runner: Runner | None = None
+    runner: Pokable | None = None
+    """What drives it on the engine loop now (a ``Runner``), if anything."""
     _unsaved_running = False
     _connections = 0
     _rate = 0  # max_bytes_per_second
@@ -202,11 +207,11 @@ class DownloadOperation:
         running one on a metered network that may no longer use it pauses."""
         self._store.update(self._rec.guid, cost_policy=value.value)
         self._rec.cost_policy = value.value
-        if self._runner is not None:  # nothing runs it yet: its runner reads the new value
+        if self.runner is not None:  # nothing runs it yet: its runner reads the new value
             self._on_engine(self._poke_runner)
 
     def _poke_runner(self) -> None:
-        runner = self._runner
+        runner = self.runner
         if runner is not None:
             runner.poke()
 
@@ -276,7 +281,7 @@ class DownloadOperation:
         if self._budget is not None:
             self._budget.rate = value
 
-    def _rate_budget(self) -> Budget:
+    def rate_budget(self) -> Budget:
         """The budget its requests take their rate from (engine loop)."""
         budget = self._budget
         if budget is None:
@@ -298,7 +303,7 @@ class DownloadOperation:
         its message as stored (secrets in URLs masked); None in any other status."""
         if self._rec.error_message is None or self.status not in _NEW_URI_IN[1:]:
             return None
-        return self._stored_error()
+        return self.stored_error()
 
     @property
     def progress(self) -> BackgroundDownloadProgress:
@@ -307,12 +312,114 @@ class DownloadOperation:
             self._bytes, self._total, self.status, self._restarted, self._response_changed
         )
 
+    # -- the engine side's view (engine._ops.interfaces.EngineOperation) ---------------
+    @property
+    def record(self) -> OpRecord:
+        """Its row of the state database, as this process last wrote or read it."""
+        return self._rec
+
+    @property
+    def settings(self) -> Settings:
+        """What it shares with the other operations of its downloader."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
+
+    @property
+    def store(self) -> Store:
+        """The state database it lives in."""
+        return self._store
+
+    @property
+    def oplock(self) -> OpLock:
+        """The lock that makes one process at a time drive it."""
+        return self._oplock
+
+    @property
+    def outcome(self) -> Outcome[None]:
+        """Settled once, when it completes, fails or is cancelled (a resume makes a new one)."""
+        return self._outcome
+
+    @property
+    def job(self) -> SegmentedDownload | None:
+        """The run of the download in progress, if any."""
+        return self._job
+
+    @property
+    def bytes_received(self) -> int:
+        """Body bytes received, as of the last tick (``progress`` looks at the disk)."""
+        return self._bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """The size of the result, 0 while unknown."""
+        return self._total
+
+    @property
+    def last_progress(self) -> BackgroundDownloadProgress:
+        """``progress`` as of the last tick, without looking at the disk."""
+        return BackgroundDownloadProgress(
+            self._bytes, self._total, self.status, self._restarted, self._response_changed
+        )
+
+    def progress_told(self) -> None:
+        """A progress callback was told: the restart and new-response flags are true in
+        the first snapshot after a restart or a new response only."""
+        self._restarted = False
+        self._response_changed = False
+
+    def live_ranges(self) -> list[tuple[int, int]]:
+        """The ranges present as of the last tick (none before the first)."""
+        return self._ranges or []
+
+    def give_up_elsewhere(self) -> None:
+        """Another process took the drive lock first: this run ends before it began."""
+        self._started = False
+        self.fail_outcome(self.elsewhere_error())
+
+    def made_here(self) -> None:
+        """Made by create_download in this process: nothing of it is on disk yet."""
+        self._new = True
+
+    def take_new(self) -> bool:
+        """True once: made by create_download in this process and never run, so there
+        are no files of an earlier run to look for."""
+        new, self._new = self._new, False
+        return new
+
+    def job_ended(self) -> None:
+        """The run of the download ended, whichever way: nothing of it is live now."""
+        self._ranges = None
+        self._job = None
+
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """Held while the finished file is renamed into place: pause() and cancel() are
+        refused meanwhile.  CancelledError when one of them came a moment before."""
+        with self._lock:
+            if self.status is not S.RUNNING:
+                raise asyncio.CancelledError  # paused or cancelled a moment ago
+            self._finishing = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._finishing = False
+
+    def mark_complete(self, size: int | None) -> None:
+        """Every byte is in place under the final name (``size`` of them, when known)."""
+        self._total = size or self._bytes
+        self._bytes = self._total
+        self.move(Event.COMPLETE)
+
     # -- the scheduler's view -------------------------------------------------------
     @property
     def sort_key(self) -> tuple[int, int]:
         return (_RANK[self._rec.priority], self._rec.seq)
 
-    def _rank(self) -> int:
+    def rank(self) -> int:
         """The priority rank its requests wait for a connection slot with."""
         return _RANK[self._rec.priority]
 
@@ -367,6 +474,10 @@ class DownloadOperation:
         """*Beyond*: the size its file needs free (above the reserve) before it can be
         made, while PAUSED_SYSTEM_POLICY waits for that room; else 0."""
         return self._space_needed
+
+    def need_space(self, size: int) -> None:
+        """Wait in PAUSED_SYSTEM_POLICY until ``size`` bytes fit (0: they fit now)."""
+        self._space_needed = size
 
     def wait(self, timeout: float | None = None) -> DownloadOperation:
         """Block until COMPLETED (returns), ERROR (raises) or cancel (TransferCanceled).
@@ -445,7 +556,7 @@ class DownloadOperation:
             if self._started:
                 self._refuse_if_elsewhere()
             elif not self._oplock.acquire():  # held from here: the runner takes it over
-                raise self._elsewhere_error()
+                raise self.elsewhere_error()
             spawned = False
             try:
                 if event is Event.START and (self._started or self.status is not S.IDLE):
@@ -459,10 +570,10 @@ class DownloadOperation:
                     return
                 self._started = True
                 if self.status is S.ERROR:
-                    self._fail_outcome(self._stored_error())
+                    self.fail_outcome(self.stored_error())
                     return
                 if event is Event.ATTACH and self.status is not S.IDLE:
-                    self._move(Event.ATTACH)
+                    self.move(Event.ATTACH)
                 if self.status in (S.IDLE, S.RUNNING, *ENGINE_PAUSE_FOR.values()):
                     self._spawn()
                     spawned = True
@@ -478,7 +589,7 @@ class DownloadOperation:
                 raise InvalidStateError(f"a {self._rec.method} download cannot be paused")
             self._refuse_if_elsewhere()
             self._refuse_while_finishing("pause")
-            self._move(Event.PAUSE)
+            self.move(Event.PAUSE)
             self._stop_runner()
 
     def resume(self) -> None:
@@ -486,7 +597,7 @@ class DownloadOperation:
         with self._lock:
             self._refuse_if_elsewhere()
             was_error = self.status is S.ERROR
-            self._move(Event.RESUME)
+            self.move(Event.RESUME)
             if was_error or self._outcome.done():
                 self._outcome = Outcome()
                 self._store.update(self._rec.guid, acknowledged=0)
@@ -502,7 +613,7 @@ class DownloadOperation:
             if ask_to_cancel(self):
                 with self._lock:
                     self._rec.status = S.CANCELED.value  # its row is gone with it
-                self._fail_outcome(self._canceled_error())
+                self.fail_outcome(self.canceled_error())
                 return
             fresh = self._store.get(self._rec.guid)  # its driver let go: as it left it
             if fresh is None:
@@ -515,7 +626,7 @@ class DownloadOperation:
         with self._lock:
             self._refuse_if_elsewhere()
             self._refuse_while_finishing("cancel")
-            self._move(Event.CANCEL)
+            self.move(Event.CANCEL)
             task = self._task
         done = self._on_engine(lambda: self._cleanup_canceled(task))
         if done is not None:
@@ -523,9 +634,9 @@ class DownloadOperation:
 
     def _refuse_if_elsewhere(self) -> None:
         if self._oplock.held_elsewhere():
-            raise self._elsewhere_error()
+            raise self.elsewhere_error()
 
-    def _elsewhere_error(self) -> ResultFileInUseError:
+    def elsewhere_error(self) -> ResultFileInUseError:
         return ResultFileInUseError(
             f"{self.result_file}: operation {self.guid} is driven by another process",
             guid=self.guid,
@@ -540,9 +651,9 @@ class DownloadOperation:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         remove_partial(self.result_file)
-        self._fail_outcome(self._canceled_error())
+        self.fail_outcome(self.canceled_error())
 
-    def _canceled_error(self) -> TransferCanceled:
+    def canceled_error(self) -> TransferCanceled:
         return TransferCanceled(f"{self.result_file}: canceled", guid=self.guid)
 
     # -- reading while it downloads ----------------------------------------------------------
@@ -562,10 +673,10 @@ class DownloadOperation:
             )
         return ResultStream(self, 0, timeout=timeout, seekable=True)
 
-    async def _available(self, offset: int, want: int) -> int:
+    async def available(self, offset: int, want: int) -> int:
         return await self._readers.available(self, offset, want)
 
-    def _wake_readers(self) -> None:
+    def wake_readers(self) -> None:
         self._readers.wake()
 
     def make_current_in_transfer_group(self) -> None:
@@ -598,9 +709,9 @@ class DownloadOperation:
         self._rec.headers = headers
         job = self._job
         if job is not None:
-            job.headers = self._header_lines()
+            job.headers = self.header_lines()
 
-    def _header_lines(self) -> list[str]:
+    def header_lines(self) -> list[str]:
         return [f"{k}: {v}" for k, v in self._rec.headers]
 
     # -- what arrived ------------------------------------------------------------------
@@ -623,16 +734,16 @@ class DownloadOperation:
         return made[1]
 
     def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
-        return [BackgroundTransferFileRange(o, n) for o, n in self._current_ranges()]
+        return [BackgroundTransferFileRange(o, n) for o, n in self.current_ranges()]
 
-    def _current_ranges(self) -> list[tuple[int, int]]:
+    def current_ranges(self) -> list[tuple[int, int]]:
         if self.status is S.COMPLETED:
             return [(0, self._total)] if self._total else []
         if self._ranges is not None:
             return list(self._ranges)
-        return self._disk_ranges()
+        return self.disk_ranges()
 
-    def _disk_ranges(self) -> list[tuple[int, int]]:
+    def disk_ranges(self) -> list[tuple[int, int]]:
         """The ranges an earlier run left in the control file (none when there is none)."""
         try:
             found = peek(self.result_file)
@@ -644,7 +755,7 @@ class DownloadOperation:
         except (ControlFileError, StorageError):
             return []
 
-    def _continue_found(self) -> None:
+    def continue_found(self) -> None:
         """A control file under this operation's name was left by an operation of
         another state directory (a mirror's shard run again on another machine):
         the first run looks for it and continues it rather than starting over."""
@@ -657,13 +768,13 @@ class DownloadOperation:
         if self.status is S.COMPLETED:
             self._bytes = self._total
         elif self._ranges is None and control_path(self.result_file).exists():
-            self._bytes = sum(n for _, n in self._disk_ranges())
+            self._bytes = sum(n for _, n in self.disk_ranges())
 
     # -- transitions ---------------------------------------------------------------------
-    def _move(self, event: Event, error: TransferError | None = None) -> BackgroundTransferStatus:
+    def move(self, event: Event, error: TransferError | None = None) -> BackgroundTransferStatus:
         """Apply the table, persist, then report; the only place a status changes.
 
-        One exception: IDLE -> RUNNING is written (``_save_running``) before the
+        One exception: IDLE -> RUNNING is written (``save_running``) before the
         download makes a control file, else at the first progress tick or with the
         next change.  Most small files end before any of these, so it would be
         written only to be deleted; a crash before it leaves the row IDLE with no
@@ -698,23 +809,23 @@ class DownloadOperation:
         """Tell about a status change, now that the state database has it."""
         self._report()
         if engine_here() is None:  # parking is atomic on the engine loop only
-            engine_loop().loop.call_soon_threadsafe(self._wake_readers)
+            engine_loop().loop.call_soon_threadsafe(self.wake_readers)
         elif self._readers.waiters:
-            self._wake_readers()
+            self.wake_readers()
         if new in (S.COMPLETED, S.CANCELED, S.ERROR):
             self._settings.ended(self)
 
-    def _stored_error(self) -> TransferError:
+    def stored_error(self) -> TransferError:
         status = self.current_web_error_status
         message = self._rec.error_message or f"{self.result_file}: failed"
         if status is not None and 300 <= status.value < 600:
             return HttpError(message, status_code=status.value, guid=self.guid)
         return TransportError(message, web_error_status=status, guid=self.guid)
 
-    def _fail_outcome(self, exc: BaseException) -> None:
-        self._settle_outcome(exc)
+    def fail_outcome(self, exc: BaseException) -> None:
+        self.settle_outcome(exc)
 
-    def _settle_outcome(self, exc: BaseException | None) -> None:
+    def settle_outcome(self, exc: BaseException | None) -> None:
         """Resolve the outcome (once) when the status that goes with it is durable:
         a ``wait()`` that returned never sees an older status after a crash."""
         outcome = self._outcome
@@ -782,8 +893,8 @@ class DownloadOperation:
             engine_loop().loop.call_soon_threadsafe(task.cancel)
 
     # -- progress and events -----------------------------------------------------------------
-    def _save_running(self, *, now: bool = False) -> None:
-        """Write the RUNNING that ``_move`` left unwritten; ``now``: committed before
+    def save_running(self, *, now: bool = False) -> None:
+        """Write the RUNNING that ``move`` left unwritten; ``now``: committed before
         this returns (a control file follows, and list must say RUNNING by then)."""
         with self._lock:
             if self._unsaved_running and self.status is S.RUNNING:
@@ -792,9 +903,9 @@ class DownloadOperation:
         if now:
             self._store.commit()
 
-    def _on_tick(self, snap: Snapshot) -> None:
+    def on_tick(self, snap: Snapshot) -> None:
         if self._unsaved_running:
-            self._save_running()
+            self.save_running()
         job = self._job
         self._bytes = snap.bytes_received
         self._connections = snap.connections
@@ -806,7 +917,7 @@ class DownloadOperation:
                 self._dropped = job.sources.reasons()
             if job.restarts > self._restarts_seen:
                 self._restarts_seen = job.restarts
-                self._note_restart()
+                self.note_restart()
             if job.last_head is not None and not self._response_seen:
                 # "Whenever new response information is available due to a new request
                 # being invoked": the first response of each run (start, resume, a
@@ -821,16 +932,16 @@ class DownloadOperation:
                 )
             if job.rf is not None and not job.rf.closed:
                 self._ranges = job.rf.ranges()
-        self._flush_ranges_event(final=False)
+        self.flush_ranges_event(final=False)
         self._report()
 
-    def _new_job(self, job: SegmentedDownload) -> None:
+    def new_job(self, job: SegmentedDownload) -> None:
         """A run of the download begins: its restarts and first response count anew."""
         self._job = job
         self._restarts_seen = 0
         self._response_seen = False
 
-    def _note_restart(self) -> None:
+    def note_restart(self) -> None:
         """The download started over from zero: true in the next progress report, and
         the next ranges_downloaded event says so (what it added before is void)."""
         self._restarted = True
@@ -840,5 +951,5 @@ class DownloadOperation:
     def _report(self) -> None:
         self._reporter.report(self)
 
-    def _flush_ranges_event(self, *, final: bool) -> None:
+    def flush_ranges_event(self, *, final: bool) -> None:
         self._reporter.flush_ranges(self, final=final)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine._disk.core import remove_partial
+from engine._ops.interfaces import EngineOperation
 from engine._runtime.loop import PerLoop, engine_here
 from engine._runtime.ticker import ticker
 from engine.errors import InvalidStateError, ResultFileInUseError, TransferError
@@ -32,7 +33,6 @@ from engine.errors import InvalidStateError, ResultFileInUseError, TransferError
 if TYPE_CHECKING:
     from engine._ops.outcome import Outcome
     from engine._state.store import Store
-    from engine.operation import DownloadOperation
 
 LOOK_EVERY = 0.5
 """Seconds between the driving process's looks at the asks."""
@@ -47,16 +47,16 @@ class _Board:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.ops: dict[str, DownloadOperation] = {}
+        self.ops: dict[str, EngineOperation] = {}
         self._ticker = ticker(LOOK_EVERY)
 
-    def join(self, op: DownloadOperation) -> None:
+    def join(self, op: EngineOperation) -> None:
         if not self.ops:
             self._ticker.join(self, self._look)
-        self.ops[op._rec.guid] = op
+        self.ops[op.record.guid] = op
 
-    def leave(self, op: DownloadOperation) -> None:
-        if self.ops.pop(op._rec.guid, None) is not None and not self.ops:
+    def leave(self, op: EngineOperation) -> None:
+        if self.ops.pop(op.record.guid, None) is not None and not self.ops:
             self._ticker.leave(self)
 
     def _look(self) -> None:
@@ -69,7 +69,7 @@ class _Board:
             except TransferError as exc:  # being completed: too late to cancel
                 self.store.answer(guid, f"refused: {exc}")
                 continue
-            op._outcome.add_done_callback(self._answer_done(guid))
+            op.outcome.add_done_callback(self._answer_done(guid))
 
     def _answer_done(self, guid: str) -> Callable[[Outcome[None]], None]:
         """Answers 'done' once the outcome is settled (the partial data removed first),
@@ -80,26 +80,26 @@ class _Board:
 _boards: PerLoop[Store, _Board] = PerLoop()
 
 
-def drive(op: DownloadOperation) -> _Board:
+def drive(op: EngineOperation) -> _Board:
     """On the engine loop, while this process drives ``op``: answer asks of it.
     The caller leaves the board it got when it lets go."""
     mine = _boards.here()
-    board = mine.get(op._store)
+    board = mine.get(op.store)
     if board is None:
-        board = mine[op._store] = _Board(op._store)
+        board = mine[op.store] = _Board(op.store)
     board.join(op)
     return board
 
 
-def ask_to_cancel(op: DownloadOperation) -> bool:
+def ask_to_cancel(op: EngineOperation) -> bool:
     """From a process that does not drive ``op``: have its driver cancel it, and wait.
 
     True once it is canceled there; False when the driver went away meanwhile (the
     caller cancels it itself).  Raises ResultFileInUseError when the driver does not
     answer, InvalidStateError when it refuses (the download is being completed)."""
     if engine_here() is not None:
-        raise op._elsewhere_error()  # waiting here would stall this process's downloads
-    store, guid = op._store, op._rec.guid
+        raise op.elsewhere_error()  # waiting here would stall this process's downloads
+    store, guid = op.store, op.record.guid
     store.ask_cancel(guid)
     start = time.monotonic()
     while True:
@@ -110,7 +110,7 @@ def ask_to_cancel(op: DownloadOperation) -> bool:
         if answer is not None and answer.startswith("refused: "):
             store.forget_request(guid)
             raise InvalidStateError(answer.removeprefix("refused: "), guid=op.guid)
-        if not op._oplock.held_elsewhere():  # its driver let go, or is gone
+        if not op.oplock.held_elsewhere():  # its driver let go, or is gone
             store.forget_request(guid)
             if answer == "taken":
                 # 'taken' was committed with the cancel itself: canceled, but the

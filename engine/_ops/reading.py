@@ -8,12 +8,9 @@ download to fetch its offset next.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
+from engine._ops.interfaces import EngineOperation
 from engine.values import BackgroundTransferStatus
-
-if TYPE_CHECKING:
-    from engine.operation import DownloadOperation
 
 S = BackgroundTransferStatus
 
@@ -25,7 +22,7 @@ class Readers:
     def __init__(self) -> None:
         self.waiters: list[asyncio.Future[None]] = []
 
-    async def available(self, op: DownloadOperation, offset: int, want: int) -> int:
+    async def available(self, op: EngineOperation, offset: int, want: int) -> int:
         """Bytes present from ``offset`` (up to ``want``), waiting until there is one.
 
         Runs on the engine loop.  0 means the end of the result.  Raises the
@@ -33,35 +30,35 @@ class Readers:
         """
         while True:
             if op.status is S.COMPLETED:
-                return max(0, min(want, op._total - offset))
-            if op._total and offset >= op._total:
+                return max(0, min(want, op.total_bytes - offset))
+            if op.total_bytes and offset >= op.total_bytes:
                 return 0
             present = self._present_from(op, offset, want)
             if present:
                 return present
             if op.status in (S.ERROR, S.CANCELED):
-                raise op._stored_error() if op.status is S.ERROR else op._canceled_error()
+                raise op.stored_error() if op.status is S.ERROR else op.canceled_error()
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
-            job = op._job
-            if job is not None and op._rec.random_access:
+            job = op.job
+            if job is not None and op.record.random_access:
                 job.prioritize(offset)
             try:
                 await waiter
             finally:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
-                if job is not None and op._rec.random_access:
+                if job is not None and op.record.random_access:
                     job.reader_done(offset)
 
-    def _present_from(self, op: DownloadOperation, offset: int, want: int) -> int:
-        job = op._job
+    def _present_from(self, op: EngineOperation, offset: int, want: int) -> int:
+        job = op.job
         if job is not None and job.finishing:
             return 0  # the finishing thread owns the file: wait for COMPLETED
         if job is not None and job.rf is not None and not job.rf.closed:
             ranges = job.rf.ranges()
         elif job is None:
-            ranges = op._disk_ranges()
+            ranges = op.disk_ranges()
         else:
             return 0
         for start, length in ranges:

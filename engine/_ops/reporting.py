@@ -12,10 +12,12 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
+from engine._ops.interfaces import EngineOperation
 from engine._runtime.loop import engine_here, engine_loop
 from engine.values import (
+    BackgroundDownloadProgress,
     BackgroundDownloadRangesDownloadedEventArgs,
     BackgroundTransferFileRange,
     BackgroundTransferStatus,
@@ -24,13 +26,10 @@ from engine.values import (
     subtract_ranges,
 )
 
-if TYPE_CHECKING:
-    from engine.operation import DownloadOperation
-
 S = BackgroundTransferStatus
-ProgressCallback = Callable[["DownloadOperation"], "Awaitable[None] | None"]
-"""``progress(op)``: a plain function, or an ``async def`` run as a task of the loop
-it is delivered on (C#'s ``async void`` handler): the next report does not wait for it."""
+ProgressCallback = Callable[[Any], "Awaitable[None] | None"]
+"""``progress(op)``: a plain function, or an ``async def`` run as a task of the loop it is
+delivered on (C#'s ``async void`` handler): the next report does not wait for it."""
 
 _running: set[asyncio.Future[None]] = set()
 """Handler coroutines still running: a task only the loop refers to may be collected."""
@@ -69,7 +68,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._callbacks: list[tuple[ProgressCallback, asyncio.AbstractEventLoop | None]] = []
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._last_reported: tuple[Any, ...] | None = None
+        self._last_reported: BackgroundDownloadProgress | None = None
         self._reported: list[tuple[int, int]] = []
         self._pending: list[tuple[int, int]] = []
         self._pending_restart = False
@@ -90,11 +89,11 @@ class Reporter:
             self._pending, self._reported = [], []
             self._pending_restart = True
 
-    def report(self, op: DownloadOperation) -> None:
+    def report(self, op: EngineOperation) -> None:
         """Tell progress callbacks, once per distinct snapshot (ticks repeat themselves)."""
         if not self._callbacks:
             return  # nobody asked (a quiet mirror): no snapshot to make
-        snap = (op._bytes, op._total, op.status, op._restarted, op._response_changed)
+        snap = op.last_progress
         with self._lock:
             if snap == self._last_reported:
                 return
@@ -102,12 +101,11 @@ class Reporter:
         for callback, loop in list(self._callbacks):
             self._deliver(loop, self._call_progress, callback, op)
 
-    def _call_progress(self, callback: ProgressCallback, op: DownloadOperation) -> None:
+    def _call_progress(self, callback: ProgressCallback, op: EngineOperation) -> None:
         """``op`` travels with the queued call: a download nobody holds (started with a
         callback and dropped) stays alive until its last report is told."""
         run_handler(callback(op))
-        op._restarted = False  # true in the first snapshot after a restart only
-        op._response_changed = False  # likewise, after a new response
+        op.progress_told()
 
     def _deliver(
         self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any
@@ -121,8 +119,8 @@ class Reporter:
         else:
             target.call_soon_threadsafe(fn, *args)
 
-    def flush_ranges(self, op: DownloadOperation, *, final: bool) -> None:
-        current = op._current_ranges() if final else (op._ranges or [])
+    def flush_ranges(self, op: EngineOperation, *, final: bool) -> None:
+        current = op.current_ranges() if final else op.live_ranges()
         if not current and not self._pending and not self._pending_restart:
             return  # nothing to add, nothing owed (a small file's ticks before its end)
         if not op.ranges_downloaded:
@@ -146,7 +144,7 @@ class Reporter:
         self._deliver(self._event_loop, self._raise_ranges_event, pending, restart, op)
 
     def _raise_ranges_event(
-        self, pending: list[tuple[int, int]], restart: bool, op: DownloadOperation
+        self, pending: list[tuple[int, int]], restart: bool, op: EngineOperation
     ) -> None:
         deferrals: list[Deferral] = []
         lock = threading.Lock()
@@ -173,7 +171,7 @@ class Reporter:
         )
         try:
             for handler in op.ranges_downloaded.handlers():
-                result = handler(op, args)
+                result = handler(cast(Any, op), args)  # the sender: the DownloadOperation
                 if result is not None and inspect.isawaitable(result):
                     run_handler(result, make().complete)  # held until the coroutine returns
         finally:

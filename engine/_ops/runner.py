@@ -2,7 +2,7 @@
 admits it, then one SegmentedDownload at a time runs until the operation ends or pauses.
 
 Everything here runs on the engine loop.  Status changes go through the operation's
-``_move`` (persisted, then reported); this module only decides which event happened.
+``move`` (persisted, then reported); this module only decides which event happened.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from engine._disk.core import control_path, remove_partial
 from engine._disk.space import NeedsSpace, room_for
 from engine._download.segmented import SegmentedDownload
 from engine._net.transport import RequestOptions
 from engine._ops.cross_process import drive
+from engine._ops.interfaces import EngineOperation
 from engine._ops.scheduler import scheduler
 from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event
 from engine._ops.validate import host_of
@@ -26,9 +26,6 @@ from engine._runtime.ticker import ticker
 from engine.errors import IntegrityError, TransferError, TransferTimeoutError
 from engine.values import BackgroundTransferCostPolicy, BackgroundTransferStatus
 from engine.web_error import WebErrorStatus
-
-if TYPE_CHECKING:
-    from engine.operation import DownloadOperation
 
 S = BackgroundTransferStatus
 _NETWORK_FAILURES = frozenset(
@@ -66,7 +63,7 @@ class _Watch:
         self._runner = runner
         self._run = run
         self.blocked: Event | None = None
-        self._ticker = ticker(runner.op._settings.config.poll_interval)
+        self._ticker = ticker(runner.op.settings.config.poll_interval)
         self._ticker.join(self, self._look)
 
     def _look(self) -> None:
@@ -95,7 +92,7 @@ class _Deadline:
         if self.attempting:
             self._task.cancel()
 
-    def error(self, op: DownloadOperation) -> TransferTimeoutError:
+    def error(self, op: EngineOperation) -> TransferTimeoutError:
         """No WebErrorStatus: the bound is the caller's, not the network failing."""
         return TransferTimeoutError(
             f"{op.result_file}: not complete within the maximum time ({self.seconds:g} s)"
@@ -108,9 +105,9 @@ class _Deadline:
 class Runner:
     """Runs ``op`` on the engine loop until it completes, fails, or pauses."""
 
-    def __init__(self, op: DownloadOperation) -> None:
+    def __init__(self, op: EngineOperation) -> None:
         self.op = op
-        self._host = host_of(op._rec.uri)
+        self._host = host_of(op.record.uri)
         self._poked: asyncio.Event | None = None
         self._watch: _Watch | None = None
         self._deadline: _Deadline | None = None
@@ -125,13 +122,12 @@ class Runner:
 
     async def run(self) -> None:
         op = self.op
-        if not op._oplock.acquire():
-            op._started = False
-            op._fail_outcome(op._elsewhere_error())
+        if not op.oplock.acquire():
+            op.give_up_elsewhere()
             return
         board = drive(op)  # while this process drives it, another may ask for a cancel
-        op._runner = self
-        max_time = op._settings.config.max_time
+        op.runner = self
+        max_time = op.settings.config.max_time
         if max_time is not None:
             task = asyncio.current_task(running_loop())
             assert task is not None
@@ -148,12 +144,12 @@ class Runner:
                 await sched.admit(op)
                 try:
                     if op.status is S.IDLE:
-                        op._move(Event.START)
+                        op.move(Event.START)
                     elif op.status in ENGINE_PAUSE_FOR.values():
-                        op._move(Event.CONDITIONS_MET)
+                        op.move(Event.CONDITIONS_MET)
                     await self._attempt()
                 except _Pause as pause:
-                    op._move(pause.event)
+                    op.move(pause.event)
                 finally:
                     sched.release(op)
         except asyncio.CancelledError:
@@ -161,17 +157,17 @@ class Runner:
         except Exception as exc:  # a bug, not the world: fail loudly, never hang awaiters
             # and never leave RUNNING in the store, which a later resume --all trips on
             with contextlib.suppress(Exception):  # not legal from here: the status stays
-                op._move(Event.FAIL, TransferError(f"{op.result_file}: internal error: {exc!r}"))
-            if not op._outcome.done():
-                op._outcome.set_exception(exc)
+                op.move(Event.FAIL, TransferError(f"{op.result_file}: internal error: {exc!r}"))
+            if not op.outcome.done():
+                op.outcome.set_exception(exc)
             raise
         finally:
             if self._deadline is not None:
                 self._deadline.cancel()
-            if op._runner is self:
-                op._runner = None
+            if op.runner is self:
+                op.runner = None
             board.leave(op)
-            op._oplock.release()
+            op.oplock.release()
 
     async def _wait_for_conditions(self) -> bool:
         """True when the network, its cost or the disk hold the operation back (it paused)."""
@@ -180,10 +176,10 @@ class Runner:
         if blocked is None:
             return False
         if op.status is not ENGINE_PAUSE_FOR[blocked]:
-            op._move(blocked)
+            op.move(blocked)
         poked = self._poked = asyncio.Event()
         try:
-            await asyncio.wait_for(poked.wait(), op._settings.config.poll_interval)
+            await asyncio.wait_for(poked.wait(), op.settings.config.poll_interval)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
             pass
         finally:
@@ -193,45 +189,49 @@ class Runner:
     def _blocked(self) -> Event | None:
         op = self.op
         host = self._host
-        monitor = op._settings.network_monitor
+        monitor = op.settings.network_monitor
         if not monitor.is_connected(host):
             return Event.NO_NETWORK
         if op.cost_policy is BackgroundTransferCostPolicy.UNRESTRICTED_ONLY and monitor.is_metered(
             host
         ):
             return Event.COSTED_NETWORK
-        if op._settings.disk_reserve_exceeded(op._rec.result_file):
+        if op.settings.disk_reserve_exceeded(op.record.result_file):
             return Event.SYSTEM_POLICY
-        need = op._space_needed
+        need = op.space_needed
         if need:
-            if not room_for(op._rec.result_file, need, op._settings.free_space_reserve):
+            if not room_for(op.record.result_file, need, op.settings.free_space_reserve):
                 return Event.SYSTEM_POLICY
-            op._space_needed = 0  # the next attempt allocates it (or finds it taken again)
+            op.need_space(0)  # the next attempt allocates it (or finds it taken again)
         return None
 
     async def _attempt(self) -> None:
         op = self.op
         job = SegmentedDownload(
-            op._rec.uri,
-            op._rec.result_file,
-            config=op._settings.config_for(op._rec),
-            headers=op._header_lines(),
-            on_progress=op._on_tick,
+            op.record.uri,
+            op.record.result_file,
+            config=op.settings.config_for(op.record),
+            headers=op.header_lines(),
+            on_progress=op.on_tick,
             request=self._request_options(),
-            require_ranges=op._rec.random_access,
-            mirrors=op._rec.sources,
+            require_ranges=op.record.random_access,
+            mirrors=op.record.sources,
         )
-        job.loose = op._rec.checksum is not None
+        job.loose = op.record.checksum is not None
         job.finisher = self._finish_verified
-        job.new, op._new = op._new, False
-        job.rank = op._rank
-        job.reserve = op._settings.free_space_reserve
-        job.budget = op._rate_budget()
-        job.on_blocks = op._wake_readers
-        job.on_resumable = lambda: op._save_running(now=True)
-        if not job.new and op._bytes > 0 and not os.path.lexists(control_path(op.result_file)):
-            op._note_restart()  # data had arrived, and nothing of it can be resumed
-        op._new_job(job)
+        job.new = op.take_new()
+        job.rank = op.rank
+        job.reserve = op.settings.free_space_reserve
+        job.budget = op.rate_budget()
+        job.on_blocks = op.wake_readers
+        job.on_resumable = lambda: op.save_running(now=True)
+        if (
+            not job.new
+            and op.bytes_received > 0
+            and not os.path.lexists(control_path(op.result_file))
+        ):
+            op.note_restart()  # data had arrived, and nothing of it can be resumed
+        op.new_job(job)
         task = asyncio.current_task(running_loop())
         assert task is not None
         watch = self._watch = _Watch(self, task)
@@ -259,7 +259,7 @@ class Runner:
                 if deadline is not None:
                     deadline.attempting = False
         except NeedsSpace as exc:  # its declared size fits, not now: wait for room
-            op._space_needed = exc.size
+            op.need_space(exc.size)
             raise _Pause(Event.SYSTEM_POLICY) from None
         except TransferError as exc:
             self._settle_error(exc)
@@ -267,10 +267,9 @@ class Runner:
         finally:
             self._watch = None
             watch.stop()  # (job.run reported its last progress as it ended)
-            op._ranges = None
-            op._job = None
-        op._flush_ranges_event(final=True)
-        op._settle_outcome(None)
+            op.job_ended()
+        op.flush_ranges_event(final=True)
+        op.settle_outcome(None)
 
     async def _finish_verified(self, finish: Callable[[], Awaitable[None]]) -> None:
         """Check the expected checksum on the partial file, then rename and complete.
@@ -281,7 +280,7 @@ class Runner:
         """
         op = self.op
         expected = op.expected_checksum
-        job = op._job
+        job = op.job
         if expected is not None and job is not None:
             algo, digest = expected
             got = await job.digest(algo)
@@ -290,46 +289,37 @@ class Runner:
                 raise IntegrityError(
                     f"{op.result_file}: {algo} is {got}, expected {digest}", guid=op.guid
                 )
-        with op._lock:
-            if op.status is not S.RUNNING:
-                raise asyncio.CancelledError  # paused or cancelled a moment ago
-            op._finishing = True
-        try:
+        with op.finishing():
             await finish()
-        finally:
-            with op._lock:
-                op._finishing = False
-        op._total = (job.size if job is not None else None) or op._bytes
-        op._bytes = op._total
-        op._move(Event.COMPLETE)
+        op.mark_complete(job.size if job is not None else None)
 
     def _settle_error(self, exc: TransferError) -> None:
         op = self.op
         exc.guid = op.guid
         status = exc.web_error_status
         if status is not None and status in op.recoverable_web_error_statuses:
-            op._move(Event.RECOVERABLE_ERROR, exc)
+            op.move(Event.RECOVERABLE_ERROR, exc)
             return
         host = self._host
-        if status in _NETWORK_FAILURES and not op._settings.network_monitor.is_connected(host):
+        if status in _NETWORK_FAILURES and not op.settings.network_monitor.is_connected(host):
             raise _Pause(Event.NO_NETWORK)
-        op._move(Event.FAIL, exc)
-        op._fail_outcome(exc)
+        op.move(Event.FAIL, exc)
+        op.fail_outcome(exc)
 
     def _request_options(self) -> RequestOptions:
         op = self.op
-        body = op._rec.body_file  # streamed by each request (_transport._send_body)
-        s = op._settings
+        body = op.record.body_file  # streamed by each request (_transport._send_body)
+        s = op.settings
         if (
             body is None
-            and op._rec.method == "GET"
+            and op.record.method == "GET"
             and s.server_credential is None
             and s.proxy is None
             and s.proxy_credential is None
         ):
             return _PLAIN  # a mirror's every file: no options to build
         return RequestOptions(
-            method=op._rec.method,
+            method=op.record.method,
             body_file=body,
             user=s.server_credential.pair if s.server_credential else None,
             proxy=s.proxy,

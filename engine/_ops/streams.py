@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A read asks the engine loop how many bytes are present from its position
-(``DownloadOperation._available``): the answer comes from the block bitmap, so only
+(``EngineOperation.available``): the answer comes from the block bitmap, so only
 bytes whose block is complete (and hashed) are ever returned.  When none are, the
 engine parks the read until blocks complete; with ``is_random_access_required`` it
 first points a connection at the offset (``SegmentedDownload.prioritize``).  The bytes
@@ -20,14 +20,12 @@ import errno
 import io
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine._disk.core import part_path
+from engine._ops.interfaces import EngineOperation
 from engine._runtime.loop import engine_loop
 from engine.errors import InvalidStateError, StorageError, TransferError, TransferTimeoutError
-
-if TYPE_CHECKING:
-    from engine.operation import DownloadOperation
 
 
 class ResultStream(io.RawIOBase):
@@ -41,7 +39,7 @@ class ResultStream(io.RawIOBase):
     """
 
     def __init__(
-        self, op: DownloadOperation, position: int, *, timeout: float | None, seekable: bool
+        self, op: EngineOperation, position: int, *, timeout: float | None, seekable: bool
     ) -> None:
         super().__init__()
         if position < 0:
@@ -93,7 +91,7 @@ class ResultStream(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if not len(view):
             return 0
-        future = engine_loop().submit(self._op._available(self._pos, len(view)))
+        future = engine_loop().submit(self._op.available(self._pos, len(view)))
         try:
             n = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TransferError:  # the download's own error, a TransferTimeoutError too
@@ -116,7 +114,7 @@ class ResultStream(io.RawIOBase):
 
     # -- internals -------------------------------------------------------------------
     def _wait(self, offset: int, want: int) -> int:
-        future = engine_loop().submit(self._op._available(offset, want))
+        future = engine_loop().submit(self._op.available(offset, want))
         with self._lock:
             self._pending = future
         try:
@@ -141,11 +139,11 @@ class ResultStream(io.RawIOBase):
     def _take(self, view: memoryview, n: int) -> int:
         if n == 0:
             return 0
-        got = self._pread(view[:n], self._pos)
+        got = self.pread(view[:n], self._pos)
         self._pos += got
         return got
 
-    def _pread(self, view: memoryview, offset: int) -> int:
+    def pread(self, view: memoryview, offset: int) -> int:
         """Read from the partial file, or from the final one once it was renamed."""
         result = self._op.result_file
         for path in (part_path(result), result):

@@ -289,7 +289,7 @@ def mirror_files(
     for entry in entries:
         path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
         op = current.get(path)
-        if op is None and entry.name in present and _complete(path, entry.checksum):
+        if op is None and entry.name in present and already_complete(path, entry.checksum):
             skipped += 1
             continue
         if op is not None and op.requested_uri != entry.url:
@@ -309,7 +309,7 @@ def mirror_files(
     return Mirrored(count, size, skipped, failed, refused)
 
 
-def _complete(path: str, checksum: str | None) -> bool:
+def already_complete(path: str, checksum: str | None) -> bool:
     """A final name exists only once complete; with a checksum it must also match.
     Without one, only a file of this user's counts: in a shared folder another user
     could have put any bytes under the name.  A file that does not count is left as
@@ -386,7 +386,7 @@ async def _mirror(
             if op is None:
                 op = d.create_download(entry.url, path, sources=getattr(entry, "mirrors", ()))
                 if partial:
-                    op._continue_found()
+                    op.continue_found()
                 if entry.checksum:
                     op.expected_checksum = entry.checksum
             view.watch(op)

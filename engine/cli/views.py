@@ -70,7 +70,7 @@ def interactive(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _progress(total_bar: bool) -> Any:
+def progress_bars(total_bar: bool) -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -97,7 +97,7 @@ class FileView:
     """One bar per operation: bytes, speed, ETA, connections and status."""
 
     def __init__(self, quiet: bool) -> None:
-        self._progress = _progress(False) if interactive(quiet) else None
+        self._progress = progress_bars(False) if interactive(quiet) else None
         self._tasks: dict[object, Any] = {}
         self._lock = threading.Lock()
         if self._progress is not None:

@@ -24,7 +24,7 @@ from engine import (
     DownloadOperation,
     Durability,
 )
-from engine.cli.commands import _complete, mirror_files
+from engine.cli.commands import already_complete, mirror_files
 from engine.cli.names import Entry
 from engine.cli.views import ENDED, MirrorView
 from engine.cli.words import describe
@@ -121,7 +121,7 @@ def run_shard(
         and all(os.path.isfile(_at(dest, i)) for i in shard.items)
     ):
         return {**found, "downloaded": 0, "bytes": 0, "already": len(names)}
-    todo = [i for i in shard.items if not _complete(_at(dest, i), i.checksum)]
+    todo = [i for i in shard.items if not already_complete(_at(dest, i), i.checksum)]
     send, run = _messenger(bool(options.mirror))
     started = time.monotonic()
     with _leases(semaphores), ledger.claim(shard.id) as staging:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from engine.cli.views import _progress, interactive
+from engine.cli.views import interactive, progress_bars
 
 
 class ClusterView:
@@ -25,7 +25,7 @@ class ClusterView:
         """Running shards: run, bytes, files done, failed (its latest message)."""
         self._ended: set[str] = set()
         self._totals = [0, 0, 0]  # bytes, files complete, failed: of ended shards
-        self._progress = _progress(True) if interactive(quiet) else None
+        self._progress = progress_bars(True) if interactive(quiet) else None
         self._bar = None
         if self._progress is not None:
             self._bar = self._progress.add_task(f"{files} files", total=None, extra="")

@@ -83,10 +83,10 @@ def view_of(op: DownloadOperation, *, waiting: bool = False) -> OpView:
         web_error=None
         if op.current_web_error_status is None
         else op.current_web_error_status.value,
-        error=op._rec.error_message if p.status is S.ERROR else None,
+        error=op.record.error_message if p.status is S.ERROR else None,
         waiting_for_credentials=waiting,
         connections=op.connections,
-        headers=[[k, v] for k, v in op._rec.headers],
+        headers=[[k, v] for k, v in op.record.headers],
     )
 
 
@@ -203,8 +203,8 @@ class Driver:
         a copy of its own with these credentials."""
         if server is None and proxy is None:
             return
-        settings = op._settings
-        op._settings = dataclasses.replace(
+        settings = op.settings
+        op.settings = dataclasses.replace(
             settings,
             server_credential=server or settings.server_credential,
             proxy_credential=proxy or settings.proxy_credential,
@@ -216,15 +216,15 @@ class Driver:
         if guid not in self.waiting_credentials:
             return False
         server, proxy = self.journal.needs_secret(guid)
-        return (server and op._settings.server_credential is None) or (
-            proxy and op._settings.proxy_credential is None
+        return (server and op.settings.server_credential is None) or (
+            proxy and op.settings.proxy_credential is None
         )
 
     async def control(self, guid: str, action: str, creds: dict[str, Credential]) -> OpView:
         op = self.find(guid)
         self.give_credentials(op, creds.get("server"), creds.get("proxy"))
         if action == "start":
-            self._remember_secret(op, op._settings.server_credential, op._settings.proxy_credential)
+            self._remember_secret(op, op.settings.server_credential, op.settings.proxy_credential)
             op.start(self._callback())
             self.watched.add(guid)
             self._watch(op)
@@ -241,7 +241,7 @@ class Driver:
                 raise InvalidRequestError(
                     f"operation {guid} needs its credentials again (the service restarted)"
                 )
-            self._remember_secret(op, op._settings.server_credential, op._settings.proxy_credential)
+            self._remember_secret(op, op.settings.server_credential, op.settings.proxy_credential)
             if action == "resume" or op.status in (S.ERROR, *_RESUMABLE):
                 self._go_on(op)
             else:
@@ -405,7 +405,7 @@ class Driver:
                 raise InvalidRequestError(str(exc)) from None
             op.recoverable_web_error_statuses = codes
         if "headers" in fields:
-            for name, _ in list(op._rec.headers):
+            for name, _ in list(op.record.headers):
                 op.remove_request_header(name)
             for name, value in fields["headers"]:
                 op.set_request_header(name, value)
@@ -423,7 +423,7 @@ class Driver:
             if ending.status != "COMPLETED":
                 raise TransferCanceled(f"{ending.result_file}: {ending.status.lower()}") from None
             return max(0, min(want, ending.total - offset))
-        future = engine_loop().submit(op._available(offset, want))
+        future = engine_loop().submit(op.available(offset, want))
         try:
             return await asyncio.wrap_future(future)
         finally:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine._ops.reporting import ProgressCallback, run_handler
+from engine._ops.reporting import run_handler
 from engine._state.store import Store
 from engine.downloader import BackgroundTransferCompletionGroup, BackgroundTransferGroup
 from engine.errors import (
@@ -26,7 +26,7 @@ from engine.errors import (
     TransferError,
     TransportError,
 )
-from engine.operation import DownloadOperation
+from engine.operation import DownloadOperation, ProgressCallback
 from engine.service.link import Link
 from engine.service.protocol import OpView
 from engine.service.streams import RemoteResultStream
@@ -71,6 +71,11 @@ class RemoteOperation(DownloadOperation):
         self.completion_group: BackgroundTransferCompletionGroup | None = None
         if view.ended:
             self._settle(view)
+
+    @property
+    def link(self) -> Link:
+        """The connection to the service this operation lives in."""
+        return self._link
 
     # -- what it is ----------------------------------------------------------------------
     @property
@@ -202,7 +207,7 @@ class RemoteOperation(DownloadOperation):
             )
         return RemoteResultStream(self, 0, timeout=timeout, seekable=True)
 
-    async def _available(self, offset: int, want: int) -> int:
+    async def available(self, offset: int, want: int) -> int:
         """Run by the stream on the engine loop: the service answers when bytes are there."""
         return await self._link.acall(self._link.client.available(self.view.guid, offset, want))
 

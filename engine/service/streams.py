@@ -19,15 +19,15 @@ class RemoteResultStream(ResultStream):
 
     _fd: int | None = None
 
-    def _pread(self, view: memoryview, offset: int) -> int:
+    def pread(self, view: memoryview, offset: int) -> int:
         if self._fd is None:
             try:
-                return super()._pread(view, offset)
+                return super().pread(view, offset)
             except StorageError as exc:
                 if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM):
                     raise
                 op: Any = self._op  # a RemoteOperation
-                socket_path = fdpass.fd_socket_path(op._link.client.paths.socket)
+                socket_path = fdpass.fd_socket_path(op.link.client.paths.socket)
                 try:
                     self._fd = fdpass.receive(socket_path, op.guid_str)
                 except OSError:
