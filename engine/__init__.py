@@ -14,6 +14,7 @@ from engine.downloader import (
     BackgroundTransferCompletionGroupTrigger,
     BackgroundTransferCompletionGroupTriggerDetails,
     BackgroundTransferGroup,
+    serve_through,
 )
 from engine.errors import (
     ControlFileError,
@@ -42,6 +43,16 @@ from engine.values import (
     ResponseInformation,
 )
 from engine.web_error import WebErrorStatus
+
+
+def _service_downloader() -> type[BackgroundDownloader]:
+    """The class of ``BackgroundDownloader(service=True)``: imported only when asked."""
+    from engine.service.api import ServiceDownloader
+
+    return ServiceDownloader
+
+
+serve_through(_service_downloader)
 
 __all__ = [
     "BackgroundDownloadProgress",

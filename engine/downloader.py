@@ -1,33 +1,38 @@
-"""BackgroundDownloader (the factory of operations), transfer groups and completion groups."""
+"""BackgroundDownloader: the factory of operations, and where they are found again.
+
+The groups it takes live in ``engine.groups`` and are re-exported here and from
+``engine``; what its operations share is ``engine._ops.settings.Settings``."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import os
 import stat
-import threading
 import time
-import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 from engine._disk.core import SIDE_SUFFIXES
 from engine._disk.trusted import check_folder
 from engine._net.ratelimit import Budget
-from engine._ops.reporting import run_handler
+from engine._ops.live import live, live_lock
+from engine._ops.settings import AUTO, Settings
 from engine._ops.validate import absolute, check_header, check_sources, check_uri, new_guid
-from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor, free_bytes
-from engine._runtime.loop import engine_loop
+from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor
 from engine._state.store import OpRecord, Store
 from engine.config import Durability, TransferConfig
-from engine.errors import InvalidRequestError, InvalidStateError, TransferError
+from engine.errors import InvalidRequestError, TransferError
+from engine.groups import (
+    BackgroundTransferCompletionGroup,
+    BackgroundTransferCompletionGroupTrigger,
+    BackgroundTransferCompletionGroupTriggerDetails,
+    BackgroundTransferGroup,
+)
 from engine.operation import DownloadOperation
 from engine.values import (
-    BackgroundTransferBehavior,
     BackgroundTransferCostPolicy,
     BackgroundTransferPriority,
     BackgroundTransferStatus,
@@ -39,15 +44,25 @@ if TYPE_CHECKING:
 
 RequestBody = bytes | IO[bytes] | AsyncIterable[bytes]
 
-_ERROR = BackgroundTransferStatus.ERROR
-RANDOM_ACCESS_BLOCK = 1 << 16
-_live_lock = threading.RLock()
-_live: weakref.WeakValueDictionary[tuple[Path, str], DownloadOperation] = (
-    weakref.WeakValueDictionary()
-)
-"""Operations this process holds, by (state dir, guid): one object per operation while
-anyone holds it (a running one is held by its task), not every one a long-lived process
-ever made."""
+__all__ = [
+    "BackgroundDownloader",
+    "BackgroundTransferCompletionGroup",
+    "BackgroundTransferCompletionGroupTrigger",
+    "BackgroundTransferCompletionGroupTriggerDetails",
+    "BackgroundTransferGroup",
+    "EndedDownload",
+    "RequestBody",
+]
+
+_service_class: Callable[[], type[BackgroundDownloader]] | None = None
+"""Where ``BackgroundDownloader(service=True)`` finds its class (see ``serve_through``)."""
+
+
+def serve_through(find: Callable[[], type[BackgroundDownloader]]) -> None:
+    """Make ``service=True`` build the class ``find()`` returns.  ``engine/__init__.py``
+    sets it: the service's client builds on this module, which never imports it."""
+    global _service_class
+    _service_class = find
 
 
 class EndedDownload(NamedTuple):
@@ -61,223 +76,6 @@ class EndedDownload(NamedTuple):
     """When, in seconds since the epoch."""
 
 
-class BackgroundTransferGroup:
-    """A named group (persisted): PARALLEL members run together, SERIALIZED one at a time."""
-
-    def __init__(self, name: str, store: Store) -> None:
-        self.name = name
-        self._store = store
-
-    @classmethod
-    def create_group(
-        cls, name: str, *, state_dir: os.PathLike[str] | str | None = None
-    ) -> BackgroundTransferGroup:
-        """The group called ``name`` (the existing one when it was created before)."""
-        if not name:
-            raise InvalidRequestError("a transfer group needs a name")
-        store = Store.at(state_dir)
-        store.group_behavior(name, None)
-        return cls(name, store)
-
-    @property
-    def transfer_behavior(self) -> BackgroundTransferBehavior:
-        return BackgroundTransferBehavior(self._store.group_behavior(self.name, None))
-
-    @transfer_behavior.setter
-    def transfer_behavior(self, value: BackgroundTransferBehavior) -> None:
-        self._store.group_behavior(self.name, value.value)
-
-    def _adopted_by(self, store: Store) -> BackgroundTransferGroup:
-        """This group in another state directory (a downloader's own), with this
-        group's behaviour: a SERIALIZED group made without ``state_dir`` stays
-        SERIALIZED for a downloader that has one, instead of running PARALLEL there."""
-        store.group_behavior(self.name, self.transfer_behavior.value)
-        return BackgroundTransferGroup(self.name, store)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BackgroundTransferGroup) and (self.name, self._store) == (
-            other.name,
-            other._store,
-        )
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __repr__(self) -> str:
-        return f"BackgroundTransferGroup({self.name!r})"
-
-
-class BackgroundTransferCompletionGroup:
-    """Fires once when every operation created with it has ended (any way)."""
-
-    def __init__(self) -> None:
-        self._members: list[DownloadOperation] = []
-        self._enabled = False
-        self._fired = False
-        self._lock = threading.Lock()
-        self._future: concurrent.futures.Future[list[DownloadOperation]] = (
-            concurrent.futures.Future()
-        )
-
-    def _add(self, op: DownloadOperation) -> None:
-        with self._lock:
-            if self._enabled:
-                raise InvalidStateError("the completion group is enabled: no new members")
-            self._members.append(op)
-
-    def enable(self) -> None:
-        """Call once, after creating every member."""
-        with self._lock:
-            if self._enabled:
-                raise InvalidStateError("the completion group is already enabled")
-            self._enabled = True
-        self._check()
-
-    def _check(self) -> None:
-        ended = (
-            BackgroundTransferStatus.COMPLETED,
-            BackgroundTransferStatus.CANCELED,
-            BackgroundTransferStatus.ERROR,
-        )
-        with self._lock:
-            if not self._enabled or self._fired:
-                return
-            if not all(op.status in ended for op in self._members):
-                return
-            self._fired = True
-        self._future.set_result(list(self._members))
-
-    @property
-    def is_enabled(self) -> bool:
-        """Whether ``enable()`` was called (Windows' ``IsEnabled``)."""
-        return self._enabled
-
-    @property
-    def trigger(self) -> BackgroundTransferCompletionGroupTrigger:
-        """Windows hands this to ``BackgroundTaskBuilder.SetTrigger``; here
-        ``trigger.register(task)`` runs ``task(details)`` when the group fires."""
-        return BackgroundTransferCompletionGroupTrigger(self)
-
-    @property
-    def completed(self) -> asyncio.Future[list[DownloadOperation]]:
-        """Awaitable: the member operations, once all have ended."""
-        return asyncio.wrap_future(self._future)
-
-    def on_completed(self, callback: Callable[[list[DownloadOperation]], None]) -> None:
-        self._future.add_done_callback(lambda fut: callback(fut.result()))
-
-
-@dataclasses.dataclass(frozen=True)
-class BackgroundTransferCompletionGroupTriggerDetails:
-    """What a completion group's task receives: every member, ended one way or another."""
-
-    downloads: list[DownloadOperation]
-
-
-class BackgroundTransferCompletionGroupTrigger:
-    """The trigger of a completion group.  Windows starts a registered background task
-    with it, even in a new process; Python has no such host, so the task runs in the
-    process that holds the group, once, on the engine loop (an ``async def`` task is
-    awaited there).  Registered after the group fired, it runs at once."""
-
-    def __init__(self, group: BackgroundTransferCompletionGroup) -> None:
-        self._group = group
-
-    def register(
-        self,
-        task: Callable[[BackgroundTransferCompletionGroupTriggerDetails], Awaitable[None] | None],
-    ) -> None:
-        """Run ``task(details)`` when every member has ended (the group is enabled)."""
-
-        def fired(fut: concurrent.futures.Future[list[DownloadOperation]]) -> None:
-            details = BackgroundTransferCompletionGroupTriggerDetails(fut.result())
-            engine_loop().loop.call_soon_threadsafe(lambda: run_handler(task(details)))
-
-        self._group._future.add_done_callback(fired)
-
-
-AUTO = 0
-"""``max_connections`` stored for ``max_connections_per_file="auto"``."""
-
-
-@dataclasses.dataclass
-class Settings:
-    """What a downloader's operations share: the store, the network view, secrets."""
-
-    store: Store
-    config: TransferConfig
-    network_monitor: NetworkMonitor
-    server_credential: Credential | None = None
-    proxy_credential: Credential | None = None
-    proxy: str | None = None
-    completion_group: BackgroundTransferCompletionGroup | None = None
-    free_space_reserve: int = -1
-    budget: Budget = dataclasses.field(default_factory=Budget)
-    """The downloader's total rate, shared by its operations' requests."""
-    _free: dict[str, tuple[float, int | None]] = dataclasses.field(default_factory=dict, repr=False)
-    _configs: dict[tuple[int, int], TransferConfig] = dataclasses.field(
-        default_factory=dict, repr=False
-    )
-    _configs_of: TransferConfig | None = dataclasses.field(default=None, repr=False)
-    """The ``config`` that ``_configs`` were derived from."""
-
-    def __post_init__(self) -> None:
-        if self.free_space_reserve < 0:
-            self.free_space_reserve = self.config.free_space_reserve
-
-    def config_for(self, rec: OpRecord) -> TransferConfig:
-        """The operation's transfer settings.  Random access uses blocks of 64 KiB at most:
-        a read waits for the whole block under its offset, and at 20 MB/s a 1 MiB block
-        alone would take 50 ms."""
-        block = min(rec.block_size, RANDOM_ACCESS_BLOCK) if rec.random_access else rec.block_size
-        if self._configs_of is not self.config:  # not hashed: 30 fields for each file
-            self._configs.clear()
-            self._configs_of = self.config
-        key = (rec.max_connections, block)
-        config = self._configs.get(key)
-        if config is None:
-            if len(self._configs) > 64:
-                self._configs.clear()
-            auto = rec.max_connections == AUTO  # the cap of 64, the count adapts
-            config = dataclasses.replace(
-                self.config,
-                connections=64 if auto else rec.max_connections,
-                adaptive=auto,
-                block_size=block,
-            )
-            self._configs[key] = config
-        return config
-
-    def disk_reserve_exceeded(self, result: str) -> bool:
-        """Free space under the reserve.  Many operations start at once into one folder
-        (a mirror): a statvfs younger than half a poll interval answers for all of them."""
-        folder = os.path.dirname(result)  # strs: a Path's parent, or its str, cost a call
-        now = time.monotonic()
-        seen = self._free.get(folder)
-        if seen is None or now - seen[0] > min(0.25, self.config.poll_interval / 2):
-            try:
-                seen = (now, free_bytes(Path(folder)))
-            except OSError:
-                return False  # the write itself will report what is wrong with the path
-            if len(self._free) > 64:
-                self._free.clear()
-            self._free[folder] = seen
-        free = seen[1]
-        return free is not None and free < self.free_space_reserve
-
-    def ended(self, op: DownloadOperation) -> None:
-        """An operation reached COMPLETED, CANCELED or ERROR."""
-        body = op.record.body_file
-        if (
-            body is not None
-            and op.status is not _ERROR
-            and Path(body).parent == self.store.state_dir / "bodies"
-        ):
-            Path(body).unlink(missing_ok=True)  # a body we kept only for re-sending
-        if self.completion_group is not None:
-            self.completion_group._check()
-
-
 class BackgroundDownloader:
     """Creates operations; they inherit its settings.  See ../shared/API.md.
 
@@ -286,9 +84,9 @@ class BackgroundDownloader:
 
     def __new__(cls, *args: Any, service: bool = False, **kwargs: Any) -> BackgroundDownloader:
         if service and cls is BackgroundDownloader:
-            from engine.service.api import ServiceDownloader
-
-            return super().__new__(ServiceDownloader)
+            if _service_class is None:
+                raise InvalidRequestError("the background service is not available here")
+            return super().__new__(_service_class())
         return super().__new__(cls)
 
     def __init__(
@@ -325,8 +123,8 @@ class BackgroundDownloader:
         if durability is not None and durability != config.durability:
             config = dataclasses.replace(config, durability=durability)  # checks it
         self._store = Store.at(state_dir)
-        if transfer_group is not None and transfer_group._store is not self._store:
-            transfer_group = transfer_group._adopted_by(self._store)
+        if transfer_group is not None and transfer_group.store is not self._store:
+            transfer_group = transfer_group.adopted_by(self._store)
         self.transfer_group = transfer_group
         self.method = method.upper()
         self.priority = priority
@@ -444,7 +242,7 @@ class BackgroundDownloader:
         op = self._adopt(rec)
         op.made_here()
         if self._settings.completion_group is not None:
-            self._settings.completion_group._add(op)
+            self._settings.completion_group.add_member(op)
         return op
 
     async def create_download_async(
@@ -531,11 +329,12 @@ class BackgroundDownloader:
     def _adopt(self, rec: OpRecord) -> DownloadOperation:
         """The one object for an operation: a second lookup returns the first."""
         key = (self.state_dir, rec.guid)
-        with _live_lock:
-            op = _live.get(key)
-            if op is None:
-                op = DownloadOperation(rec, self._settings)
-                _live[key] = op
+        with live_lock:
+            found = live.get(key)
+            if isinstance(found, DownloadOperation):
+                return found
+            op = DownloadOperation(rec, self._settings)
+            live[key] = op
             return op
 
 
@@ -556,18 +355,3 @@ def _names_a_folder(folder: str, name: str) -> bool:
     if st is None or not stat.S_ISDIR(st.st_mode):
         raise InvalidRequestError(f"{folder}: no such directory")
     return st.st_nlink != 2 and os.path.isdir(name)
-
-
-def reorder_group(settings: Settings, group: str, guid: str) -> None:
-    """Queue positions: ``guid`` and those after it first, the rest after (seq renumbered)."""
-    members = settings.store.current(group)
-    index = next((i for i, rec in enumerate(members) if rec.guid == guid), None)
-    if index is None:
-        return
-    order = members[index:] + members[:index]
-    seqs = sorted(rec.seq for rec in members)
-    for rec, seq in zip(order, seqs, strict=True):
-        settings.store.update(rec.guid, seq=seq)
-        live = _live.get((settings.store.state_dir, rec.guid))
-        if live is not None:
-            live.record.seq = seq

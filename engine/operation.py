@@ -2,82 +2,58 @@
 
 Theory of operation
 -------------------
-The object lives on the caller's side; the work runs on the engine loop (``_loop``).
-Every status change goes through ``move``: the table in ``_states`` decides, the
-state database records it, and only then are progress callbacks told.  Calls that
-change the status (``pause``, ``resume``, ``cancel``) do the transition at once on
-the calling thread (so an illegal call raises there and changes nothing) and leave
+The object lives on the caller's side; the work runs on the engine loop.  Every
+status change goes through ``move``: the table in ``engine._ops.states`` decides,
+the state database records it, and only then are progress callbacks told.  Calls
+that change the status (``pause``, ``resume``, ``cancel``) do the transition at once
+on the calling thread (so an illegal call raises there and changes nothing) and leave
 the engine loop to stop or start the work.
 
 While the operation runs, a ``Runner`` (``runner``, a task on the engine loop)
 waits for the network, its cost policy and free disk to allow it, waits for the
-scheduler, then drives a ``SegmentedDownload`` whose progress ticks feed the
-throttled progress callbacks and the ``ranges_downloaded`` events (``_reporting``);
-reads of the result park in ``_reading`` until their bytes arrive.  An outcome future resolves once,
-when the operation completes, fails or is cancelled; ``start_async``, ``attach_async``
-and ``wait`` all wait on it.
+scheduler, then drives a ``SegmentedDownload`` whose progress ticks
+(``engine._ops.arrived``) feed the throttled progress callbacks and the
+``ranges_downloaded`` events (``engine._ops.reporting``); reads of the result park in
+``engine._ops.reading`` until their bytes arrive.  An outcome future resolves once,
+when the operation completes, fails or is cancelled; ``start_async``,
+``attach_async`` and ``wait`` all wait on it.  The runner and the others see the
+operation through ``engine._ops.interfaces.EngineOperation`` only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._disk.checksum import parse
-from engine._disk.core import RangeFile, control_path, peek, remove_partial
-from engine._download.segmented import SegmentedDownload, Snapshot
-from engine._net.ratelimit import Budget
-from engine._net.transport import ResponseHead
+from engine._disk.core import remove_partial
+from engine._ops.arrived import OperationProgress
 from engine._ops.cross_process import ask_to_cancel
-from engine._ops.interfaces import Pokable
+from engine._ops.live import reorder_group
 from engine._ops.outcome import NotSettled, Outcome
-from engine._ops.reading import Readers
-from engine._ops.reporting import Reporter
 from engine._ops.runner import Runner
 from engine._ops.scheduler import scheduler
 from engine._ops.starting import Starting
 from engine._ops.states import ENGINE_PAUSE_FOR, TERMINAL, Event, next_status
 from engine._ops.streams import ResultStream
-from engine._ops.validate import check_header, check_uri
 from engine._runtime.loop import engine_here, engine_loop, running_loop
-from engine._state.oplock import OpLock
-from engine._state.store import OpRecord, Store
 from engine.errors import (
-    ControlFileError,
-    HttpError,
-    InvalidRequestError,
     InvalidStateError,
     ResultFileInUseError,
-    StorageError,
     TransferCanceled,
     TransferError,
-    TransportError,
 )
 from engine.values import (
-    BackgroundDownloadProgress,
-    BackgroundDownloadRangesDownloadedEventArgs,
-    BackgroundTransferBehavior,
-    BackgroundTransferCostPolicy,
-    BackgroundTransferFileRange,
-    BackgroundTransferPriority,
     BackgroundTransferStatus,
-    ResponseInformation,
 )
-from engine.values import Event as ApiEvent
-from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
-    import uuid
+    pass
 
-    from engine.downloader import Settings
 
 S = BackgroundTransferStatus
-_STATUS = {s.value: s for s in S}
 ProgressCallback = Callable[["DownloadOperation"], "Awaitable[None] | None"]
 """``progress(op)``: a plain function, or an ``async def`` run as a task of the loop
 it is delivered on (C#'s ``async void`` handler): the next report does not wait for it."""
@@ -87,292 +63,14 @@ _CLEARS_ERROR = (S.RUNNING, S.PAUSED_BY_APPLICATION, S.COMPLETED, S.CANCELED)
 """Statuses that leave no web error behind (a tuple: a set would hash an Enum member,
 a Python-level call)."""
 
-_NEW_URI_IN = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS, S.ERROR)
-"""Statuses in which requested_uri may change: nothing is fetching from the old one."""
 
-_RANK = {p.value: p.rank for p in BackgroundTransferPriority}
-"""Queue rank by stored priority value: the scheduler sorts by it, a file at a time."""
+class DownloadOperation(OperationProgress):
+    """One download: created by ``BackgroundDownloader.create_download`` or found again.
 
-
-class DownloadOperation:
-    """One download: created by ``BackgroundDownloader.create_download`` or found again."""
-
-    # Declared here, set on the instance when they change (a mirror makes thousands).
-    _guid: uuid.UUID | None = None  # parsed when asked: most never are
-    _result: Path | None = None  # made when asked: a mirror's files never are
-    _job: SegmentedDownload | None = None
-    _task: asyncio.Task[None] | None = None
-    _started = False
-    _finishing = False
-    _bytes = 0
-    _restarted = False
-    _response_changed = False
-    _response_from: tuple[str, ResponseHead, bool] | None = None
-    _response: tuple[object, ResponseInformation] | None = None
-    _ranges: list[tuple[int, int]] | None = None
-    _restarts_seen = 0
-    _response_seen = False  # the running job's first response was reported
-    runner: Pokable | None = None
-    """What drives it on the engine loop now (a ``Runner``), if anything."""
-    _unsaved_running = False
-    _connections = 0
-    _rate = 0  # max_bytes_per_second
-    _duplicated = 0
-    _dropped: dict[str, str] = {}  # noqa: RUF012 (replaced, never changed in place)
-    _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
-    _new = False  # made by create_download in this process and not yet run: no files
-    _space_needed = 0  # the declared size it waits to have room for (PAUSED_SYSTEM_POLICY)
-
-    def __init__(self, rec: OpRecord, settings: Settings) -> None:
-        self._rec = rec
-        self._settings = settings
-        self._store: Store = settings.store
-        self._lock = threading.RLock()
-        self.ranges_downloaded: ApiEvent[BackgroundDownloadRangesDownloadedEventArgs] = ApiEvent()
-        self.recoverable_web_error_statuses: set[WebErrorStatus] = {
-            WebErrorStatus(v) for v in rec.recoverable
-        }
-        # None when it completed (wait() returns self): the operation as its own
-        # result made a reference cycle, and every finished one waited for the collector
-        self._outcome: Outcome[None] = Outcome()
-        self._total = rec.total
-        self._reporter = Reporter()
-        self._readers = Readers()
-        self._oplock = OpLock(self._store.state_dir, rec.guid)
-
-    # -- what it is ---------------------------------------------------------------
-    @property
-    def guid(self) -> uuid.UUID:
-        guid = self._guid
-        if guid is None:
-            import uuid  # here only: 3 ms of every command's start-up (with platform)
-
-            guid = self._guid = uuid.UUID(self._rec.guid)
-        return guid
-
-    @property
-    def requested_uri(self) -> str:
-        return self._rec.uri
-
-    @requested_uri.setter
-    def requested_uri(self, uri: str) -> None:
-        """Settable while paused or failed (e.g. a fresh signed URL); resume() then
-        continues from the partial data when the new URL serves the same content (same
-        size and validators: else it starts over, never mixing two contents)."""
-        with self._lock:
-            if self.status not in _NEW_URI_IN:
-                raise InvalidStateError(
-                    f"requested_uri can only change while paused or failed, not in "
-                    f"{self.status.name}"
-                )
-            check_uri(uri)
-            self._store.update(self._rec.guid, uri=uri)
-            self._rec.uri = uri
-
-    @property
-    def method(self) -> str:
-        return self._rec.method
-
-    @property
-    def result_file(self) -> Path:
-        path = self._result
-        if path is None:
-            path = self._result = Path(self._rec.result_file)
-        return path
-
-    @property
-    def transfer_group(self) -> Any:
-        from engine.downloader import BackgroundTransferGroup
-
-        name = self._rec.group_name
-        return None if name is None else BackgroundTransferGroup(name, self._store)
-
-    @property
-    def priority(self) -> BackgroundTransferPriority:
-        return BackgroundTransferPriority(self._rec.priority)
-
-    @priority.setter
-    def priority(self, value: BackgroundTransferPriority) -> None:
-        self._store.update(self._rec.guid, priority=value.value)
-        self._rec.priority = value.value
-        self._on_engine(lambda: scheduler().pump())
-
-    @property
-    def cost_policy(self) -> BackgroundTransferCostPolicy:
-        return BackgroundTransferCostPolicy(self._rec.cost_policy)
-
-    @cost_policy.setter
-    def cost_policy(self, value: BackgroundTransferCostPolicy) -> None:
-        """Acted on at once: a PAUSED_COSTED_NETWORK operation allowed now goes on, a
-        running one on a metered network that may no longer use it pauses."""
-        self._store.update(self._rec.guid, cost_policy=value.value)
-        self._rec.cost_policy = value.value
-        if self.runner is not None:  # nothing runs it yet: its runner reads the new value
-            self._on_engine(self._poke_runner)
-
-    def _poke_runner(self) -> None:
-        runner = self.runner
-        if runner is not None:
-            runner.poke()
-
-    @property
-    def is_random_access_required(self) -> bool:
-        return self._rec.random_access
-
-    @is_random_access_required.setter
-    def is_random_access_required(self, value: bool) -> None:
-        with self._lock:
-            if self._started or self.status is not S.IDLE:
-                raise InvalidStateError("is_random_access_required can only be set before start")
-            self._store.update(self._rec.guid, random_access=int(value))
-            self._rec.random_access = bool(value)
-
-    @property
-    def expected_checksum(self) -> tuple[str, str] | None:
-        """*Beyond*: ``(algorithm, hex)`` the finished file must match, else ERROR.
-
-        Set it with ``"sha256=..."`` (also sha1, md5, xxh3, xxh128) before the end;
-        the check runs on the partial file, so a mismatch never reaches the final name.
-        """
-        spec = self._rec.checksum
-        return None if spec is None else parse(spec)
-
-    @expected_checksum.setter
-    def expected_checksum(self, spec: str | None) -> None:
-        value = None if spec is None else "=".join(parse(spec))
-        self._store.update(self._rec.guid, checksum=value)
-        self._rec.checksum = value
-
-    @property
-    def connections(self) -> int:
-        """*Beyond*: requests in flight for this operation at the last progress tick."""
-        return self._connections
-
-    @property
-    def sources(self) -> list[str]:
-        """*Beyond*: the URLs the file is fetched from, ``requested_uri`` first."""
-        return [self._rec.uri, *self._rec.sources]
-
-    @property
-    def dropped_sources(self) -> dict[str, str]:
-        """*Beyond*: the sources no longer used, each with why (it disagreed on the
-        size or validators, changed, or kept failing), at the last progress tick."""
-        return dict(self._dropped)
-
-    @property
-    def duplicated_bytes(self) -> int:
-        """*Beyond*: bytes received twice in this run, at the last progress tick: a
-        connection with nothing left raced a much slower one for the end of its range
-        (see docs/sources.md); the copy that came second was dropped."""
-        return self._duplicated
-
-    @property
-    def max_bytes_per_second(self) -> int:
-        """*Beyond*: the most bytes a second this download receives (0: no limit of its
-        own; the downloader's total still applies).  Kept for the life of this object,
-        not in the state database; a change applies to the connections on the wire."""
-        return self._rate
-
-    @max_bytes_per_second.setter
-    def max_bytes_per_second(self, value: int) -> None:
-        if value < 0:
-            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
-        self._rate = value
-        if self._budget is not None:
-            self._budget.rate = value
-
-    def rate_budget(self) -> Budget:
-        """The budget its requests take their rate from (engine loop)."""
-        budget = self._budget
-        if budget is None:
-            budget = self._budget = Budget(self._rate, self._settings.budget)
-        return budget
-
-    @property
-    def status(self) -> BackgroundTransferStatus:
-        return _STATUS[self._rec.status]  # read everywhere: a lookup, not an Enum call
-
-    @property
-    def current_web_error_status(self) -> WebErrorStatus | None:
-        value = self._rec.web_error
-        return None if value is None else WebErrorStatus(value)
-
-    @property
-    def error(self) -> TransferError | None:
-        """*Beyond*: what it failed or paused on (ERROR, PAUSED_RECOVERABLE_WEB_ERROR_STATUS),
-        its message as stored (secrets in URLs masked); None in any other status."""
-        if self._rec.error_message is None or self.status not in _NEW_URI_IN[1:]:
-            return None
-        return self.stored_error()
-
-    @property
-    def progress(self) -> BackgroundDownloadProgress:
-        self._refresh_bytes()
-        return BackgroundDownloadProgress(
-            self._bytes, self._total, self.status, self._restarted, self._response_changed
-        )
-
-    # -- the engine side's view (engine._ops.interfaces.EngineOperation) ---------------
-    @property
-    def record(self) -> OpRecord:
-        """Its row of the state database, as this process last wrote or read it."""
-        return self._rec
-
-    @property
-    def settings(self) -> Settings:
-        """What it shares with the other operations of its downloader."""
-        return self._settings
-
-    @settings.setter
-    def settings(self, settings: Settings) -> None:
-        self._settings = settings
-
-    @property
-    def store(self) -> Store:
-        """The state database it lives in."""
-        return self._store
-
-    @property
-    def oplock(self) -> OpLock:
-        """The lock that makes one process at a time drive it."""
-        return self._oplock
-
-    @property
-    def outcome(self) -> Outcome[None]:
-        """Settled once, when it completes, fails or is cancelled (a resume makes a new one)."""
-        return self._outcome
-
-    @property
-    def job(self) -> SegmentedDownload | None:
-        """The run of the download in progress, if any."""
-        return self._job
-
-    @property
-    def bytes_received(self) -> int:
-        """Body bytes received, as of the last tick (``progress`` looks at the disk)."""
-        return self._bytes
-
-    @property
-    def total_bytes(self) -> int:
-        """The size of the result, 0 while unknown."""
-        return self._total
-
-    @property
-    def last_progress(self) -> BackgroundDownloadProgress:
-        """``progress`` as of the last tick, without looking at the disk."""
-        return BackgroundDownloadProgress(
-            self._bytes, self._total, self.status, self._restarted, self._response_changed
-        )
-
-    def progress_told(self) -> None:
-        """A progress callback was told: the restart and new-response flags are true in
-        the first snapshot after a restart or a new response only."""
-        self._restarted = False
-        self._response_changed = False
-
-    def live_ranges(self) -> list[tuple[int, int]]:
-        """The ranges present as of the last tick (none before the first)."""
-        return self._ranges or []
+    What it is and the fields the engine side reads are ``OperationFields``
+    (``engine/_ops/fields.py``); what arrived is ``OperationProgress``
+    (``engine/_ops/arrived.py``); this class runs it: start, wait, pause, resume,
+    cancel, and its status changes."""
 
     def give_up_elsewhere(self) -> None:
         """Another process took the drive lock first: this run ends before it began."""
@@ -388,11 +86,6 @@ class DownloadOperation:
         are no files of an earlier run to look for."""
         new, self._new = self._new, False
         return new
-
-    def job_ended(self) -> None:
-        """The run of the download ended, whichever way: nothing of it is live now."""
-        self._ranges = None
-        self._job = None
 
     @contextlib.contextmanager
     def finishing(self) -> Iterator[None]:
@@ -413,23 +106,6 @@ class DownloadOperation:
         self._total = size or self._bytes
         self._bytes = self._total
         self.move(Event.COMPLETE)
-
-    # -- the scheduler's view -------------------------------------------------------
-    @property
-    def sort_key(self) -> tuple[int, int]:
-        return (_RANK[self._rec.priority], self._rec.seq)
-
-    def rank(self) -> int:
-        """The priority rank its requests wait for a connection slot with."""
-        return _RANK[self._rec.priority]
-
-    @property
-    def serial_group(self) -> str | None:
-        name = self._rec.group_name
-        if name is None:
-            return None
-        behavior = BackgroundTransferBehavior(self._store.group_behavior(name, None))
-        return name if behavior is BackgroundTransferBehavior.SERIALIZED else None
 
     # -- starting and waiting ---------------------------------------------------------
     def start_async(
@@ -681,94 +357,10 @@ class DownloadOperation:
 
     def make_current_in_transfer_group(self) -> None:
         """Move this operation (and those queued after it) to the front of its group."""
-        from engine.downloader import reorder_group
-
         if self._rec.group_name is None:
             return
         reorder_group(self._settings, self._rec.group_name, self._rec.guid)
         self._on_engine(lambda: scheduler().pump())
-
-    # -- headers ---------------------------------------------------------------------
-    def set_request_header(self, name: str, value: str) -> None:
-        """Sent from the next request on; a second value for a name is comma-joined."""
-        check_header(name, value)
-        headers = list(self._rec.headers)
-        for i, (key, old) in enumerate(headers):
-            if key.lower() == name.lower():
-                headers[i] = (key, f"{old}, {value}")
-                break
-        else:
-            headers.append((name, value))
-        self._set_headers(headers)
-
-    def remove_request_header(self, name: str) -> None:
-        self._set_headers([(k, v) for k, v in self._rec.headers if k.lower() != name.lower()])
-
-    def _set_headers(self, headers: list[tuple[str, str]]) -> None:
-        self._store.update(self._rec.guid, headers=headers)
-        self._rec.headers = headers
-        job = self._job
-        if job is not None:
-            job.headers = self.header_lines()
-
-    def header_lines(self) -> list[str]:
-        return [f"{k}: {v}" for k, v in self._rec.headers]
-
-    # -- what arrived ------------------------------------------------------------------
-    def get_response_information(self) -> ResponseInformation | None:
-        source = self._response_from
-        if source is None:
-            return None
-        made = self._response
-        if made is None or made[0] is not source:
-            url, head, ranges = source
-            headers: dict[str, str] = {}
-            for key, value in head.headers:
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-            wire = head.status
-            status = 200 if wire == 206 else wire  # the resource, as Windows reports it
-            made = self._response = (
-                source,
-                ResponseInformation(url, headers, ranges, status, wire),
-            )
-        return made[1]
-
-    def get_downloaded_ranges(self) -> list[BackgroundTransferFileRange]:
-        return [BackgroundTransferFileRange(o, n) for o, n in self.current_ranges()]
-
-    def current_ranges(self) -> list[tuple[int, int]]:
-        if self.status is S.COMPLETED:
-            return [(0, self._total)] if self._total else []
-        if self._ranges is not None:
-            return list(self._ranges)
-        return self.disk_ranges()
-
-    def disk_ranges(self) -> list[tuple[int, int]]:
-        """The ranges an earlier run left in the control file (none when there is none)."""
-        try:
-            found = peek(self.result_file)
-            if found is None:
-                return []
-            with RangeFile(self.result_file, found[0], found[1], create=False) as rf:
-                self._total = found[0]
-                return rf.ranges()
-        except (ControlFileError, StorageError):
-            return []
-
-    def continue_found(self) -> None:
-        """A control file under this operation's name was left by an operation of
-        another state directory (a mirror's shard run again on another machine):
-        the first run looks for it and continues it rather than starting over."""
-        self._new = False
-
-    def _refresh_bytes(self) -> None:
-        job = self._job
-        if job is not None and self._task is not None and not self._task.done():
-            return  # the ticks keep _bytes current
-        if self.status is S.COMPLETED:
-            self._bytes = self._total
-        elif self._ranges is None and control_path(self.result_file).exists():
-            self._bytes = sum(n for _, n in self.disk_ranges())
 
     # -- transitions ---------------------------------------------------------------------
     def move(self, event: Event, error: TransferError | None = None) -> BackgroundTransferStatus:
@@ -815,13 +407,6 @@ class DownloadOperation:
         if new in (S.COMPLETED, S.CANCELED, S.ERROR):
             self._settings.ended(self)
 
-    def stored_error(self) -> TransferError:
-        status = self.current_web_error_status
-        message = self._rec.error_message or f"{self.result_file}: failed"
-        if status is not None and 300 <= status.value < 600:
-            return HttpError(message, status_code=status.value, guid=self.guid)
-        return TransportError(message, web_error_status=status, guid=self.guid)
-
     def fail_outcome(self, exc: BaseException) -> None:
         self.settle_outcome(exc)
 
@@ -849,25 +434,6 @@ class DownloadOperation:
             self._rec.acknowledged = True
 
     # -- the engine side ---------------------------------------------------------------------
-    def _on_engine(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any] | None:
-        """Run ``fn`` (a coroutine function or a plain one) on the engine loop.
-
-        Returns a future to wait on when called from another thread; None on the
-        engine thread itself, where waiting would deadlock.
-        """
-        engine = engine_loop()
-
-        async def call() -> Any:
-            result = fn()
-            if asyncio.iscoroutine(result):
-                return await result
-            return result
-
-        if threading.current_thread() is engine.thread:
-            engine.loop.create_task(call())
-            return None
-        return engine.submit(call())
-
     def _spawn(self) -> None:
         recoverable = sorted(v.value for v in self.recoverable_web_error_statuses)
         if recoverable != self._rec.recoverable:
@@ -891,65 +457,3 @@ class DownloadOperation:
         task = self._task
         if task is not None:
             engine_loop().loop.call_soon_threadsafe(task.cancel)
-
-    # -- progress and events -----------------------------------------------------------------
-    def save_running(self, *, now: bool = False) -> None:
-        """Write the RUNNING that ``move`` left unwritten; ``now``: committed before
-        this returns (a control file follows, and list must say RUNNING by then)."""
-        with self._lock:
-            if self._unsaved_running and self.status is S.RUNNING:
-                self._store.update(self._rec.guid, status=S.RUNNING.value)
-            self._unsaved_running = False
-        if now:
-            self._store.commit()
-
-    def on_tick(self, snap: Snapshot) -> None:
-        if self._unsaved_running:
-            self.save_running()
-        job = self._job
-        self._bytes = snap.bytes_received
-        self._connections = snap.connections
-        self._duplicated = snap.duplicated
-        if snap.total_bytes_to_receive:
-            self._total = snap.total_bytes_to_receive
-        if job is not None:
-            if job.sources.several:
-                self._dropped = job.sources.reasons()
-            if job.restarts > self._restarts_seen:
-                self._restarts_seen = job.restarts
-                self.note_restart()
-            if job.last_head is not None and not self._response_seen:
-                # "Whenever new response information is available due to a new request
-                # being invoked": the first response of each run (start, resume, a
-                # restart), not every ranged request of one run
-                self._response_seen = True
-                self._response_changed = True
-            if job.last_head is not None:  # made into ResponseInformation when asked
-                self._response_from = (
-                    job.actual_url,
-                    job.last_head,
-                    bool(job.ranges_ok and job.size),
-                )
-            if job.rf is not None and not job.rf.closed:
-                self._ranges = job.rf.ranges()
-        self.flush_ranges_event(final=False)
-        self._report()
-
-    def new_job(self, job: SegmentedDownload) -> None:
-        """A run of the download begins: its restarts and first response count anew."""
-        self._job = job
-        self._restarts_seen = 0
-        self._response_seen = False
-
-    def note_restart(self) -> None:
-        """The download started over from zero: true in the next progress report, and
-        the next ranges_downloaded event says so (what it added before is void)."""
-        self._restarted = True
-        self._response_seen = False  # the restart's own response is a new one
-        self._reporter.restarted()
-
-    def _report(self) -> None:
-        self._reporter.report(self)
-
-    def flush_ranges_event(self, *, final: bool) -> None:
-        self._reporter.flush_ranges(self, final=final)

@@ -36,7 +36,7 @@ from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
     from engine._download.segmented import SegmentedDownload, Snapshot
-    from engine.downloader import Settings
+    from engine._ops.settings import Settings
 
 
 class Pokable(Protocol):

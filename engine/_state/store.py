@@ -26,7 +26,6 @@ import json
 import operator
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine._disk.trusted import user_name
 from engine._runtime.loop import engine_here
 from engine._runtime.once import PerProcess
+from engine._state.checkpoint import BACKSTOP, Checkpointer
+from engine._state.trust import check_trusted
 from engine.errors import ResultFileInUseError, StorageError
 
 _SCHEMA = """
@@ -188,72 +188,6 @@ def default_state_dir() -> Path:
     return base / "bgtransfer"
 
 
-def _check_trusted(state_dir: Path, db: Path) -> None:
-    """Refuse a state directory another user could have written: what its database
-    says is downloaded, from where and to where, with this user's rights.  The
-    directory must be this user's and writable by nobody else (as ssh asks of
-    ~/.ssh); the database and its -wal/-shm files, where they exist, regular files
-    of this user, never links."""
-    me = os.geteuid()
-    st = os.stat(state_dir)
-    if st.st_uid != me:
-        raise _untrusted(state_dir, f"owned by {user_name(st.st_uid)}, not by this user")
-    if st.st_mode & 0o022:
-        raise _untrusted(
-            state_dir,
-            f"writable by others (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w {state_dir}",
-        )
-    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise _untrusted(path, "a symbolic link, never followed")
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
-            raise _untrusted(path, f"not a file of this user (owner {user_name(st.st_uid)})")
-
-
-def _untrusted(path: Path, why: str) -> StorageError:
-    return StorageError(errno.EPERM, f"state directory not trusted: {path} is {why}", str(path))
-
-
-class _Checkpointer:
-    """Copies the write-ahead log back into the database, on a thread of its own.
-
-    SQLite does it itself by default, on the connection that commits when the log
-    passes 1000 pages, and that connection then waits for two fsyncs: the engine
-    loop stalled for milliseconds every few hundred files (5000 inserts and deletes
-    took 20 and 12 us a row with it, 14 and 9 without).  Here a thread with its own
-    connection runs a passive checkpoint (it never blocks a writer) half a second
-    after commits were poked in; the loop's connection checkpoints itself only as a
-    backstop, if the log ever passes _BACKSTOP pages."""
-
-    def __init__(self, db: Path) -> None:
-        self._db = db
-        self._due = threading.Event()
-        threading.Thread(target=self._run, name="bgtransfer-checkpoint", daemon=True).start()
-
-    def poke(self) -> None:
-        self._due.set()
-
-    def _run(self) -> None:
-        try:
-            db = sqlite3.connect(self._db, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error:
-            return  # the backstop checkpoints instead
-        while True:
-            self._due.wait()
-            time.sleep(0.5)  # let the commits of a busy moment gather
-            self._due.clear()
-            with contextlib.suppress(sqlite3.Error):  # busy: the next poke tries again
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-_BACKSTOP = 16384
-"""Pages of write-ahead log (64 MiB) past which the committing connection checkpoints."""
-
 _POKE_EVERY = 64
 """Commits between pokes of the checkpointer."""
 
@@ -278,7 +212,7 @@ class Store:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             db = state_dir / "operations.sqlite3"
-            _check_trusted(state_dir, db)
+            check_trusted(state_dir, db)
             old = os.umask(0o077)  # the database and its -wal/-shm files: owner only
             try:
                 self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
@@ -288,8 +222,8 @@ class Store:
                 # here); FULL would add an fsync per status change, 5000 of them for a mirror.
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA busy_timeout=10000")
-                self._db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP}")
-                self._db.execute(f"PRAGMA journal_size_limit={_BACKSTOP * 4096}")
+                self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP}")
+                self._db.execute(f"PRAGMA journal_size_limit={BACKSTOP * 4096}")
                 self._db.executescript(_SCHEMA)
                 _add_sources(self._db)
             finally:
@@ -305,7 +239,7 @@ class Store:
                 named = exc.filename not in (None, str(state_dir))
                 why = f"{exc.filename}: {exc.strerror}" if named else exc.strerror
             raise StorageError(code, f"state database unusable: {why}", str(state_dir)) from exc
-        self._checkpoints = PerProcess(lambda: _Checkpointer(db))
+        self._checkpoints = PerProcess(lambda: Checkpointer(db))
         self._commits = 0
         self._lock = threading.Lock()
         self._group_open = False

@@ -36,13 +36,15 @@ from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
 from engine.cli.login import credential, hosts_under_way, with_limits
-from engine.cli.names import output_path, read_list, split_login
+from engine.cli.names import Entry, output_path, read_list, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 from engine.cli.words import describe, say
 from engine.config import TransferConfig
 
 S = BackgroundTransferStatus
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
+Distribute = Callable[[argparse.Namespace, list[Entry], list[tuple[str, str]]], int]
+"""``mirror --cluster``: runs the checked list on a cluster, returns the exit status."""
 
 
 class Interrupted(Exception):
@@ -195,7 +197,9 @@ def get(args: argparse.Namespace) -> int:
 
 
 # -- mirror ------------------------------------------------------------------------------
-def mirror(args: argparse.Namespace) -> int:
+def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> int:
+    """Download every URL of the list into a folder, here, or through ``on_cluster``
+    with ``--cluster`` (given by the caller: the cluster's modules build on this one)."""
     if args.parallel < 1:  # as -c is refused out of range: not made 1 without a word
         raise InvalidRequestError(f"-j/--parallel must be at least 1, not {args.parallel}")
     target = os.path.abspath(args.dir)
@@ -220,10 +224,10 @@ def mirror(args: argparse.Namespace) -> int:
             logins.extend(found)
     if getattr(args, "host_connections", None) is not None and not args.cluster:
         raise InvalidRequestError("--host-connections goes with --cluster")
-    if getattr(args, "cluster", None):  # Dask is imported only then
-        from engine.cluster._cli import mirror_on_cluster
-
-        return mirror_on_cluster(args, entries, logins)
+    if getattr(args, "cluster", None):
+        if on_cluster is None:
+            raise InvalidRequestError("--cluster is not available here")
+        return on_cluster(args, entries, logins)
     os.makedirs(target, exist_ok=True)
     d = downloader(args, logins, (host_of(entry.url) for entry in entries))
     started = time.monotonic()

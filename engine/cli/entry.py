@@ -31,6 +31,7 @@ from engine.cli.commands import (
 )
 from engine.cli.kept import DEFAULT_KEEP
 from engine.cli.listing import list_
+from engine.cli.names import Entry
 from engine.cli.secrets import wipe_from_process_title
 from engine.cli.words import describe, say
 from engine.service import cli as service_cli
@@ -306,9 +307,22 @@ def _get(args: argparse.Namespace) -> int:
     return service_cli.get(args, get)
 
 
+def _mirror(args: argparse.Namespace) -> int:
+    return mirror(args, _on_cluster)
+
+
+def _on_cluster(
+    args: argparse.Namespace, entries: list[Entry], logins: list[tuple[str, str]]
+) -> int:
+    """``mirror --cluster``: Dask is imported only then."""
+    from engine.cluster._cli import mirror_on_cluster
+
+    return mirror_on_cluster(args, entries, logins)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": _get,
-    "mirror": mirror,
+    "mirror": _mirror,
     "list": service_cli.through_service(lambda a: list_(a, downloader(a)), service_cli.list_),
     "resume": service_cli.through_service(resume, service_cli.resume),
     "cancel": service_cli.through_service(cancel, service_cli.cancel),

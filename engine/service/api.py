@@ -116,7 +116,7 @@ class ServiceDownloader(BackgroundDownloader):
         op = self._adopt_view(view)
         group = self._settings.completion_group
         if group is not None:
-            group._add(op)
+            group.add_member(op)
             op.completion_group = group
         return op
 

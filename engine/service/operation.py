@@ -335,7 +335,7 @@ class RemoteOperation(DownloadOperation):
         else:
             self._done.set_exception(_error_of(view))
         if self.completion_group is not None:
-            self.completion_group._check()
+            self.completion_group.member_ended()
 
     def ranges_known(self, ranges: list[tuple[int, int]]) -> None:
         self._covered = merge_ranges(self._covered + ranges)
