@@ -11,7 +11,7 @@ from servers import FaultServer, Nginx, sha256
 from engine import BackgroundDownloader
 from engine._download.segmented import SegmentedDownload
 from engine._download.segments import Stop, Stream
-from engine._download.tail import overtake
+from engine._download.tail import WASTE, overtake
 
 SIZE = 32 << 20
 
@@ -69,3 +69,26 @@ def test_a_piece_for_an_overtaken_request_leaves_it_overtaken(tmp_path: Path) ->
         overtake(loser)
         assert job._writer(loser)(memoryview(bytes(16384))) == 0
         assert (loser.stop, loser.pos, loser.end) == (Stop.OVERTAKEN, 4096, 4096)
+
+
+def test_a_twin_that_does_not_catch_up_gives_up_after_its_waste(tmp_path: Path) -> None:
+    """A twin as slow as the request it races (a server that paces every request alike)
+    would bring each byte twice: once it has brought WASTE bytes its rival had already,
+    it is ended and that range is never raced again, so a race costs WASTE at most."""
+    job = SegmentedDownload("http://127.0.0.1:9/f", tmp_path / "out.bin")
+    slow = Stream(0, 8 << 20, 0, checked=True)
+    twin = Stream(0, 8 << 20, 0, checked=True, twin=True)
+    slow.rival, twin.rival = twin, slow
+    piece = memoryview(bytes(64 << 10))
+    write_twin = job._writer(twin)
+    steps = 0
+    while twin.stop is None:
+        slow.pos += len(piece)  # the slow one brings each piece first (written already)
+        write_twin(piece)
+        steps += 1
+        assert steps < 100, "the twin never gave up"
+    assert twin.stop is Stop.OVERTAKEN
+    assert slow.stop is None
+    assert slow.raced
+    assert job.tail.duplicated <= WASTE + len(piece)
+    assert job.tail.pick([slow], slow.started + 10.0) is None  # not raced again

@@ -43,7 +43,7 @@ from engine._disk.space import check_room
 from engine._download.adaptive import Width
 from engine._download.segments import Segments, Stop, Stream
 from engine._download.sources import Source, Sources
-from engine._download.tail import Tail, ahead, overtake
+from engine._download.tail import WASTE, Tail, ahead, overtake
 from engine._net.connections import PER_HOST, Slots
 from engine._net.ratelimit import Budget
 from engine._net.transport import (
@@ -762,6 +762,12 @@ class SegmentedDownload:
         n = len(mv) if end is None else max(0, min(len(mv), end - pos))
         had = min(n, ahead(st))
         self.tail.duplicated += had
+        if st.twin:
+            st.wasted += had
+            if st.wasted > WASTE and rival.stop is None:  # not catching up: give up
+                rival.raced = True
+                overtake(st)
+                return 0
         if n > had:
             self._write(pos + had, mv[had:n])
         st.pos = pos + n

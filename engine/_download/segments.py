@@ -61,6 +61,10 @@ class Stream:
     """The request racing it for the same bytes (see ``engine._download.tail``)."""
     twin: bool = False
     """It races a slow request (the rival) for that request's bytes."""
+    wasted: int = 0
+    """A twin's bytes that its rival had written already (see ``engine._download.tail``)."""
+    raced: bool = False
+    """A twin raced it and gave up: it is not raced again."""
     transfer: asyncio.Future[Any] | None = None
     """libcurl's transfer of it, to end it early."""
     source: Any = None

@@ -13,8 +13,10 @@ and what the other then brings for it is counted in ``duplicated`` and dropped.
 When the twin gets ahead of the slow request, the slow one is ended at once; when
 the slow one finishes first, the twin is ended.  A range has at most one twin, and
 only a range whose request is at most a quarter as fast as the usual request,
-and would take a second or more still, gets one: the bytes spent twice are bounded by
-what the slow request brings while the twin catches up.
+and would take a second or more still, gets one.  A twin that is no faster (a server
+that paces every request alike) would bring every byte twice: once it has brought
+``WASTE`` bytes its rival had already, it is ended and that range is not raced again.
+So a race costs at most ``WASTE`` bytes, and each range is raced once at most.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _SETTLED = 0.25
 """Seconds a request runs before its rate is taken as its own."""
 _SLOWER = 4.0
 """How many times slower than the usual request a request must be to get a twin."""
+WASTE = 256 << 10
+"""Bytes a twin may bring that its rival had already, before it gives up."""
 
 
 @dataclasses.dataclass
@@ -64,7 +68,7 @@ class Tail:
         best: Stream | None = None
         best_left = 0.0
         for st in inflight:
-            if st.rival is not None or st.end is None or now - st.started < _SETTLED:
+            if st.rival is not None or st.raced or st.end is None or now - st.started < _SETTLED:
                 continue
             rate = _rate(st, now)
             left = st.end - st.pos
