@@ -1,6 +1,6 @@
 """bgtransfer: background downloads with the Windows DownloadOperation API, in Python.
 
-Everything ../shared/API.md lists is importable from here, and ``run`` (drive many
+Everything docs/api.md lists is importable from here, and ``run`` (drive many
 operations from a coroutine on the engine's own loop); the submodules with a leading
 underscore are private.
 """

@@ -77,7 +77,7 @@ class EndedDownload(NamedTuple):
 
 
 class BackgroundDownloader:
-    """Creates operations; they inherit its settings.  See ../shared/API.md.
+    """Creates operations; they inherit its settings.  See docs/api.md.
 
     ``service=True`` makes a downloader whose operations live in the background
     service (``engine.service.api``): they go on when this process is gone."""
