@@ -72,6 +72,8 @@ class ServiceClient:
                         raise _error(resp.status, data)
                     return data
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+                if attempt == 0 and _unsent(exc):
+                    continue  # a kept connection the service had closed: the call never left
                 if attempt or not self.autostart:
                     raise ServiceUnavailable(f"the service at {self.paths.socket}: {exc}") from exc
                 await self.revive()
@@ -138,3 +140,10 @@ def _error(status: int, data: Any) -> Exception:
     if status == 403:
         return PermissionError(message)
     return errors.TransportError(message)
+
+
+def _unsent(exc: BaseException) -> bool:
+    """Whether the request failed before it was all written: aiohttp took a kept
+    connection that the service had begun to close (seen with 100 clients at once).
+    The service never saw the call, so sending it again cannot do it twice."""
+    return isinstance(exc, aiohttp.ClientOSError) and "write request" in str(exc)
