@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from contenders import alternate, available, bgtransfer, report
+from contenders import alternate, aria2c, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
 from served import benchmarks_disabled
 from servers import Nginx
@@ -24,17 +24,6 @@ from sidebyside import record
 
 MIB = 1 << 20
 _FLOOR = Path(__file__).resolve().parent / "pycurl_floor.py"
-
-
-def _aria2c(*args: str) -> list[str]:
-    return [
-        "aria2c",
-        "-q",
-        "--allow-overwrite=true",
-        "--auto-file-renaming=false",
-        "--file-allocation=falloc",
-        *args,
-    ]
 
 
 def _many_files(server: Nginx, count: int, size: int) -> tuple[list[str], str]:
@@ -79,7 +68,7 @@ def _many(
             f"curl -Z --parallel-max {parallel}": [
                 "curl", "-s", "-Z", "--parallel-max", str(parallel), "-K", "curl.cfg",
             ],
-            f"aria2c -j {parallel}": _aria2c("-j", str(parallel), "-i", "list.txt", "-d", "out"),
+            f"aria2c -j {parallel}": aria2c("-j", str(parallel), "-i", "list.txt", "-d", "out"),
             f"bgtransfer mirror -j {parallel} -c {connections}": [
                 bgtransfer(), "mirror", "-q", "-i", "list.txt", "-d", "out",
                 "-j", str(parallel), "-c", str(connections), "--state-dir", "state",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from contenders import alternate, available, bgtransfer, report
+from contenders import alternate, aria2c, available, bgtransfer, report
 from pytest_benchmark.fixture import BenchmarkFixture
 from served import ServedBytes
 from servers import Nginx
@@ -34,17 +34,6 @@ def _dd(out: Path, size: int, direct: bool) -> list[str]:
 
 def _at_once(dd: list[str], to_null: list[str]) -> list[str]:
     return ["sh", "-c", f"{shlex.join(dd)} & {shlex.join(to_null)} && wait $!"]
-
-
-def _aria2c(*args: str) -> list[str]:
-    return [
-        "aria2c",
-        "-q",
-        "--allow-overwrite=true",
-        "--auto-file-renaming=false",
-        "--file-allocation=falloc",
-        *args,
-    ]
 
 
 def _session(
@@ -95,7 +84,7 @@ def test_one_large_file_normal(
         "curl -o FILE": ["curl", "-s", "-o", str(out), url],
         "wget2 --max-threads=8": ["wget2", "-q", "--max-threads=8", "-O", str(out), url],
         "rclone copyurl": ["rclone", "copyurl", "-q", url, str(out)],
-        "aria2c -x16 -s16": _aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
+        "aria2c -x16 -s16": aria2c("-x16", "-s16", "-d", str(tmp_path), "-o", "out.bin", url),
     }
     _session(benchmark, served, tmp_path, "normal", contenders)
 

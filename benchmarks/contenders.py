@@ -112,3 +112,15 @@ def report(group: str, runs: dict[str, list[Run]], work: float, unit: str) -> No
             max(r.rss_anon for r in rs) / 1e6,
             lower_is_better=True,
         )
+
+
+def aria2c(*args: str) -> list[str]:
+    """aria2c, quiet, overwriting, with the space allocated as bgtransfer does (falloc)."""
+    return [
+        "aria2c",
+        "-q",
+        "--allow-overwrite=true",
+        "--auto-file-renaming=false",
+        "--file-allocation=falloc",
+        *args,
+    ]
