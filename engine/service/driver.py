@@ -155,14 +155,20 @@ class Driver:
                 return found
         raise NotFound(f"no operation {guid}")
 
-    def view(self, guid: str) -> OpView:
+    def find_or_ended(self, guid: str) -> DownloadOperation | Ending:
+        """The live operation, else what the journal kept of its end (NotFound: neither)."""
         try:
-            op = self.find(guid)
+            return self.find(guid)
         except NotFound:
             ending = self.journal.ending(guid)
             if ending is None:
                 raise
-            return view_of_ending(ending)
+            return ending
+
+    def view(self, guid: str) -> OpView:
+        op = self.find_or_ended(guid)
+        if isinstance(op, Ending):
+            return view_of_ending(op)
         return view_of(op, waiting=guid in self.waiting_credentials)
 
     def current(self) -> list[OpView]:
@@ -368,13 +374,9 @@ class Driver:
             sub.acks[guid] = one_done
 
     def ranges(self, guid: str) -> list[list[int]]:
-        try:
-            op = self.find(guid)
-        except NotFound:
-            ending = self.journal.ending(guid)
-            if ending is None:
-                raise
-            return [[0, ending.total]] if ending.status == "COMPLETED" and ending.total else []
+        op = self.find_or_ended(guid)
+        if isinstance(op, Ending):
+            return [[0, op.total]] if op.status == "COMPLETED" and op.total else []
         return [[r.offset, r.length] for r in op.get_downloaded_ranges()]
 
     def response(self, guid: str) -> dict[str, Any] | None:
@@ -414,15 +416,11 @@ class Driver:
     async def available(self, guid: str, offset: int, want: int) -> int:
         """Bytes present from ``offset``, waiting on the engine's readers (which also
         point a connection at ``offset`` for a random access operation)."""
-        try:
-            op = self.find(guid)
-        except NotFound:
-            ending = self.journal.ending(guid)
-            if ending is None:
-                raise
-            if ending.status != "COMPLETED":
-                raise TransferCanceled(f"{ending.result_file}: {ending.status.lower()}") from None
-            return max(0, min(want, ending.total - offset))
+        op = self.find_or_ended(guid)
+        if isinstance(op, Ending):
+            if op.status != "COMPLETED":
+                raise TransferCanceled(f"{op.result_file}: {op.status.lower()}")
+            return max(0, min(want, op.total - offset))
         future = engine_loop().submit(op.available(offset, want))
         try:
             return await asyncio.wrap_future(future)
