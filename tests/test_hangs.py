@@ -3,6 +3,7 @@ holds another: each against a real misbehaving server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -206,3 +207,23 @@ def test_max_time_bounds_a_download_that_never_answers(
     )
     assert done.returncode == 1, done.stderr
     assert "maximum time (1 s)" in done.stderr
+
+
+def test_a_cancellation_nobody_asked_for_fails_the_download_instead_of_hanging(
+    silent: SilentServer, make_downloader: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CancelledError leaking out of a download (a bug below the runner, injected
+    here: no server can cause one) fails it with an internal error; wait() returns."""
+    from engine._download.segmented import SegmentedDownload
+
+    async def leak(self: SegmentedDownload) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(SegmentedDownload, "run", leak)
+    op = make_downloader(config=QUICK).create_download(silent.url, tmp_path / "x")
+    op.start()
+    with pytest.raises(TransferError, match="internal error") as info:
+        op.wait(timeout=20)
+    assert "not finished after" not in str(info.value)
+    assert op.status is S.ERROR
+    assert not (tmp_path / "x").exists()

@@ -102,6 +102,26 @@ class _Deadline:
         self._timer.cancel()
 
 
+def _leaked(op: EngineOperation) -> bool:
+    """A CancelledError reached ``Runner.run`` though nobody cancelled its task and
+    the operation still runs: pause() and cancel() move the status before they cancel,
+    and the engine's shutdown cancels the task itself (``cancelling()``)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return cancelling is not None and not cancelling() and op.status is S.RUNNING
+
+
+def _fail_internal(op: EngineOperation, exc: BaseException) -> None:
+    """Fail ``op`` for a bug, loudly: never hang its awaiters, and never leave RUNNING
+    in the store, which a later ``resume --all`` trips on."""
+    error = TransferError(f"{op.result_file}: internal error: {exc!r}")
+    error.__cause__ = exc  # the bug's own traceback, for its report
+    with contextlib.suppress(Exception):  # not legal from here: the status stays
+        op.move(Event.FAIL, error)
+    if not op.outcome.done():
+        op.outcome.set_exception(error)
+
+
 class Runner:
     """Runs ``op`` on the engine loop until it completes, fails, or pauses."""
 
@@ -152,14 +172,11 @@ class Runner:
                     op.move(pause.event)
                 finally:
                     sched.release(op)
-        except asyncio.CancelledError:
-            pass  # pause() or cancel() moved the status already
-        except Exception as exc:  # a bug, not the world: fail loudly, never hang awaiters
-            # and never leave RUNNING in the store, which a later resume --all trips on
-            with contextlib.suppress(Exception):  # not legal from here: the status stays
-                op.move(Event.FAIL, TransferError(f"{op.result_file}: internal error: {exc!r}"))
-            if not op.outcome.done():
-                op.outcome.set_exception(exc)
+        except asyncio.CancelledError:  # pause() or cancel() moved the status already,
+            if _leaked(op):  # unless no one cancelled: a bug below, which would hang awaiters
+                _fail_internal(op, RuntimeError("a CancelledError escaped the download"))
+        except Exception as exc:  # a bug, not the world
+            _fail_internal(op, exc)
             raise
         finally:
             if self._deadline is not None:
