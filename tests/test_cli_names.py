@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli.names import Entry, name_from_url, parse_list, safe_name, unique_names
+from engine.cli.names import name_from_url, parse_list, safe_name
 
 
 @pytest.mark.parametrize(
@@ -35,36 +35,31 @@ def test_safe_name_cuts_long_names_on_a_character() -> None:
     assert name == "\u00e9" * 100
 
 
-def test_list_names_are_made_safe_and_unique() -> None:
-    """Names from a list are made safe, collisions suffixed, and each rename reported."""
+def test_names_from_urls_are_made_safe_and_written_names_checked() -> None:
+    """A name taken from a URL is made safe; a NAME written on the line that is not a
+    plain file of the folder, or that a line before took (any case), is a bad line."""
     text = (
-        "http://h/a/x.bin\nhttp://h/b/X.bin\nhttp://h/c ../../x.bin\n# c\n\nhttp://h/d dir/\x01e\n"
+        "http://h/a/x.bin\nhttp://h/b/X.bin\nhttp://h/c ../../x.bin\n# c\n\n"
+        "http://h/d dir/\x01e\nhttp://h/..%2Fy\nhttp://h/e .hidden\n"
     )
     listed = parse_list(text.splitlines(), "l.txt")
-    entries = listed.entries
-    assert [e.name for e in entries] == ["x.bin", "X.1.bin", "_.._x.bin", "dir__e"]
-    assert [e.url for e in entries] == [
-        "http://h/a/x.bin",
-        "http://h/b/X.bin",
-        "http://h/c",
-        "http://h/d",
+    assert [(e.url, e.name, e.line) for e in listed.entries] == [
+        ("http://h/a/x.bin", "x.bin", 1),
+        ("http://h/..%2Fy", "_y", 7),
+        ("http://h/e", ".hidden", 8),
     ]
-    assert listed.renamed == ["l.txt:2: the name is taken by line 1: saved as X.1.bin"]
-    assert listed.bad == []
+    assert listed.bad == [
+        "l.txt:2: the name 'X.bin' is already used by line 1",
+        "l.txt:3: the name '../../x.bin' leaves the folder",
+        "l.txt:6: the name 'dir/\\x01e' holds a path separator: a NAME is a file in the folder",
+    ]
 
 
 def test_every_bad_line_is_reported_with_its_number() -> None:
-    """A list is read whole: every bad line is reported with its number, the good kept."""
+    """Every bad line is reported with its number, the good kept."""
     text = "http://h/a\nnot-a-url\nhttp://h/b\ngopher://h/c\nhttp://h/d sha256=zz\nhttp://h/e\n"
     listed = parse_list(text.splitlines(), "l.txt")
     problems = listed.bad
     assert [e.url for e in listed.entries] == ["http://h/a", "http://h/b", "http://h/e"]
     assert [p.split(":")[1] for p in problems] == ["2", "4", "5"]
     assert problems[0] == "l.txt:2: 'not-a-url' is not a URL"
-
-
-def test_unique_names_names_the_line_a_renamed_entry_collided_with() -> None:
-    """A third copy of a name becomes .2, and names the line of the first."""
-    entries, renamed = unique_names([Entry(f"http://h/{i}", "f.bin", None, i) for i in (1, 2, 3)])
-    assert [e.name for e in entries] == ["f.bin", "f.1.bin", "f.2.bin"]
-    assert [(e.line, first) for e, first in renamed] == [(2, 1), (3, 1)]

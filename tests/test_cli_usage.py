@@ -46,7 +46,7 @@ def test_mirror_reports_every_bad_line_and_mirrors_the_good_ones(
     nginx: Nginx, tmp_path: Path
 ) -> None:
     """A list with bad lines: each is reported with its number, every good line is
-    mirrored, every renamed duplicate is told, and the status is 1."""
+    mirrored, a duplicate name is a bad line (never a renamed file), and the status is 1."""
     small = nginx.url("small.bin")
     (tmp_path / "list.txt").write_text(
         f"{small} f.bin\n"
@@ -54,7 +54,7 @@ def test_mirror_reports_every_bad_line_and_mirrors_the_good_ones(
         f"{small} g.bin\n"
         f"{small} h.bin md5=nothex\n"
         "# a comment\n"
-        f"{small} f.bin\n"
+        f"{small} F.bin\n"
         "mailto://x/y\n"
     )
     done = bgt("mirror", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=tmp_path / "s")
@@ -63,9 +63,9 @@ def test_mirror_reports_every_bad_line_and_mirrors_the_good_ones(
     assert "list.txt:2: 'not' is not a URL" in err
     assert "list.txt:4: " in err
     assert "list.txt:7: 'mailto://x/y': mailto is not http, https, ftp, ftps or sftp" in err
-    assert "list.txt:6: the name is taken by line 1: saved as f.1.bin" in err
-    assert "3 bad lines in list.txt were skipped" in err
-    assert sorted(os.listdir(tmp_path / "out")) == ["f.1.bin", "f.bin", "g.bin"]
+    assert "list.txt:6: the name 'F.bin' is already used by line 1" in err
+    assert "4 bad lines in list.txt skipped" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["f.bin", "g.bin"]
 
 
 def test_a_list_of_only_bad_lines_downloads_nothing(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A mirror list can neither collide with the engine's side files, nor destroy a file
-it names, nor take another user's file for complete; its names de-duplicate in
+it names, nor take another user's file for complete; its duplicate names are found in
 linear time."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from attacker import Attacker, attacker
 from servers import Nginx
 
 from engine import BackgroundDownloader, InvalidRequestError
-from engine.cli.names import Entry, unique_names
+from engine.cli.names import BadLine, Entry, parse_lines
 
 __all__ = ["attacker"]  # the fixture, imported for pytest
 
@@ -43,14 +43,15 @@ def mirror(text: str, target: Path, cwd: Path) -> subprocess.CompletedProcess[st
     )
 
 
-def test_a_name_ending_like_a_side_file_is_renamed(nginx: Nginx, tmp_path: Path) -> None:
-    """``x`` and ``x.bgtpart`` on one list: each file its own bytes, nothing mixed."""
+def test_a_name_ending_like_a_side_file_is_a_bad_line(nginx: Nginx, tmp_path: Path) -> None:
+    """``x`` and ``x.bgtpart`` on one list: the second is a bad line (status 1), ``x``
+    gets its own bytes, and nothing else is written."""
     out = tmp_path / "out"
     done = mirror(f"{nginx.url('big.bin')} x\n{nginx.url('small.bin')} x.bgtpart\n", out, tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1
+    assert "-:2: the name 'x.bgtpart' ends like the files bgtransfer keeps" in done.stderr
     assert (out / "x").read_bytes() == (nginx.www / "big.bin").read_bytes()
-    assert (out / "x.bgtpart_").read_bytes() == (nginx.www / "small.bin").read_bytes()
-    assert sorted(os.listdir(out)) == ["x", "x.bgtpart_"]
+    assert sorted(os.listdir(out)) == ["x"]
 
 
 def test_a_wrong_checksum_never_deletes_the_file_before_a_good_download(
@@ -83,8 +84,9 @@ def test_another_users_file_is_never_already_complete(
 
 
 def test_ten_thousand_equal_names_take_linear_work() -> None:
-    """De-duplicating n equal names makes O(n) builtin calls, not O(n^2)."""
-    entries = [Entry("http://h/f.bin", "f.bin", None)] * 10_000
+    """Finding the duplicates among n equal names makes O(n) builtin calls, not
+    O(n^2): the first is kept, every other one is a bad line naming line 1."""
+    lines = ["http://h/f.bin"] * 10_000
     calls = 0
 
     def count(frame: object, event: str, arg: object) -> None:
@@ -93,12 +95,13 @@ def test_ten_thousand_equal_names_take_linear_work() -> None:
 
     sys.setprofile(count)
     try:
-        names = [e.name for e in unique_names(entries)[0]]
+        found = list(parse_lines(lines, "l"))
     finally:
         sys.setprofile(None)
-    assert names[:3] == ["f.bin", "f.1.bin", "f.2.bin"]
-    assert len(set(names)) == 10_000
-    assert calls < 20 * len(entries)
+    assert found[0] == Entry("http://h/f.bin", "f.bin", None, 1)
+    assert all(isinstance(b, BadLine) for b in found[1:])
+    assert found[-1] == BadLine(10_000, "l:10000: the name 'f.bin' is already used by line 1")
+    assert calls < 40 * len(lines)
 
 
 def test_the_api_refuses_a_result_named_like_a_side_file(

@@ -36,7 +36,7 @@ from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
 from engine.cli.login import credential, hosts_under_way, with_limits
-from engine.cli.names import Entry, output_path, read_list, split_login
+from engine.cli.names import BadLine, Entry, iter_list, output_path, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 from engine.cli.words import describe, say
 from engine.config import TransferConfig
@@ -206,10 +206,14 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     check_folder(target)  # before anything is made, read or removed in it
     if os.path.lexists(target) and not os.path.isdir(target):
         raise InvalidRequestError(f"{target}: not a directory")
-    listed = read_list(args.input)  # every line read and checked before any download
-    entries, bad = listed.entries, listed.bad
-    for line in bad + listed.renamed:
-        say(line)
+    entries: list[Entry] = []
+    bad = 0
+    for item in iter_list(args.input):  # each bad line told as it is read
+        if isinstance(item, BadLine):
+            say(item.message)
+            bad += 1
+        else:
+            entries.append(item)
     if not entries:
         if bad:
             return 1
@@ -239,7 +243,7 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     took = time.monotonic() - started
     print(
         f"{count} downloaded, {skipped} already complete, {len(failed) + len(refused)} failed"
-        f"{f', {len(bad)} bad lines' if bad else ''}; "
+        f"{f', {bad} bad {lines(bad)}' if bad else ''}; "
         f"{size / 1e6:.1f} MB in {took:.1f} s ({size / max(took, 1e-9) / 1e6:.0f} MB/s)",
         file=sys.stderr,
     )
@@ -250,8 +254,12 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
         about = "" if str(op.result_file) in detail else f"{op.result_file.name}: "
         say(f"{about}{detail}")
     if bad:
-        say(f"{len(bad)} bad lines in {args.input} were skipped (see above)")
+        say(f"{bad} bad {lines(bad)} in {args.input} skipped (see above)")
     return 1 if failed or refused or bad else 0
+
+
+def lines(count: int) -> str:
+    return "line" if count == 1 else "lines"
 
 
 @dataclasses.dataclass

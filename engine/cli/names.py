@@ -1,9 +1,10 @@
-"""Result names for the command line: from a URL or a mirror list, made safe to write.
+"""Result names for the command line, and mirror lists read as a stream.
 
 A name from the network must never leave the target directory or surprise a shell:
 no ``..``, no absolute paths, no separators, no control characters, no leading dot
-or dash, no ending of the engine's side files (``.bgtpart``...: a ``_`` is added);
-collisions get ``.1``, ``.2``... before the extension.
+or dash, no ending of the engine's side files (``.bgtpart``...: a ``_`` is added).
+A name written on a list's line is checked, never rewritten: one that is not a
+plain file of the folder, or that a line before took, makes a bad line.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import dataclasses
 import os
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from engine._disk.checksum import parse
 from engine._disk.core import SIDE_SUFFIXES
+from engine.cli.seen import NameSet
 from engine.errors import InvalidRequestError
 
 _MAX_NAME = 200
@@ -101,7 +104,84 @@ class Entry:
     """More URLs of the same file (after the first on its line)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BadLine:
+    """A line of a mirror list that cannot be downloaded: skipped, told to the user."""
+
+    line: int
+    message: str
+    """``SOURCE:N: what is wrong``."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
 SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp"})
+MAX_LINE = 1 << 16
+"""Longest line read (bytes): a list without newlines cannot fill the memory."""
+
+
+def _check_url(url: str) -> str:
+    """The path of ``url``; ValueError saying, in a user's words, why it cannot be
+    downloaded."""
+    try:
+        parts = urlsplit(url)
+        host_ok = _plain_host(parts.netloc)
+        if host_ok is None:  # login, IPv6 or odd port: urllib's own parse of it
+            parts.port  # noqa: B018  (raises on a port out of range or not a number)
+            host_ok = bool(parts.hostname)
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL ({exc})") from None
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"{url!r} is not a URL")
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"{url!r}: {parts.scheme} is not http, https, ftp, ftps or sftp")
+    if not host_ok:
+        raise ValueError(f"{url!r} names no host")
+    if not url.isprintable():
+        raise ValueError(f"{url!r} holds a control character")
+    return parts.path
+
+
+def _plain_host(netloc: str) -> bool | None:
+    """Whether ``HOST[:PORT]`` names a host and a port in range; None for a netloc
+    with a login or an IPv6 address.  ``hostname`` and ``port`` parse it again each
+    time: a third of a line's cost."""
+    if "@" in netloc or "[" in netloc:
+        return None
+    host, _, port = netloc.partition(":")
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        return None  # urllib's words for what is wrong with it
+    return bool(host)
+
+
+def checked_name(raw: str) -> str:
+    """A NAME written on a list's line, as the file it will be (NFC); ValueError when
+    it is not one file of the folder.  A name the user wrote is never rewritten: a
+    mirror that saved ``../x`` as ``_.._x`` would leave them looking for a file that
+    is not there.  A leading dot or dash is kept: the file is always reached by its
+    path in the folder."""
+    name = raw if unicodedata.is_normalized("NFC", raw) else unicodedata.normalize("NFC", raw)
+    if name.startswith(("/", "\\")):
+        raise ValueError(f"the name {name!r} is an absolute path: a NAME is a file in the folder")
+    if ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"the name {name!r} leaves the folder")
+    if name == ".":
+        raise ValueError("the name '.' is the folder itself")
+    if "/" in name or "\\" in name:
+        raise ValueError(
+            f"the name {name!r} holds a path separator: a NAME is a file in the folder"
+        )
+    if not name.isprintable():
+        raise ValueError(f"the name {name!r} holds a control character")
+    if len(name.encode()) > _MAX_NAME:
+        raise ValueError(f"the name {name[:20]!r}... is longer than {_MAX_NAME} bytes")
+    if name.endswith(SIDE_SUFFIXES):
+        raise ValueError(
+            f"the name {name!r} ends like the files bgtransfer keeps beside a download "
+            "(.bgtpart, .bgtctl)"
+        )
+    return name
 
 
 def _entry(number: int, fields: list[str]) -> Entry:
@@ -110,88 +190,112 @@ def _entry(number: int, fields: list[str]) -> Entry:
     while rest and "://" in rest[0]:  # more URLs of the same file (TAB-separated, as aria2's)
         urls.append(rest.pop(0))
     checksum = rest.pop() if rest and "=" in rest[-1] else None
-    for url in urls:
-        parts = urlsplit(url)
-        if not parts.scheme or not parts.netloc:
-            raise ValueError(f"{url!r} is not a URL")
-        if parts.scheme.lower() not in SCHEMES:
-            raise ValueError(f"{url!r}: {parts.scheme} is not http, https, ftp, ftps or sftp")
+    path = _check_url(urls[0])
+    for url in urls[1:]:
+        _check_url(url)
     if checksum is not None:
         parse(checksum)  # its own ValueError says what is wrong
-    name = " ".join(rest) if rest else _last_segment(urlsplit(urls[0]).path)
-    return Entry(urls[0], safe_name(name), checksum, number, tuple(urls[1:]))
+    # a name from the URL is made safe, as wget does: no one chose it
+    name = checked_name(" ".join(rest)) if rest else safe_name(_last_segment(path))
+    return Entry(urls[0], name, checksum, number, tuple(urls[1:]))
+
+
+def parse_lines(
+    lines: Iterable[str | bytes | None], source: str = "list"
+) -> Iterator[Entry | BadLine]:
+    """Each line's ``Entry``, or its ``BadLine``, as the lines come: one
+    ``URL [URL...] [NAME] [ALGO=HEX]`` a line, the URLs of one file separated by TABs
+    (as in aria2's input files) or spaces; blank lines and ``#`` comments skipped.
+    A line is bytes when read from a file (UTF-8 expected), None when too long.
+
+    A name a line before took (compared case-insensitively) makes a bad line, not a
+    renamed file: a name the user wrote or the URL gave is where they will look."""
+    seen = NameSet()
+    for number, raw in enumerate(lines, 1):
+        if raw is None:
+            yield BadLine(number, f"{source}:{number}: longer than {MAX_LINE} bytes")
+            continue
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError:
+                yield BadLine(number, f"{source}:{number}: not UTF-8 text")
+                continue
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            entry = _entry(number, fields)
+        except ValueError as exc:
+            yield BadLine(number, f"{source}:{number}: {exc}")
+            continue
+        first = seen.add(entry.name, number)
+        if first:
+            yield BadLine(
+                number,
+                f"{source}:{number}: the name {entry.name!r} is already used by line {first}",
+            )
+        else:
+            yield entry
+
+
+def iter_list(source: str) -> Iterator[Entry | BadLine]:
+    """``parse_lines`` of the file ``source`` (``-``: standard input), read line by
+    line as the consumer asks: the first entry of a list of millions comes at once,
+    and no line is kept after it is parsed.  A file that cannot be opened is bad
+    usage, raised here, before the first line."""
+    if source == "-":
+        return parse_lines(_read_lines(sys.stdin.buffer, source), source)
+    try:
+        stream = open(source, "rb")  # noqa: SIM115  (closed by the generator)
+    except OSError as exc:
+        raise InvalidRequestError(f"{source}: {exc.strerror or exc}") from None
+    return parse_lines(_read_lines(stream, source, close=True), source)
+
+
+def _read_lines(stream: BinaryIO, source: str, close: bool = False) -> Iterator[bytes | None]:
+    """The stream's lines as they arrive; None for one over ``MAX_LINE`` bytes, whose
+    rest is read and dropped."""
+    try:
+        while raw := stream.readline(MAX_LINE + 1):
+            if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                while (rest := stream.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                    pass
+                yield None
+            else:
+                yield raw
+    except OSError as exc:
+        raise InvalidRequestError(f"{source}: {exc.strerror or exc}") from None
+    finally:
+        if close:
+            stream.close()
 
 
 @dataclasses.dataclass
 class MirrorList:
-    """A mirror list read whole: what to download, and what to tell about it."""
+    """A mirror list read whole, for a caller that needs all of it before it starts
+    (a cluster splits it into shards): the good lines, and what is wrong with the others."""
 
     entries: list[Entry]
-    """The good lines, their names made unique."""
     bad: list[str]
     """``SOURCE:N: what is wrong``, for each line that cannot be downloaded."""
-    renamed: list[str]
-    """``SOURCE:N: ...``, for each entry whose name another line took first."""
+
+
+def collect(items: Iterable[Entry | BadLine]) -> MirrorList:
+    listed = MirrorList([], [])
+    for item in items:
+        if isinstance(item, BadLine):
+            listed.bad.append(item.message)
+        else:
+            listed.entries.append(item)
+    return listed
 
 
 def parse_list(lines: Iterable[str], source: str = "list") -> MirrorList:
-    """A mirror list, one ``URL [URL...] [NAME] [ALGO=HEX]`` a line, the URLs of one
-    file separated by TABs (as in aria2's input files) or spaces (blank lines and
-    ``#`` comments skipped), read whole (see ``MirrorList``).
-
-    The one place a list is parsed: a list streamed line by line replaces it whole."""
-    entries, problems = [], []
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        try:
-            entries.append(_entry(number, fields))
-        except ValueError as exc:
-            problems.append(f"{source}:{number}: {exc}")
-    unique, renamed = unique_names(entries)
-    notices = [
-        f"{source}:{entry.line}: the name is taken by line {first}: saved as {entry.name}"
-        for entry, first in renamed
-    ]
-    return MirrorList(unique, problems, notices)
+    """``parse_lines``, collected."""
+    return collect(parse_lines(lines, source))
 
 
 def read_list(source: str) -> MirrorList:
-    """``parse_list`` of the file ``source`` (``-``: standard input); one that cannot
-    be read is bad usage."""
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"{source}: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_list(text.splitlines(), source)
-
-
-def unique_names(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, int]]]:
-    """Give colliding names (case-insensitively) a ``.N`` suffix before the extension;
-    the entries renamed, each with the line of the entry that has its name.
-
-    The next N to try is kept for each name, so ten thousand equal names cost ten
-    thousand tries, not fifty million."""
-    seen: dict[str, int] = {}
-    next_n: dict[str, int] = {}
-    out, renamed = [], []
-    for entry in entries:
-        name = entry.name
-        stem, dot, ext = name.rpartition(".")
-        if not dot or not stem:
-            stem, dot, ext = name, "", ""
-        key = name.lower()
-        n = next_n.get(key, 0)
-        while name.lower() in seen:
-            n += 1
-            name = f"{stem}.{n}{dot}{ext}"
-        next_n[key] = n
-        seen[name.lower()] = entry.line
-        if name is entry.name:
-            out.append(entry)
-        else:
-            moved = dataclasses.replace(entry, name=name)
-            out.append(moved)
-            renamed.append((moved, seen[entry.name.lower()]))
-    return out, renamed
+    """``iter_list``, collected."""
+    return collect(iter_list(source))
