@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -305,8 +306,9 @@ def test_cancel_stops_a_get_running_in_another_shell(body: bytes, tmp_path: Path
 
 
 def test_mirror_of_500_odd_names(nginx: Nginx, tmp_path: Path) -> None:
-    """500 entries with '..', '/', spaces, unicode, control characters and duplicates:
-    every file inside the directory, byte-exact, collisions suffixed; a re-run skips all."""
+    """500 entries with spaces, unicode, leading dots and dashes (kept), and '..', '/',
+    control characters and duplicates (bad lines, each told with its number): every
+    good file inside the directory under its own name, byte-exact; a re-run skips all."""
     served = nginx.www / "mirror"
     served.mkdir(exist_ok=True)
     lines, expected = [], {}
@@ -317,30 +319,31 @@ def test_mirror_of_500_odd_names(nginx: Nginx, tmp_path: Path) -> None:
         lines.append(url)  # name from the URL: spaces and unicode kept
         expected[name] = served / name
     odd = ["../up{}", "/abs/path{}", "a\x01b{}", "dup.bin", "-dash{}", ".hidden{}", "sp ace {}"]
+    bad, kept = [], []
     for i in range(450):
         name = odd[i % len(odd)].format(i)
         lines.append(f"{nginx.url('small.bin')} {name}")
+        good = i % len(odd) > 3 or (name == "dup.bin" and "dup.bin" not in kept)
+        (kept if good else bad).append(name if good else len(lines))
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n# a comment\n\n")
     out = tmp_path / "out"
     done = bgt(
         "mirror", "-i", "list.txt", "-d", "out", "-j", "16", cwd=tmp_path, state=tmp_path / "s"
     )
-    assert done.returncode == 0, done.stderr
-    assert "500 downloaded" in done.stderr
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 500
+    assert done.returncode == 1, done.stderr
+    assert f"{50 + len(kept)} downloaded" in done.stderr
+    told = re.findall(r"^bgtransfer: list.txt:(\d+): ", done.stderr, re.MULTILINE)
+    assert [int(n) for n in told] == bad
+    assert "list.txt:61: the name 'dup.bin' is already used by line 54" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected, *kept])
     assert not list(tmp_path.glob("up*"))
-    assert all(p.resolve().parent == out.resolve() for p in out.iterdir())
-    assert all(not name.startswith((".", "-")) and "\x01" not in name for name in files)
-    assert "dup.bin" in files
-    assert "dup.1.bin" in files
     for name, source in expected.items():
         assert (out / name).read_bytes() == source.read_bytes()
     small = (nginx.www / "small.bin").read_bytes()
-    assert all((out / n).read_bytes() == small for n in files if n not in expected)
+    assert all((out / n).read_bytes() == small for n in kept)
     again = bgt("mirror", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=tmp_path / "s")
-    assert again.returncode == 0
-    assert "0 downloaded, 500 already complete" in again.stderr
+    assert again.returncode == 1
+    assert f"0 downloaded, {50 + len(kept)} already complete" in again.stderr
 
 
 def test_mirror_killed_mid_run_never_leaves_a_partial_file_under_its_name(

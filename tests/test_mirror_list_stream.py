@@ -28,8 +28,8 @@ MILLION = 1_000_000
 def test_every_kind_of_bad_line_is_told_and_every_good_line_mirrored(
     nginx: Nginx, tmp_path: Path
 ) -> None:
-    """A list on stdin mixing good lines with each kind of bad one: each bad line is
-    told once with its number, the status is 1, and every good line's file is
+    """A list on stdin (a BOM first) mixing good lines with each kind of bad one: each
+    bad line is told once with its number, the status is 1, and every good line's file is
     byte-exact under its name (and nothing else is written)."""
     folder = nginx.www / "stream"
     folder.mkdir(exist_ok=True)
@@ -58,7 +58,7 @@ def test_every_kind_of_bad_line_is_told_and_every_good_line_mirrored(
         "http://127.0.0.1/" + "a" * 70_000,  # 18: too long
         f"{url[5]} g0.bin",  # 19: line 1's name (from its URL)
     ]
-    text = "\n".join(lines).encode(errors="surrogateescape") + b"\n"
+    text = b"\xef\xbb\xbf" + "\n".join(lines).encode(errors="surrogateescape") + b"\n"
     out = tmp_path / "out"
     done = subprocess.run(
         argv("mirror", "-i", "-", "-d", str(out), "-q", "--state-dir", str(tmp_path / "s")),

@@ -216,8 +216,8 @@ def parse_lines(
             yield BadLine(number, f"{source}:{number}: longer than {MAX_LINE} bytes")
             continue
         if isinstance(raw, bytes):
-            try:
-                raw = raw.decode()
+            try:  # a BOM before the first line, as Windows' Notepad writes, is no part of it
+                raw = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
                 yield BadLine(number, f"{source}:{number}: not UTF-8 text")
                 continue
