@@ -182,6 +182,24 @@ def test_a_failed_file_makes_status_1_and_is_recorded(
     assert sum('"missing.bin"' in r for r in records) == 1
 
 
+def test_bad_lines_make_a_cluster_mirror_end_1(
+    nginx: Nginx, dask_cluster: DaskCluster, client: Any, tmp_path: Path
+) -> None:
+    """--cluster: a bad line and a duplicate name are told with their numbers, the good
+    lines all complete, byte-exact, and the status is 1."""
+    names = _serve(nginx, "badlines", 2, 1000)
+    good = [nginx.url(f"badlines/{n}") for n in names]
+    (tmp_path / "list").write_text(f"{good[0]}\nnot-a-url\n{good[1]}\n{good[1]}\n")
+    out = tmp_path / "out"
+    proc = _mirror(tmp_path / "list", out, dask_cluster.address)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "list:2: 'not-a-url' is not a URL" in err
+    assert "list:4: the name 'f001.bin' is already used by line 3" in err
+    assert "2 downloaded" in err
+    _same(out, nginx.www / "badlines", names)
+
+
 def test_without_cluster_nothing_of_dask_is_imported(nginx: Nginx, tmp_path: Path) -> None:
     """A mirror without --cluster runs with neither dask nor distributed imported."""
     (tmp_path / "list").write_text(nginx.url("small.bin") + "\n")

@@ -231,7 +231,7 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     if getattr(args, "cluster", None):
         if on_cluster is None:
             raise InvalidRequestError("--cluster is not available here")
-        return on_cluster(args, entries, logins)
+        return on_cluster(args, entries, logins) or (1 if bad else 0)  # bad lines: 1 too
     os.makedirs(target, exist_ok=True)
     d = downloader(args, logins, (host_of(entry.url) for entry in entries))
     started = time.monotonic()
