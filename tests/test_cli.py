@@ -319,12 +319,15 @@ def test_mirror_of_500_odd_names(nginx: Nginx, tmp_path: Path) -> None:
         lines.append(url)  # name from the URL: spaces and unicode kept
         expected[name] = served / name
     odd = ["../up{}", "/abs/path{}", "a\x01b{}", "dup.bin", "-dash{}", ".hidden{}", "sp ace {}"]
-    bad, kept = [], []
+    bad: list[int] = []  # line numbers
+    kept: list[str] = []
     for i in range(450):
         name = odd[i % len(odd)].format(i)
         lines.append(f"{nginx.url('small.bin')} {name}")
-        good = i % len(odd) > 3 or (name == "dup.bin" and "dup.bin" not in kept)
-        (kept if good else bad).append(name if good else len(lines))
+        if i % len(odd) > 3 or (name == "dup.bin" and "dup.bin" not in kept):
+            kept.append(name)
+        else:
+            bad.append(len(lines))
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n# a comment\n\n")
     out = tmp_path / "out"
     done = bgt(
