@@ -15,6 +15,7 @@ static pthread_cond_t finished = PTHREAD_COND_INITIALIZER;
 static dio_job *head, *tail;
 static dio_job *all; /* queued or being written */
 static int started;  /* threads running; 0 again in a forked child */
+static int wanted = 1; /* the most dio_want asked for */
 static int atfork_set;
 
 int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
@@ -35,14 +36,15 @@ int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
     return 0;
 }
 
-/* Through the page cache in pieces of DIO_PAGE_CACHE_PIECE: one pwrite of a whole
- * 1 MiB run cost two to three times the system time of the same bytes in 64 KiB
- * pieces (a 1 GiB download from loopback: 1.1-1.9 s against 0.5), the kernel then
- * making folios that large for the page cache. */
-static int buffered_write(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+/* Through the page cache in pieces of at most ``piece`` bytes (the caller's stage
+ * size): one pwrite of a whole 1 MiB run cost two to three times the system time of
+ * the same bytes in 64 KiB pieces, the kernel then making folios that large for the
+ * page cache. */
+static int buffered_write(int fd, const uint8_t *buf, uint64_t len, uint64_t off, uint32_t piece)
 {
-    for (uint64_t at = 0; at < len; at += DIO_PAGE_CACHE_PIECE) {
-        uint64_t n = len - at < DIO_PAGE_CACHE_PIECE ? len - at : DIO_PAGE_CACHE_PIECE;
+    uint64_t step = piece ? piece : (len ? len : 1);
+    for (uint64_t at = 0; at < len; at += step) {
+        uint64_t n = len - at < step ? len - at : step;
         int rc = dio_pwrite_all(fd, buf + at, n, off + at);
         if (rc != 0)
             return rc;
@@ -50,19 +52,20 @@ static int buffered_write(int fd, const uint8_t *buf, uint64_t len, uint64_t off
     return 0;
 }
 
-int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len)
+int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len,
+              uint32_t piece)
 {
     uint64_t end = offset + len;
     uint64_t a = (offset + DIO_ALIGN - 1) & ~(uint64_t)(DIO_ALIGN - 1);
     uint64_t b = end & ~(uint64_t)(DIO_ALIGN - 1);
     if (fd_direct < 0 || a >= b || ((uintptr_t)(buf + (a - offset)) & (DIO_ALIGN - 1)) != 0)
-        return buffered_write(fd_buffered, buf, len, offset);
+        return buffered_write(fd_buffered, buf, len, offset, piece);
     int rc = 0;
     if (a > offset && (rc = dio_pwrite_all(fd_buffered, buf, a - offset, offset)) != 0)
         return rc;
     rc = dio_pwrite_all(fd_direct, buf + (a - offset), b - a, a);
     if (rc == -EINVAL) /* this file system or device wants another alignment */
-        rc = buffered_write(fd_buffered, buf + (a - offset), b - a, a);
+        rc = buffered_write(fd_buffered, buf + (a - offset), b - a, a, piece);
     if (rc == 0 && end > b)
         rc = dio_pwrite_all(fd_buffered, buf + (b - offset), end - b, b);
     return rc;
@@ -97,7 +100,7 @@ static int run(dio_job *j)
     }
     if (j->before)
         j->before(j);
-    return dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len);
+    return dio_write(j->fd_direct, j->fd_buffered, j->buf, j->offset, j->len, j->piece);
 }
 
 static void unlink_all(dio_job *j)
@@ -146,7 +149,18 @@ static void after_fork_child(void)
     started = 0;
 }
 
-/* Called with the lock held. */
+int dio_want(int threads)
+{
+    if (threads < 1 || threads > DIO_MAX_THREADS)
+        return -EINVAL;
+    pthread_mutex_lock(&lock);
+    if (threads > wanted)
+        wanted = threads;
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+/* Called with the lock held: starts threads up to `wanted`; how many run. */
 static int start_threads(void)
 {
     if (!atfork_set) {
@@ -161,7 +175,7 @@ static int start_threads(void)
     sigset_t every, old;
     sigfillset(&every);
     pthread_sigmask(SIG_SETMASK, &every, &old); /* signals stay with the interpreter */
-    for (; started < DIO_THREADS; started++) {
+    for (; started < wanted; started++) {
         pthread_t t;
         if (pthread_create(&t, &attr, writer, NULL) != 0)
             break;
@@ -177,7 +191,7 @@ void dio_submit(dio_job *job)
     job->result = 0;
     job->next = NULL;
     pthread_mutex_lock(&lock);
-    if (started == 0 && start_threads() == 0) {
+    if (started < wanted && start_threads() == 0) {
         pthread_mutex_unlock(&lock);
         job->result = run(job);
         __atomic_store_n(&job->done, 1, __ATOMIC_RELEASE);

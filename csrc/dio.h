@@ -28,8 +28,7 @@
 #include <stdint.h>
 
 #define DIO_ALIGN 4096u
-#define DIO_THREADS 4
-#define DIO_PAGE_CACHE_PIECE (64u * 1024u) /* see buffered_write in dio.c */
+#define DIO_MAX_THREADS 64 /* writer threads a process may ask for (dio_want) */
 
 /* What a job does.  DIO_WRITE: the run [offset, offset + len) of buf.  DIO_WRITEBACK:
  * starts the write-back of fd_buffered's dirty pages in [offset, offset + len) (len 0:
@@ -49,6 +48,7 @@ typedef struct dio_job {
     const uint8_t *buf;
     uint64_t offset;
     uint64_t len;
+    uint32_t piece;           /* DIO_WRITE: see dio_write */
     int op;                   /* DIO_WRITE, DIO_WRITEBACK or DIO_SYNC */
     int result;               /* 0 or -errno, stored before done */
     int done;
@@ -61,16 +61,23 @@ typedef struct dio_job {
 int dio_pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off);
 
 /* Writes [offset, offset + len): whole pages through fd_direct when buf is aligned
- * like the file offset, the rest (or all, on EINVAL) through fd_buffered.  0 or -errno. */
-int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len);
+ * like the file offset, the rest (or all, on EINVAL) through fd_buffered, in writes of
+ * at most ``piece`` bytes (0: one write; see buffered_write in dio.c).  0 or -errno. */
+int dio_write(int fd_direct, int fd_buffered, const uint8_t *buf, uint64_t offset, uint64_t len,
+              uint32_t piece);
 
 /* Opens ``path`` again for O_DIRECT writes, only if it is still the file ``fd`` has
  * open (same device and inode: a name swapped meanwhile gets no direct writes); -1
  * when refused or not the same file. */
 int dio_open_same(const char *path, int fd);
 
-/* Queues a job for the writer threads (started on first use); when no thread can be
- * started the job is written at once, in the caller.  The job is done when done == 1. */
+/* The process keeps at least ``threads`` writer threads (1..DIO_MAX_THREADS): the most
+ * any caller asked for, started on the next dio_submit.  0, or -EINVAL. */
+int dio_want(int threads);
+
+/* Queues a job for the writer threads (started on first use, as many as dio_want asked
+ * for, at least one); when no thread can be started the job is written at once, in the
+ * caller.  The job is done when done == 1. */
 void dio_submit(dio_job *job);
 
 /* Blocks until the job is done. */

@@ -28,6 +28,7 @@ typedef struct fl_job {
     uint8_t *data; /* FINISH: bytes still to write first (page-aligned copy), or NULL */
     uint64_t data_len, data_off;
     char *b;
+    char *stale; /* NULL, or unlinked with a stale partial file (see create_fresh) */
     char a[];
 } fl_job;
 
@@ -57,6 +58,8 @@ struct fl_channel {
 
 struct fl_filer {
     pthread_mutex_t lock;
+    uint32_t piece;  /* page-cache writes of a body: at most this many bytes each */
+    int syncers;     /* running; grows with fl_syncers, under lock */
     fl_queue syncing, naming, dirsyncing;
     void *pool[POOL_CLASSES][POOL_DEPTH]; /* under lock */
     int pooled[POOL_CLASSES];
@@ -179,15 +182,11 @@ static void finished(fl_filer *f, fl_job *j, int64_t result)
     pthread_mutex_unlock(&f->lock);
 }
 
-/* Must match engine._core.CONTROL_SUFFIX. */
-#define CONTROL_SUFFIX ".bgtctl"
-
 /* A new empty partial file: O_EXCL, so a stale one, or a link someone planted, is
  * unlinked first and never written through; one another user owns is left alone
- * and fails the job (-EEXIST).  A stale partial file may have a control file beside
- * it, left by an operation no state database knows (a new operation does not look
- * for one): it goes too, or it would outlive the result. */
-static int create_fresh(const char *path, const char *final)
+ * and fails the job (-EEXIST).  When there was a stale one, ``stale`` (the caller's
+ * choice: a side file that must not outlive the result, or NULL) is unlinked too. */
+static int create_fresh(const char *path, const char *stale)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
@@ -198,9 +197,8 @@ static int create_fresh(const char *path, const char *final)
             return -EEXIST;
         if (errno != EEXIST || unlink(path) != 0)
             return -errno;
-        char ctl[PATH_MAX];
-        if (snprintf(ctl, sizeof ctl, "%s%s", final, CONTROL_SUFFIX) < (int)sizeof ctl)
-            unlink(ctl);
+        if (stale != NULL)
+            unlink(stale);
     }
     return -EEXIST;
 }
@@ -215,7 +213,7 @@ static void *syncer(void *arg)
             /* Whole pages past the page cache: the fsync below then has no data to
              * write back, and the loop never copied them into the cache itself. */
             int dfd = j->durable ? dio_open_same(j->a, j->fd) : -1;
-            rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len);
+            rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len, f->piece);
             if (dfd >= 0)
                 close(dfd);
             free_data(f, j);
@@ -266,7 +264,7 @@ static void *namer(void *arg)
     for (;;) {
         fl_job *j = take(f, &f->naming, 0);
         if (!j->written) { /* the partial file is made here, then written by a syncer */
-            j->fd = create_fresh(j->a, j->b);
+            j->fd = create_fresh(j->a, j->stale);
             j->created = j->fd >= 0;
             if (j->fd < 0) {
                 free_data(f, j);
@@ -337,33 +335,44 @@ static int start(fl_filer *f, void *(*fn)(void *))
     return rc;
 }
 
-fl_filer *fl_new(int syncers)
+fl_filer *fl_new(int syncers, uint32_t piece)
 {
-    if (syncers < 1 || syncers > 64)
+    if (syncers < 1 || syncers > FL_MAX_SYNCERS || piece == 0)
         return NULL;
     fl_filer *f = calloc(1, sizeof *f);
     if (f == NULL)
         return NULL;
+    f->piece = piece;
     pthread_mutex_init(&f->lock, NULL);
     pthread_cond_init(&f->syncing.ready, NULL);
     pthread_cond_init(&f->naming.ready, NULL);
     pthread_cond_init(&f->dirsyncing.ready, NULL);
     if (start(f, namer) != 0 || start(f, dirsyncer) != 0)
         return NULL; /* leaked on purpose: a thread may not be told to stop */
-    for (int i = 0; i < syncers; i++)
-        if (start(f, syncer) != 0)
-            return i == 0 ? NULL : f;
-    return f;
+    return fl_syncers(f, syncers) > 0 ? f : NULL;
+}
+
+int fl_syncers(fl_filer *f, int syncers)
+{
+    if (f == NULL || syncers < 1 || syncers > FL_MAX_SYNCERS)
+        return -EINVAL;
+    pthread_mutex_lock(&f->lock);
+    int rc = 0;
+    while (f->syncers < syncers && (rc = start(f, syncer)) == 0)
+        f->syncers++;
+    int running = f->syncers;
+    pthread_mutex_unlock(&f->lock);
+    return running > 0 ? running : -rc;
 }
 
 int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part,
-              const char *final, const uint8_t *data, uint64_t len, uint64_t offset,
-              int flags)
+              const char *final, const char *stale, const uint8_t *data, uint64_t len,
+              uint64_t offset, int flags)
 {
     if (f == NULL || ch == NULL || part == NULL || final == NULL || (fd < 0 && offset != 0))
         return -EINVAL;
-    size_t la = strlen(part), lb = strlen(final);
-    if (la >= PATH_MAX || lb >= PATH_MAX)
+    size_t la = strlen(part), lb = strlen(final), lc = stale != NULL ? strlen(stale) : 0;
+    if (la >= PATH_MAX || lb >= PATH_MAX || lc >= PATH_MAX)
         return -ENAMETOOLONG;
     uint8_t *copy = NULL;
     if (len > 0) {
@@ -372,7 +381,7 @@ int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part
             return -ENOMEM;
         memcpy(copy, data, (size_t)len);
     }
-    fl_job *j = malloc(sizeof *j + la + lb + 2);
+    fl_job *j = malloc(sizeof *j + la + lb + lc + 3);
     if (j == NULL) {
         if (copy != NULL)
             buffer_give(f, copy, len);
@@ -392,6 +401,11 @@ int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part
     memcpy(j->a, part, la + 1);
     j->b = j->a + la + 1;
     memcpy(j->b, final, lb + 1);
+    j->stale = NULL;
+    if (stale != NULL) {
+        j->stale = j->b + lb + 1;
+        memcpy(j->stale, stale, lc + 1);
+    }
     fl_queue *q = fd < 0 ? &f->naming : &f->syncing; /* no file yet: the namer makes it */
     pthread_mutex_lock(&f->lock);
     ch->refs++;

@@ -14,8 +14,10 @@
  * it onto the final name, fsync the directory: result 0 (without FL_DURABLE, the same
  * through the page cache and without either fsync).  Without a descriptor the
  * partial file is first created here, empty, with O_EXCL (a stale one, or a planted
- * link, is unlinked first and never written through): a small download keeps its
- * body in memory and needs no file until it ends, so the loop never waits for one.
+ * link, is unlinked first and never written through, and so is the one other file the
+ * caller names for that case): a small download keeps its body in memory and needs no
+ * file until it ends, so the loop never waits for one.  Which files to make, and which
+ * to remove, are the caller's: the filer knows no name of its own.
  *
  * One "namer" thread does every create and rename, in submission order: they take
  * the directory's lock anyway, and threads contending for it only spin.  A rename
@@ -41,9 +43,16 @@
 typedef struct fl_filer fl_filer;
 typedef struct fl_channel fl_channel;
 
-/* A filer with ``syncers`` fsync threads (1..64), a namer and a dirsyncer; NULL on
+#define FL_MAX_SYNCERS 64
+
+/* A filer with ``syncers`` fsync threads (1..FL_MAX_SYNCERS), a namer and a dirsyncer;
+ * a body goes to the page cache in writes of at most ``piece`` bytes.  NULL on
  * failure. */
-fl_filer *fl_new(int syncers);
+fl_filer *fl_new(int syncers, uint32_t piece);
+
+/* Starts fsync threads until ``syncers`` run (never fewer than now): how many run, or
+ * -EINVAL / -errno when none could be started. */
+int fl_syncers(fl_filer *f, int syncers);
 
 /* A channel for finished jobs, and its eventfd; NULL on failure. */
 fl_channel *fl_channel_new(void);
@@ -59,13 +68,14 @@ void fl_channel_close(fl_filer *f, fl_channel *ch);
 #define FL_DURABLE 1
 
 /* Queue a job: finish ``part`` as ``final``; ``fd`` is the partial file (the filer
- * closes it, whatever happens), or -1 to create it.  ``data``: the last bytes of the
- * body, [offset, offset + len) of the file (offset 0 without a descriptor), copied
+ * closes it, whatever happens), or -1 to create it.  ``stale``: NULL, or a file to
+ * unlink when a stale ``part`` is found while creating it.  ``data``: the last bytes of
+ * the body, [offset, offset + len) of the file (offset 0 without a descriptor), copied
  * before this returns and written before the fsync.  0, or -ENAMETOOLONG / -ENOMEM /
  * -EINVAL. */
 int fl_finish(fl_filer *f, fl_channel *ch, uint64_t id, int fd, const char *part,
-              const char *final, const uint8_t *data, uint64_t len, uint64_t offset,
-              int flags);
+              const char *final, const char *stale, const uint8_t *data, uint64_t len,
+              uint64_t offset, int flags);
 
 /* Finished jobs of ``ch``, without waiting: up to ``cap`` (id, result) pairs. */
 int fl_take(fl_filer *f, fl_channel *ch, uint64_t *ids, int64_t *results, int cap);

@@ -27,7 +27,6 @@
 #define RF_HEADER_SIZE 4096u
 #define RF_SLOT_INTERVALS 16
 #define RF_SLOTS 512
-#define RF_PWRITE_MIN (64u * 1024u)
 #define RF_BOOT_OFFSET 2048u /* in the header page, past rf_header: old files hold zeros */
 
 struct rf_header {
@@ -217,12 +216,10 @@ int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift)
     return rc;
 }
 
-/* Writes a new control file under a temporary name and renames it into place,
- * so that a crash never leaves a half-written header under ctl_path. */
-static int ctl_create(rf_file *f, const char *etag, const char *lm)
+/* Writes a new control file under the caller's temporary name and renames it into
+ * place, so that a crash never leaves a half-written header under ctl_path. */
+static int ctl_create(rf_file *f, const char *tmp, const char *etag, const char *lm)
 {
-    char tmp[RF_PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.new", f->ctl_path);
     int fd = create_own(tmp, 0600);
     if (fd < 0)
         return fd;
@@ -323,7 +320,7 @@ static void load_state(rf_file *f)
         f->slots[i].block = -1;
 }
 
-static uint64_t direct_stage_bytes; /* process-wide, against RF_DIRECT_BUDGET */
+static uint64_t direct_stage_bytes; /* process-wide, against each file's stage_memory */
 static uint32_t direct_files;       /* open in direct mode, process-wide */
 
 static void dstage_free(rf_file *f, rf_stage *st);
@@ -334,7 +331,7 @@ static void release_stages(rf_file *f)
     if (f->wb_busy)
         dio_wait(&f->wb);
     f->wb_busy = 0;
-    for (uint32_t i = 0; i < RF_DIRECT_STAGES; i++) {
+    for (uint32_t i = 0; i < RF_MAX_STAGES; i++) {
         rf_stage *st = &f->stages[i];
         if (st->writing) {
             dio_wait(&st->job);
@@ -372,17 +369,35 @@ static void release(rf_file *f)
     f->open = 0;
 }
 
+static int power_of_two(uint64_t n)
+{
+    return n != 0 && (n & (n - 1)) == 0;
+}
+
+static int tuning_ok(const rf_tuning *t)
+{
+    return t != NULL && power_of_two(t->stage_size) && t->stage_size >= DIO_ALIGN &&
+           power_of_two(t->max_stage_size) && t->max_stage_size >= t->stage_size &&
+           t->max_stage_size <= RF_MAX_STAGE_SIZE && t->stages >= 1 &&
+           t->stages <= RF_MAX_STAGES && t->threaded_stages >= 1 &&
+           t->threaded_stages <= RF_MAX_STAGES && t->writer_threads >= 1 &&
+           t->writer_threads <= DIO_MAX_THREADS;
+}
+
 int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_path,
-            const char *ctl_path, uint64_t size, uint32_t block_shift, const char *etag,
-            const char *last_modified, int flags)
+            const char *ctl_path, const char *ctl_tmp_path, uint64_t size, uint32_t block_shift,
+            const char *etag, const char *last_modified, int flags, const rf_tuning *tuning)
 {
     memset(f, 0, sizeof *f);
     f->data_fd = f->ctl_fd = f->direct_fd = -1;
     size_t need = rf_workspace_size(size, block_shift);
     if (need == 0 || workspace_len < need || strlen(data_path) >= RF_PATH_MAX ||
-        strlen(ctl_path) + 8 >= RF_PATH_MAX || strlen(etag) > RF_ETAG_MAX ||
-        strlen(last_modified) > RF_LM_MAX || size > (uint64_t)INT64_MAX)
+        strlen(ctl_path) >= RF_PATH_MAX || strlen(ctl_tmp_path) >= RF_PATH_MAX ||
+        strlen(etag) > RF_ETAG_MAX || strlen(last_modified) > RF_LM_MAX ||
+        size > (uint64_t)INT64_MAX || !tuning_ok(tuning))
         return RF_E_ARG;
+    f->tune = *tuning;
+    dio_want((int)tuning->writer_threads);
     strcpy(f->data_path, data_path);
     strcpy(f->ctl_path, ctl_path);
     f->size = size;
@@ -390,7 +405,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     f->block_size = 1ull << block_shift;
     f->nblocks = nblocks_of(size, block_shift);
     f->staged = (flags & RF_OPEN_UNSTAGED) == 0;
-    f->nstages = RF_STAGES;
+    f->nstages = f->tune.stages;
     f->slot_of = workspace;
     uintptr_t slots = ((uintptr_t)(f->slot_of + f->nblocks) + 63) & ~(uintptr_t)63;
     f->slots = (rf_slot *)slots;
@@ -399,7 +414,7 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
     int rc = open_existing(f);
     if (rc == 1 && (flags & RF_OPEN_CREATE)) {
         rc = data_create(f);
-        if (rc == 0 && (rc = ctl_create(f, etag, last_modified)) != 0)
+        if (rc == 0 && (rc = ctl_create(f, ctl_tmp_path, etag, last_modified)) != 0)
             unlink(data_path);
         f->created = rc == 0;
     } else if (rc == 1) {
@@ -422,10 +437,9 @@ int rf_open(rf_file *f, void *workspace, size_t workspace_len, const char *data_
             __atomic_add_fetch(&direct_files, 1, __ATOMIC_RELAXED);
             /* A stage a block: one hash from memory each, and a kill loses what a
              * block-sized bitmap would lose anyway. */
-            f->nstages = RF_DIRECT_STAGES;
-            f->stage_size = (uint32_t)(f->block_size < RF_STAGE_SIZE          ? RF_STAGE_SIZE
-                                       : f->block_size > RF_DIRECT_STAGE_SIZE ? RF_DIRECT_STAGE_SIZE
-                                                                              : f->block_size);
+            uint32_t lo = f->tune.stage_size, hi = f->tune.max_stage_size;
+            f->nstages = f->tune.threaded_stages;
+            f->stage_size = (uint32_t)(f->block_size < lo ? lo : f->block_size > hi ? hi : f->block_size);
         }
     }
     load_state(f);
@@ -607,7 +621,7 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
         if (n < 0)
             return n;
         done += n;
-        if (victim->buf == NULL && (victim->buf = malloc(RF_STAGE_SIZE + RF_PWRITE_MIN)) == NULL) {
+        if (victim->buf == NULL && (victim->buf = malloc(2 * (size_t)f->tune.stage_size)) == NULL) {
             int64_t m = put(f, offset, buf, len); /* no memory for a stage: write through */
             return m < 0 ? m : done + m;
         }
@@ -617,11 +631,11 @@ static int64_t stage_write(rf_file *f, uint64_t offset, const uint8_t *buf, uint
     memcpy(st->buf + st->len, buf, len);
     st->len += len;
     st->used_at = ++f->stage_clock;
-    /* Write up to the last RF_STAGE_SIZE boundary crossed, so runs start and end
+    /* Write up to the last stage_size boundary crossed, so runs start and end
      * aligned (unaligned runs measured 35% slower); the tail, under one piece, stays
      * for the next append. */
     uint64_t end = st->offset + st->len;
-    uint64_t cut = end == f->size ? end : end & ~(uint64_t)(RF_STAGE_SIZE - 1);
+    uint64_t cut = end == f->size ? end : end & ~(uint64_t)(f->tune.stage_size - 1);
     if (cut > st->offset) {
         uint32_t head = (uint32_t)(cut - st->offset), tail = st->len - head;
         int64_t n = put(f, st->offset, st->buf, head);
@@ -733,7 +747,7 @@ static int wb_start(rf_file *f, int op)
  * offset first. */
 static int64_t dstage_collect(rf_file *f, int wait)
 {
-    _Static_assert(RF_DIRECT_STAGES <= 32, "one bit a stage in `passed`");
+    _Static_assert(RF_MAX_STAGES <= 32, "one bit a stage in `passed`");
     int any = wait;
     for (uint32_t i = 0; i < f->nstages && !any; i++)
         any = f->stages[i].writing && dio_done(&f->stages[i].job);
@@ -781,6 +795,7 @@ static void dstage_submit(rf_file *f, rf_stage *st)
     st->job.before = whole ? hash_whole_block : NULL; /* also tells settle the hash is there */
     stage_fence(); /* the non-temporal stores of stage_copy, before a writer reads them */
     st->job.op = DIO_WRITE;
+    st->job.piece = f->tune.stage_size;
     st->job.fd_direct = f->direct_fd;
     st->job.fd_buffered = f->data_fd;
     st->job.buf = st->buf + st->lead;
@@ -816,11 +831,11 @@ static int64_t dstage_wait_oldest(rf_file *f)
     return dstage_settle(f, oldest);
 }
 
-/* This file's fair part of the budget: the budget over the direct files open now. */
-static uint64_t dstage_share(void)
+/* This file's fair part of the budget: its stage_memory over the direct files open now. */
+static uint64_t dstage_share(const rf_file *f)
 {
     uint32_t files = __atomic_load_n(&direct_files, __ATOMIC_RELAXED);
-    return RF_DIRECT_BUDGET / (files ? files : 1);
+    return f->tune.stage_memory / (files ? files : 1);
 }
 
 static void dstage_free(rf_file *f, rf_stage *st)
@@ -832,20 +847,20 @@ static void dstage_free(rf_file *f, rf_stage *st)
 }
 
 /* A buffer for a stage, within the file's share: a block's worth while the share holds
- * four, else smaller, down to RF_STAGE_SIZE (64 files at once: 64 KiB stages); 0 when
+ * four, else smaller, down to stage_size (64 files at once: 64 KiB stages); 0 when
  * the share or the budget is spent. */
 static int dstage_alloc(rf_file *f, rf_stage *st)
 {
-    uint64_t share = dstage_share();
-    uint32_t cap = f->stage_size;
-    while (cap > RF_STAGE_SIZE && 4 * ((uint64_t)cap + DIO_ALIGN) > share)
+    uint64_t share = dstage_share(f);
+    uint32_t cap = f->stage_size, least = f->tune.stage_size;
+    while (cap > least && 4 * ((uint64_t)cap + DIO_ALIGN) > share)
         cap /= 4;
-    if (cap < RF_STAGE_SIZE)
-        cap = RF_STAGE_SIZE;
+    if (cap < least)
+        cap = least;
     uint64_t cost = cap + DIO_ALIGN;
     if (f->stage_bytes + cost > share && f->stage_bytes > 0)
         return 0;
-    if (__atomic_add_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED) > RF_DIRECT_BUDGET ||
+    if (__atomic_add_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED) > f->tune.stage_memory ||
         posix_memalign((void **)&st->buf, DIO_ALIGN, cost) != 0) {
         __atomic_sub_fetch(&direct_stage_bytes, cost, __ATOMIC_RELAXED);
         st->buf = NULL;
@@ -860,7 +875,7 @@ static int dstage_alloc(rf_file *f, rf_stage *st)
  * taken), so that the files opened later get theirs. */
 static void dstage_trim(rf_file *f)
 {
-    uint64_t share = dstage_share();
+    uint64_t share = dstage_share(f);
     for (uint32_t i = 0; i < f->nstages && f->stage_bytes > share; i++) {
         rf_stage *st = &f->stages[i];
         if (st->buf != NULL && !st->writing && st->len == 0)
@@ -887,7 +902,7 @@ static rf_stage *dstage_for(rf_file *f, uint64_t offset, uint64_t end, int64_t *
         if (st->len > 0 && (lru == NULL || st->used_at < lru->used_at))
             lru = st;
     }
-    if (f->stage_bytes > RF_STAGE_SIZE) { /* a new run: a file over its share gives back */
+    if (f->stage_bytes > f->tune.stage_size) { /* a new run: a file over its share gives back */
         dstage_trim(f);
         if (empty != NULL && empty->buf == NULL)
             empty = NULL;
@@ -983,7 +998,7 @@ int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len)
     f->bytes_written += len;
     if (f->threaded)
         return dstage_write(f, offset, buf, len);
-    if (f->staged && len < RF_PWRITE_MIN)
+    if (f->staged && len < f->tune.stage_size)
         return stage_write(f, offset, buf, (uint32_t)len);
     int64_t done = drain_overlapping(f, offset, offset + len);
     if (done < 0)

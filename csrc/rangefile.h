@@ -88,19 +88,33 @@
 typedef struct rf_header rf_header;
 typedef struct rf_slot rf_slot;
 
-#define RF_STAGES 8         /* buffered mode */
-#define RF_DIRECT_STAGES 24 /* direct mode: one filling per connection, the rest in flight */
-/* Direct mode: runs of a block, 64 KiB to 1 MiB (2 GiB in 1 MiB O_DIRECT writes took
- * 1.2 s at queue depth 1 on this VM's disk, in 64 KiB writes 3.4 s); every direct stage
- * of the process counts against RF_DIRECT_BUDGET, shared evenly by the direct files
- * open: a small share means smaller stages (down to 64 KiB), and a file with none
- * writes through the page cache. */
-#define RF_DIRECT_STAGE_SIZE (1024u * 1024u)
-#define RF_DIRECT_BUDGET (16u * 1024u * 1024u)
-/* 64 KiB runs: 128 and 256 KiB won alone (bench_core) but made a download from
- * nginx 2x slower and erratic, on ext4 and tmpfs alike (page-cache folios that
- * large contend with the sender); 64 KiB runs doubled it over unstaged 16 KiB. */
-#define RF_STAGE_SIZE (64u * 1024u)
+/* How a file stages and writes its pieces: the caller's choice (engine/_disk/core.py
+ * fills it from TransferConfig), checked by rf_open (RF_E_ARG when out of range).
+ *
+ * stage_size: a piece under it is staged, runs end at its multiples, a write to the
+ *   page cache goes in pieces of it, and it is a threaded file's smallest run (a
+ *   power of two, DIO_ALIGN to RF_MAX_STAGE_SIZE).
+ * max_stage_size: a threaded file's largest run: a run is a block, within
+ *   [stage_size, max_stage_size] (a power of two).
+ * stage_memory: bytes every threaded file of the process may hold in stages, shared
+ *   evenly by those open: a small share means smaller runs (down to stage_size), and a
+ *   file with none writes through the page cache.  Each file holds the process to its
+ *   own figure.
+ * stages, threaded_stages: runs a file gathers at once (1..RF_MAX_STAGES), through the
+ *   page cache from the caller's thread, or with the writer threads.
+ * writer_threads: the process keeps at least this many writer threads (dio_want). */
+typedef struct {
+    uint32_t stage_size;
+    uint32_t max_stage_size;
+    uint64_t stage_memory;
+    uint32_t stages;
+    uint32_t threaded_stages;
+    uint32_t writer_threads;
+} rf_tuning;
+
+#define RF_MAX_STAGES 32 /* one bit a stage in dstage_collect's `passed` */
+#define RF_MAX_STAGE_SIZE (64u << 20)
+
 typedef struct {
     uint8_t *buf;     /* allocated on first use */
     uint64_t offset;  /* where the first byte held goes in the file */
@@ -144,11 +158,13 @@ typedef struct {
     uint32_t nslots;
     uint32_t slot_cursor;
     int direct_fd;           /* -1 unless direct */
-    uint32_t nstages;        /* RF_STAGES, or RF_DIRECT_STAGES when direct */
-    uint32_t stage_size;     /* direct: the block size, within [64 KiB, 1 MiB] */
+    rf_tuning tune;          /* as rf_open was given it */
+    uint32_t nstages;        /* tune.stages, or tune.threaded_stages when threaded */
+    uint32_t stage_size;     /* threaded: the block size, within [tune.stage_size,
+                                tune.max_stage_size] */
     uint32_t inflight;       /* direct stages with the writer threads */
     uint64_t stage_bytes;    /* direct stage buffers this file holds */
-    rf_stage stages[RF_DIRECT_STAGES];
+    rf_stage stages[RF_MAX_STAGES];
     uint32_t stage_clock;
     int writeback;           /* RF_OPEN_WRITEBACK */
     int wb_busy;             /* `wb` is with the writer threads */
@@ -160,9 +176,9 @@ typedef struct {
 size_t rf_workspace_size(uint64_t size, uint32_t block_shift);
 int rf_peek(const char *ctl_path, uint64_t *size, uint32_t *block_shift);
 int rf_open(rf_file *f, void *workspace, size_t workspace_len,
-            const char *data_path, const char *ctl_path, uint64_t size,
-            uint32_t block_shift, const char *etag, const char *last_modified,
-            int flags);
+            const char *data_path, const char *ctl_path, const char *ctl_tmp_path,
+            uint64_t size, uint32_t block_shift, const char *etag,
+            const char *last_modified, int flags, const rf_tuning *tuning);
 int64_t rf_write(rf_file *f, uint64_t offset, const uint8_t *buf, size_t len);
 int64_t rf_drain(rf_file *f);
 int64_t rf_reap(rf_file *f);

@@ -18,6 +18,12 @@ on the disk before it appears under its name and before COMPLETED is reported.""
 
 DURABILITY_LEVELS: tuple[Durability, ...] = ("normal", "full")
 
+MAX_STAGE_SIZE = 64 << 20
+"""The largest stage the C core takes (``RF_MAX_STAGE_SIZE``)."""
+MAX_THREADS = 64
+"""The most writer or sync threads the C core starts (``DIO_MAX_THREADS``,
+``FL_MAX_SYNCERS``)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
@@ -87,14 +93,55 @@ class TransferConfig:
     """SFTP: the private key file to log in with (else the credential's password)."""
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     """SFTP: host keys to trust; a host not in it is refused (no trust on first use)."""
+    stage_size: int = 64 << 10
+    """Bytes the C core gathers in memory before a run goes to the page cache: pieces
+    smaller than this are staged (libcurl hands them over 16 KiB at a time), runs end
+    at its multiples, and a write to the page cache goes in pieces of it.  Larger page
+    cache writes make the kernel build folios that large, which contends with the
+    socket's receiving.  A power of two from 4 KiB to 64 MiB."""
+    max_stage_size: int = 1 << 20
+    """The largest run the C core's writer threads write at once: a run is a block,
+    within ``[stage_size, max_stage_size]``.  Larger O_DIRECT writes keep a disk busy
+    with fewer waits.  A power of two from ``stage_size`` to 64 MiB."""
+    stage_memory: int = 16 << 20
+    """Bytes the runs held for the writer threads may take, for every download of the
+    process together, shared evenly by the files open: a small share means smaller
+    runs, and past it pieces go straight to the page cache.  0 or more."""
+    writer_threads: int = 4
+    """Threads that write runs and checkpoints (1 to 64).  They serve the whole
+    process, which keeps the most any download asked for."""
+    sync_threads: int = 16
+    """Threads that fsync finished small files (1 to 64); the process's, like
+    ``writer_threads``."""
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise InvalidRequestError(
                 f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {self.durability!r}"
             )
+        _check_power_of_two("stage_size", self.stage_size, 4096, MAX_STAGE_SIZE)
+        _check_power_of_two("max_stage_size", self.max_stage_size, self.stage_size, MAX_STAGE_SIZE)
+        if not _is_int(self.stage_memory) or self.stage_memory < 0:
+            raise InvalidRequestError(
+                f"stage_memory must be a number of bytes, 0 or more, not {self.stage_memory!r}"
+            )
+        for name in ("writer_threads", "sync_threads"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= MAX_THREADS:
+                raise InvalidRequestError(f"{name} must be from 1 to {MAX_THREADS}, not {value!r}")
 
     @property
     def durable(self) -> bool:
         """Whether a file is on the disk before it is reported complete."""
         return self.durability == "full"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_power_of_two(name: str, value: int, least: int, most: int) -> None:
+    if not _is_int(value) or not least <= value <= most or value & (value - 1):
+        raise InvalidRequestError(
+            f"{name} must be a power of two from {least} to {most} bytes, not {value!r}"
+        )

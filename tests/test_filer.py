@@ -69,12 +69,12 @@ def test_failures_are_storage_errors_and_leave_nothing(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path) -> None:
-    f = lib.fl_new(1)
+    f = lib.fl_new(1, 64 << 10)
     ch = lib.fl_channel_new()
     name = os.fsencode(tmp_path / "x.bin")
     # without a descriptor the body is the whole file: it cannot start further on
-    assert lib.fl_finish(f, ch, 1, -1, name + b".part", name, ffi.NULL, 0, 10, 0) == -22
-    assert lib.fl_finish(f, ch, 1, -1, b"/" + b"a" * 5000, name, ffi.NULL, 0, 0, 0) == -36
+    assert lib.fl_finish(f, ch, 1, -1, name + b".part", name, ffi.NULL, ffi.NULL, 0, 10, 0) == -22
+    assert lib.fl_finish(f, ch, 1, -1, b"/" + b"a" * 5000, name, ffi.NULL, ffi.NULL, 0, 0, 0) == -36
     lib.fl_channel_close(f, ch)
     assert list(tmp_path.iterdir()) == []
 
@@ -82,13 +82,13 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path) -> None:
 def test_a_closed_channels_jobs_still_finish_whole(tmp_path: Path) -> None:
     """The owner of a channel went away with jobs in flight: they finish (a file they
     make is complete), and are freed; nothing is left half done."""
-    f = lib.fl_new(2)
+    f = lib.fl_new(2, 64 << 10)
     ch = lib.fl_channel_new()
     results = [tmp_path / f"o{i}.bin" for i in range(50)]
     for i, r in enumerate(results):
         body = os.urandom(100 + i)
         rc = lib.fl_finish(
-            f, ch, i, -1, os.fsencode(part_path(r)), os.fsencode(r), body, len(body), 0, 0
+            f, ch, i, -1, os.fsencode(part_path(r)), os.fsencode(r), ffi.NULL, body, len(body), 0, 0
         )
         assert rc == 0
     lib.fl_channel_close(f, ch)

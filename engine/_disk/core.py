@@ -2,9 +2,11 @@
 
 A ``RangeFile`` is a download's result file while it is incomplete: the partial
 file ``<result>.bgtpart`` (preallocated, mapped) and the control file
-``<result>.bgtctl`` (bitmap, per-block xxh3, validators).  Neither name can be
-mistaken for the complete file, which appears only through ``finish()``'s
-atomic rename.  Every failing status from C becomes a typed exception here.
+``<result>.bgtctl`` (bitmap, per-block xxh3, validators), first written as
+``<result>.bgtctl.new``.  Neither name can be mistaken for the complete file, which
+appears only through ``finish()``'s atomic rename.  The names are chosen here, and
+the core is handed every path it makes or removes.  Every failing status from C
+becomes a typed exception here.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from engine._disk.tuning import DEFAULT_TUNING, Tuning
 from engine._native import ffi, lib
 from engine.errors import ControlFileError, InvalidRequestError, InvalidStateError, StorageError
 
 PART_SUFFIX = ".bgtpart"
 CONTROL_SUFFIX = ".bgtctl"
-SIDE_SUFFIXES = (PART_SUFFIX, CONTROL_SUFFIX, CONTROL_SUFFIX + ".new")
+CONTROL_TMP_SUFFIX = CONTROL_SUFFIX + ".new"
+SIDE_SUFFIXES = (PART_SUFFIX, CONTROL_SUFFIX, CONTROL_TMP_SUFFIX)
 """Endings of the files beside a result while it downloads: no result takes one, or
 ``x.bgtpart`` would be the partial file of ``x``."""
 MIN_BLOCK_SIZE = 1 << lib.RF_MIN_BLOCK_SHIFT
@@ -44,6 +48,26 @@ def part_path(result: Path) -> Path:
 def control_path(result: Path) -> Path:
     """Where the bitmap and block hashes of ``result`` live."""
     return result.with_name(result.name + CONTROL_SUFFIX)
+
+
+def control_tmp_path(result: Path) -> Path:
+    """Where a new control file is written before it is renamed onto ``control_path``."""
+    return result.with_name(result.name + CONTROL_TMP_SUFFIX)
+
+
+def c_tuning(tuning: Tuning) -> Any:
+    """``tuning`` as the core's ``rf_tuning`` (read by rf_open, which copies it)."""
+    return ffi.new(
+        "rf_tuning *",
+        {
+            "stage_size": tuning.stage_size,
+            "max_stage_size": tuning.max_stage_size,
+            "stage_memory": tuning.stage_memory,
+            "stages": tuning.stages,
+            "threaded_stages": tuning.threaded_stages,
+            "writer_threads": tuning.writer_threads,
+        },
+    )
 
 
 def foreign_side_file(result: Path) -> StorageError:
@@ -140,6 +164,7 @@ class RangeFile:
         staged: bool = True,
         direct: bool = True,
         writeback: bool = False,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         self.result = Path(result)
         if size < 0:
@@ -165,11 +190,13 @@ class RangeFile:
                 ws_len,
                 os.fsencode(part_path(self.result)),
                 os.fsencode(control_path(self.result)),
+                os.fsencode(control_tmp_path(self.result)),
                 size,
                 shift,
                 _encode_validator(etag, lib.RF_ETAG_MAX, "ETag"),
                 _encode_validator(last_modified, lib.RF_LM_MAX, "Last-Modified"),
                 flags,
+                c_tuning(tuning),
             ),
             self.result,
         )
@@ -196,7 +223,8 @@ class RangeFile:
 
     @property
     def staged(self) -> bool:
-        """True when pieces under 64 KiB are gathered into runs before they are written."""
+        """True when pieces under the stage size are gathered into runs before they are
+        written."""
         return bool(self._f.staged)
 
     @property
@@ -247,7 +275,7 @@ class RangeFile:
     def write(self, offset: int, data: Any) -> int:
         """Write ``data`` (any buffer) at ``offset``; return how many blocks that completed.
 
-        A piece under 64 KiB may be staged (see csrc/rangefile.h), and with ``direct``
+        A piece under the stage size may be staged (see csrc/rangefile.h), and with ``direct``
         every piece is, its run written by the core's threads: its blocks complete on a
         later call, on ``reap`` or on ``drain``.
 

@@ -7,6 +7,16 @@ thread doing them beside a busy Python thread ran 60x slower).  The C filer
 (``csrc/filer.h``) does that work in threads that never touch Python.  Each event
 loop has a channel whose eventfd it watches like a socket: one callback takes every
 finished job and settles the futures waiting for them, with no thread in between.
+
+The filer knows no file name of its own: this module names the partial file it
+creates, and the control file it removes beside a stale partial file.  A new
+operation does not look for an earlier run's files; a partial file already under
+its name is the leftover of an operation no state database knows, and its control
+file must not outlive the result.
+
+The filer is the process's.  It starts with the sync threads and stage size of the
+first download that finishes a file through it, and starts more sync threads when a
+later one asks for more.
 """
 
 from __future__ import annotations
@@ -15,11 +25,13 @@ import asyncio
 import errno
 import itertools
 import os
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
 
-from engine._disk.core import PART_SUFFIX, foreign_side_file
+from engine._disk.core import CONTROL_SUFFIX, PART_SUFFIX, foreign_side_file
+from engine._disk.tuning import DEFAULT_TUNING, Tuning
 from engine._native import ffi, lib
 from engine._runtime.loop import running_loop
 from engine._runtime.once import PerProcess
@@ -27,6 +39,7 @@ from engine.errors import StorageError
 
 _BATCH = 256
 _PART = os.fsencode(PART_SUFFIX)
+_CONTROL = os.fsencode(CONTROL_SUFFIX)
 
 
 class _Channel:
@@ -57,12 +70,12 @@ class _Channel:
 
 
 class Filer:
-    """The process's C filer."""
+    """The process's C filer, started by the first job."""
 
-    def __init__(self, syncers: int = 16) -> None:
-        self._f = lib.fl_new(syncers)
-        if self._f == ffi.NULL:
-            raise MemoryError("the filer's threads could not be started")
+    def __init__(self) -> None:
+        self._f: Any = ffi.NULL
+        self._syncers = 0
+        self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Channel] = (
             weakref.WeakKeyDictionary()
@@ -76,29 +89,48 @@ class Filer:
         offset: int = 0,
         *,
         durable: bool = True,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         """Write ``body`` at ``offset`` (the end of the file, kept in memory until now),
         fsync and close ``fd`` (the partial file), rename it to ``result``, and fsync
         the directory (without ``durable``: through the page cache, no fsync at all).
         ``fd`` is closed whatever happens; -1: there is no partial file yet, and the
-        filer creates it (``body`` is then the whole file)."""
+        filer creates it (``body`` is then the whole file), replacing a stale one and
+        removing the control file beside it."""
+        f = self._f if tuning.sync_threads <= self._syncers else self._start(tuning)
         loop = running_loop()
         channel = self._channels.get(loop)
         if channel is None:
-            channel = self._channels[loop] = _Channel(self._f, loop)
+            channel = self._channels[loop] = _Channel(f, loop)
         future: asyncio.Future[None] = loop.create_future()
         job = next(self._ids)
         name = os.fsencode(result)
         data = ffi.from_buffer(body) if body else ffi.NULL  # copied before fl_finish returns
         part = name + _PART
+        stale = name + _CONTROL if fd < 0 else ffi.NULL  # only a created file finds one
         flags = lib.FL_DURABLE if durable else 0
-        rc = lib.fl_finish(self._f, channel.ch, job, fd, part, name, data, len(body), offset, flags)
+        size = len(body)
+        rc = lib.fl_finish(f, channel.ch, job, fd, part, name, stale, data, size, offset, flags)
         if rc != 0:
             if fd >= 0:
                 os.close(fd)
             raise storage_error(-rc, result)
         channel.waiting[job] = (future, result)
         await future
+
+    def _start(self, tuning: Tuning) -> Any:
+        """The C filer, with at least ``tuning.sync_threads`` sync threads running."""
+        with self._lock:
+            if self._f == ffi.NULL:
+                f = lib.fl_new(tuning.sync_threads, tuning.stage_size)
+                if f == ffi.NULL:
+                    raise MemoryError("the filer's threads could not be started")
+                self._f = f
+            running = lib.fl_syncers(self._f, tuning.sync_threads)
+            if running < 0:
+                raise MemoryError("the filer's sync threads could not be started")
+            self._syncers = max(self._syncers, tuning.sync_threads)  # as many as it could
+            return self._f
 
 
 def storage_error(err: int, result: os.PathLike[str] | str) -> StorageError:

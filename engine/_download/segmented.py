@@ -40,6 +40,7 @@ from engine._disk.core import (
 )
 from engine._disk.files import filer
 from engine._disk.space import check_room
+from engine._disk.tuning import Tuning
 from engine._download.adaptive import Width
 from engine._download.segments import Segments, Stop, Stream
 from engine._download.sources import Source, Sources
@@ -997,6 +998,7 @@ class SegmentedDownload:
             create=create,
             direct=self.config.durable if direct is None else direct,
             writeback=True,
+            tuning=Tuning.of(self.config),
         )
 
     def _reopen(self) -> RangeFile | None:
@@ -1061,7 +1063,8 @@ class SegmentedDownload:
         fd, self._grow_fd = self._grow_fd, -1
         held, self._held = self._held, bytearray()
         self._plain = False
-        await filer().finish(fd, self._name, held, self._held_at, durable=durable)
+        tuning = Tuning.of(self.config)
+        await filer().finish(fd, self._name, held, self._held_at, durable=durable, tuning=tuning)
         self.size = self._grow_pos
 
     def _keep_plain(self) -> None:
@@ -1099,6 +1102,7 @@ class SegmentedDownload:
                 _KEPT_BLOCK,
                 etag=self.etag,
                 last_modified=self.last_modified,
+                tuning=Tuning.of(self.config),
             ) as rf:
                 rf.write(0, data)
                 rf.drain()
