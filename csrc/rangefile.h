@@ -47,7 +47,9 @@
  * scattered that they do not fit a slot is simply not marked: the tracker may
  * under-report, never over-report.
  *
- * No policy lives here: what to fetch, retries and states are the caller's.
+ * No policy lives here: what to fetch, retries and states are the caller's, and
+ * so are the three paths (partial, control, the control file's temporary name)
+ * and the stage sizes, stage memory and writer threads (rf_tuning).
  * Every function returns 0 (or a count) on success and -errno or one of the
  * RF_E_* codes below on failure.  The caller owns every buffer: the rf_file
  * struct and the workspace sized by rf_workspace_size().
