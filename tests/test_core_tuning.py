@@ -249,3 +249,21 @@ def test_a_new_control_file_is_written_where_python_says(tmp_path: Path) -> None
     assert untouched.read_bytes() == b"not the core's to remove"
     assert control_path(result).exists()
     assert not tmp.exists()
+
+
+def test_a_spilled_small_file_takes_the_stale_control_file_with_it(
+    nginx: Nginx, make_downloader: Make, tmp_path: Path
+) -> None:
+    """A file fetched in one request that outgrows memory (3 MiB) replaces a partial
+    file no state database knows, and the control file beside it does not outlive the
+    result: the rule the filer follows for a body held whole."""
+    (nginx.www / "spills.bin").write_bytes(os.urandom(3 << 20))
+    out = tmp_path / "spills.bin"
+    part_path(out).write_bytes(b"stale partial data " * 1000)
+    control_path(out).write_bytes(b"not a control file")
+    op = make_downloader().create_download(nginx.url("spills.bin"), out)
+    op.start()
+    assert op.wait(60) is op
+    assert sha256(out) == sha256(nginx.www / "spills.bin")
+    assert not part_path(out).exists()
+    assert not control_path(out).exists()

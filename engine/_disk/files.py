@@ -22,6 +22,7 @@ later one asks for more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import os
@@ -30,7 +31,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from engine._disk.core import CONTROL_SUFFIX, PART_SUFFIX, foreign_side_file
+from engine._disk.core import (
+    CONTROL_SUFFIX,
+    PART_SUFFIX,
+    control_path,
+    foreign_side_file,
+    part_path,
+)
 from engine._disk.tuning import DEFAULT_TUNING, Tuning
 from engine._native import ffi, lib
 from engine._runtime.loop import running_loop
@@ -131,6 +138,26 @@ class Filer:
                 raise MemoryError("the filer's sync threads could not be started")
             self._syncers = max(self._syncers, tuning.sync_threads)  # as many as it could
             return self._f
+
+
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def create_partial(result: Path) -> int:
+    """A new empty partial file for ``result``, made in the caller's thread, under the
+    filer's rule: a stale one, or a planted link, is unlinked first and never written
+    through, and the control file beside a stale one goes too; another user's fails
+    (StorageError).  For a plain file whose body no longer fits in memory."""
+    path = part_path(result)
+    try:
+        return os.open(path, _CREATE, 0o666)
+    except FileExistsError:
+        if os.lstat(path).st_uid != os.geteuid():  # planted by another user
+            raise foreign_side_file(result) from None
+        path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            control_path(result).unlink()
+        return os.open(path, _CREATE, 0o666)
 
 
 def storage_error(err: int, result: os.PathLike[str] | str) -> StorageError:

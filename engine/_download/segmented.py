@@ -30,15 +30,13 @@ import pycurl
 from engine._disk.checksum import file_digest, new_hash
 from engine._disk.core import (
     CONTROL_SUFFIX,
-    PART_SUFFIX,
     RangeFile,
     boot_id,
-    foreign_side_file,
     part_path,
     peek,
     remove_partial,
 )
-from engine._disk.files import filer
+from engine._disk.files import create_partial, filer
 from engine._disk.space import check_room
 from engine._disk.tuning import Tuning
 from engine._download.adaptive import Width
@@ -159,20 +157,6 @@ loop, a run at a time."""
 _KEPT_BLOCK = 16 << 10
 """Block size of the bitmap a paused small file is kept with: a resume fetches again
 at most this much of what had arrived."""
-
-_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-def _create_fresh(path: Path) -> int:
-    """A new empty partial file; a stale one, or a planted link, is unlinked first and
-    never written through (the filer's create_fresh, for a plain file that spills)."""
-    try:
-        return os.open(path, _CREATE, 0o666)
-    except FileExistsError:
-        if os.lstat(path).st_uid != os.geteuid():  # planted by another user
-            raise foreign_side_file(path.with_name(path.name[: -len(PART_SUFFIX)])) from None
-        path.unlink()
-        return os.open(path, _CREATE, 0o666)
 
 
 def _storable(validator: str | None, limit: int) -> str:
@@ -796,7 +780,7 @@ class SegmentedDownload:
     def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
         try:
             if self._grow_fd < 0:
-                self._grow_fd = _create_fresh(part_path(self.result))
+                self._grow_fd = create_partial(self.result)
             while data:
                 n = os.pwrite(self._grow_fd, data, offset)
                 data, offset = data[n:], offset + n
