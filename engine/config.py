@@ -121,9 +121,10 @@ class TransferConfig:
             )
         _check_power_of_two("stage_size", self.stage_size, 4096, MAX_STAGE_SIZE)
         _check_power_of_two("max_stage_size", self.max_stage_size, self.stage_size, MAX_STAGE_SIZE)
-        if not _is_int(self.stage_memory) or self.stage_memory < 0:
+        if not _is_int(self.stage_memory) or not 0 <= self.stage_memory < 1 << 63:
             raise InvalidRequestError(
-                f"stage_memory must be a number of bytes, 0 or more, not {self.stage_memory!r}"
+                "stage_memory must be a number of bytes from 0 to 2**63 - 1, "
+                f"not {self.stage_memory!r}"
             )
         for name in ("writer_threads", "sync_threads"):
             value = getattr(self, name)

@@ -60,7 +60,11 @@ def test_the_configs_bounds_are_the_cores() -> None:
         ({"stage_size": 128 << 20}, "stage_size must be a power of two"),
         ({"stage_size": 1 << 20, "max_stage_size": 64 * KIB}, "max_stage_size must be a power"),
         ({"max_stage_size": 3 << 20}, "max_stage_size must be a power of two from 65536"),
-        ({"stage_memory": -1}, "stage_memory must be a number of bytes, 0 or more, not -1"),
+        (
+            {"stage_memory": -1},
+            r"stage_memory must be a number of bytes from 0 to 2\*\*63 - 1, not -1",
+        ),
+        ({"stage_memory": 1 << 63}, "stage_memory must be a number of bytes from 0"),
         ({"stage_memory": 1.5}, "stage_memory must be a number of bytes"),
         ({"writer_threads": 0}, "writer_threads must be from 1 to 64, not 0"),
         ({"writer_threads": 65}, "writer_threads must be from 1 to 64, not 65"),
