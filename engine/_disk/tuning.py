@@ -34,17 +34,35 @@ class Tuning:
     threaded_stages: int = THREADED_STAGES
 
     @staticmethod
-    @functools.lru_cache(maxsize=32)
     def of(config: TransferConfig) -> Tuning:
-        """The tuning ``config`` asks for (cached: a mirror asks once a file)."""
-        return Tuning(
-            stage_size=config.stage_size,
-            max_stage_size=config.max_stage_size,
-            stage_memory=config.stage_memory,
-            writer_threads=config.writer_threads,
-            sync_threads=config.sync_threads,
-        )
+        """The tuning ``config`` asks for.  A mirror asks once a file, with one config:
+        the last answer is kept by identity (hashing a config hashes every field)."""
+        last = _last
+        if last[0] is config:
+            return last[1]
+        return _remember(config)
 
 
-DEFAULT_TUNING = Tuning.of(TransferConfig())
+def _of(config: TransferConfig) -> Tuning:
+    return Tuning(
+        stage_size=config.stage_size,
+        max_stage_size=config.max_stage_size,
+        stage_memory=config.stage_memory,
+        writer_threads=config.writer_threads,
+        sync_threads=config.sync_threads,
+    )
+
+
+def _remember(config: TransferConfig) -> Tuning:
+    global _last
+    _last = (config, _by_value(config))
+    return _last[1]
+
+
+_by_value = functools.lru_cache(maxsize=32)(_of)
+_DEFAULT_CONFIG = TransferConfig()
+_last: tuple[TransferConfig, Tuning] = (_DEFAULT_CONFIG, _of(_DEFAULT_CONFIG))
+
+
+DEFAULT_TUNING = Tuning.of(_DEFAULT_CONFIG)
 """What a default TransferConfig asks for: readers of a kept file, tests, the CLI."""
