@@ -7,6 +7,7 @@ underscore are private.
 
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor
 from engine._runtime.loop import run
+from engine.bulk import BulkDownload, BulkEntry, BulkFile, BulkResult
 from engine.config import Durability, TransferConfig
 from engine.downloader import (
     BackgroundDownloader,
@@ -67,6 +68,10 @@ __all__ = [
     "BackgroundTransferGroup",
     "BackgroundTransferPriority",
     "BackgroundTransferStatus",
+    "BulkDownload",
+    "BulkEntry",
+    "BulkFile",
+    "BulkResult",
     "ControlFileError",
     "Credential",
     "Deferral",

@@ -11,18 +11,21 @@ import dataclasses
 import os
 import stat
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
+from engine._bulk.runner import Hooks
 from engine._disk.core import SIDE_SUFFIXES
 from engine._disk.trusted import check_folder
 from engine._net.ratelimit import Budget
+from engine._net.transport import RequestOptions
 from engine._ops.live import live, live_lock
 from engine._ops.settings import AUTO, Settings
 from engine._ops.validate import absolute, check_header, check_sources, check_uri, new_guid
 from engine._runtime.conditions import LinuxNetworkMonitor, NetworkMonitor
 from engine._state.store import OpRecord, Store
+from engine.bulk import BulkDownload, BulkEntry
 from engine.config import Durability, TransferConfig
 from engine.errors import InvalidRequestError, TransferError
 from engine.groups import (
@@ -264,6 +267,54 @@ class BackgroundDownloader:
                 while piece := request_body_stream.read(1 << 20):
                     out.write(piece)
         return self.create_download(uri, result_file, name)
+
+    def create_downloads(
+        self,
+        entries: Iterable[BulkEntry],
+        *,
+        job: str | None = None,
+        parallel: int = 16,
+        progress: Callable[[DownloadOperation], None] | None = None,
+        file_ended: Callable[[int, bool], None] | None = None,
+        watch: Callable[[DownloadOperation], None] | None = None,
+        look: Callable[[Iterable[DownloadOperation]], None] | None = None,
+    ) -> BulkDownload:
+        """*Beyond*: many files as one persisted job (``engine.bulk``), ``parallel`` at
+        a time; ``run()`` fetches them.  ``job`` names it: a job made again under the
+        same name continues (``None``: a new name).  ``progress`` follows each full
+        operation (a large file), ``watch`` is told of each as it starts,
+        ``file_ended(size, completed)`` of each small file, and ``look`` gets the full
+        operations in flight every ``poll_interval`` seconds."""
+        s = self._settings
+        plain = s.server_credential is None and s.proxy is None and s.proxy_credential is None
+        request = None
+        if not plain:
+            request = RequestOptions(
+                user=s.server_credential.pair if s.server_credential else None,
+                proxy=s.proxy,
+                proxy_user=s.proxy_credential.pair if s.proxy_credential else None,
+            )
+        lean = (
+            self.method == "GET"
+            and self.transfer_group is None
+            and s.completion_group is None
+            and self.cost_policy is BackgroundTransferCostPolicy.DEFAULT
+        )
+        hooks = Hooks(
+            create=lambda uri, path, sources: self.create_download(uri, path, sources=sources),
+            config=s.config,
+            headers=[f"{k}: {v}" for k, v in self._headers],
+            request=request,
+            budget=s.budget,
+            lean=lean,
+            progress=progress,
+            watch=watch,
+            ended=file_ended,
+            look=look,
+            look_every=s.config.poll_interval,
+        )
+        name = job if job is not None else f"bulk-{new_guid()}"
+        return BulkDownload(self, self._store, name, entries, parallel, hooks)
 
     # -- finding ---------------------------------------------------------------------
     def get_current_downloads(self, *, include_groups: bool = False) -> list[DownloadOperation]:

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import itertools
 import os
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -47,6 +48,8 @@ from engine.errors import StorageError
 _BATCH = 256
 _PART = os.fsencode(PART_SUFFIX)
 _CONTROL = os.fsencode(CONTROL_SUFFIX)
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+"""What ``os.fsencode`` does to a str, in one C call."""
 
 
 class _Channel:
@@ -87,6 +90,9 @@ class Filer:
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Channel] = (
             weakref.WeakKeyDictionary()
         )
+        self._last: tuple[asyncio.AbstractEventLoop, _Channel] | None = None
+        """The loop of the last job and its channel (a mirror's every file, one loop):
+        kept strongly, which keeps a closed loop's channel until another loop's job."""
 
     async def finish(
         self,
@@ -104,14 +110,36 @@ class Filer:
         ``fd`` is closed whatever happens; -1: there is no partial file yet, and the
         filer creates it (``body`` is then the whole file), replacing a stale one and
         removing the control file beside it."""
+        await self.start(fd, result, body, offset, durable=durable, tuning=tuning)
+
+    def start(
+        self,
+        fd: int,
+        result: os.PathLike[str] | str,
+        body: bytes | bytearray = b"",
+        offset: int = 0,
+        *,
+        durable: bool = True,
+        tuning: Tuning = DEFAULT_TUNING,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[None]:
+        """``finish`` as a future of ``loop`` (the running one), settled when the job is
+        done: a caller that drives many files by callbacks needs no task a file."""
         f = self._f if tuning.sync_threads <= self._syncers else self._start(tuning)
-        loop = running_loop()
-        channel = self._channels.get(loop)
-        if channel is None:
-            channel = self._channels[loop] = _Channel(f, loop)
+        if loop is None:
+            loop = running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            channel = last[1]
+        else:
+            found = self._channels.get(loop)
+            if found is None:
+                found = self._channels[loop] = _Channel(f, loop)
+            channel = found
+            self._last = (loop, channel)
         future: asyncio.Future[None] = loop.create_future()
         job = next(self._ids)
-        name = os.fsencode(result)
+        name = result.encode(*_FS) if type(result) is str else os.fsencode(result)
         data = ffi.from_buffer(body) if body else ffi.NULL  # copied before fl_finish returns
         part = name + _PART
         stale = name + _CONTROL if fd < 0 else ffi.NULL  # only a created file finds one
@@ -123,7 +151,7 @@ class Filer:
                 os.close(fd)
             raise storage_error(-rc, result)
         channel.waiting[job] = (future, result)
-        await future
+        return future
 
     def _start(self, tuning: Tuning) -> Any:
         """The C filer, with at least ``tuning.sync_threads`` sync threads running."""

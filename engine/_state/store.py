@@ -410,6 +410,23 @@ class Store:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [OpRecord.from_row(r) for r in rows]
 
+    def add_schema(self, script: str) -> None:
+        """Create the tables of another module (``CREATE ... IF NOT EXISTS``, one
+        statement at a time: ``executescript`` would commit an open group)."""
+        with self._writing() as db:
+            for statement in filter(str.strip, script.split(";")):
+                db.execute(statement)
+
+    def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement over many rows, in one transaction (the pass's group on the
+        engine thread): a bulk job's rows are written a batch at a time."""
+        with self._writing() as db:
+            db.executemany(sql, rows)
+
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._cursor() as db:
+            return db.execute(sql, args).fetchall()
+
     # -- cancels asked across processes (engine/_ops/cross_process.py) --------------------
     def ask_cancel(self, guid: str) -> None:
         """Ask whichever process drives ``guid`` to cancel it (replaces an old ask)."""

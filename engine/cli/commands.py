@@ -3,22 +3,19 @@
 Downloads are started with the blocking API (``start``/``attach`` + ``wait``), never
 by awaiting ``start_async``: cancelling an awaiting task cancels its download, and a
 Ctrl-C must pause instead, so that running the command again resumes.  ``mirror``
-runs its loop on the engine's own (``engine.run``) and waits with ``wait_async``,
-whose cancellation leaves the download be.
+runs as one bulk job (``engine.bulk``): small files over the lean path, large ones
+as operations, driven on the engine's loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
 import dataclasses
 import os
-import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,10 @@ from engine import (
     DownloadOperation,
     InvalidRequestError,
     TransferError,
-    run,
 )
-from engine._disk.checksum import file_digest, parse
+from engine._bulk.plan import already_complete
+from engine._bulk.runner import Failure, Todo, go_on
+from engine._disk.checksum import parse
 from engine._disk.core import CONTROL_SUFFIX
 from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
@@ -42,7 +40,6 @@ from engine.cli.words import describe, say
 from engine.config import TransferConfig
 
 S = BackgroundTransferStatus
-_RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
 Distribute = Callable[[argparse.Namespace, list[Entry], list[tuple[str, str]]], int]
 """``mirror --cluster``: runs the checked list on a cluster, returns the exit status."""
 
@@ -110,17 +107,6 @@ def _tls_config(args: argparse.Namespace) -> TransferConfig | None:
         ca_file=os.path.abspath(ca_file) if ca_file else None,
         ca_path=os.path.abspath(ca_path) if ca_path else None,
     )
-
-
-def go_on(op: DownloadOperation, progress: Any) -> None:
-    """Let an operation found in the state directory continue, whatever it waits for."""
-    if op.status is S.ERROR:
-        op.resume()  # the command was run again: try again from the bitmap
-        op.attach(progress)
-        return
-    op.attach(progress)
-    if op.status in _RESUMABLE:
-        op.resume()
 
 
 def follow(
@@ -249,9 +235,10 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     )
     for _, line in refused:
         say(line)
-    for op, error in failed:
-        detail = describe(error, op, args.debug)
-        about = "" if str(op.result_file) in detail else f"{op.result_file.name}: "
+    for failure in failed:
+        detail = describe(failure.error, failure, args.debug)
+        name = os.path.basename(failure.result_file)
+        about = "" if failure.result_file in detail else f"{name}: "
         say(f"{about}{detail}")
     if bad:
         say(f"{bad} bad {lines(bad)} in {args.input} skipped (see above)")
@@ -265,27 +252,29 @@ def lines(count: int) -> str:
 @dataclasses.dataclass
 class Mirrored:
     """What ``mirror_files`` did: files and bytes downloaded, files found complete,
-    and the failures (no list of every operation: a list of millions stays flat)."""
+    and the failures (no list of every file: a list of millions stays flat)."""
 
     downloaded: int
     size: int
     skipped: int
-    failed: list[tuple[DownloadOperation, TransferError]]
+    failed: list[Failure]
     refused: list[tuple[DownloadOperation | None, str]]
     """Files whose kept data is of another URL and cannot be proved the same content."""
 
 
 def mirror_files(
     d: BackgroundDownloader,
-    entries: list[Any],
+    entries: Iterable[Any],
     target: str,
     parallel: int,
     view: Callable[[int, int], MirrorView],
     continue_found: bool = False,
 ) -> Mirrored:
     """The mirror itself, callable from Python (a cluster's worker runs a shard with
-    it): every entry (``url``, ``name``, ``checksum``) into the existing folder
-    ``target``, up to ``parallel`` at a time, under ``view(files, skipped)``.
+    it): every entry (``url``, ``name``, ``checksum``, ``mirrors``) into the existing
+    folder ``target``, up to ``parallel`` at a time, under ``view(files, skipped)``,
+    as one bulk job of ``d`` (``engine.bulk``) named after the folder.  The entries
+    are read as files finish, never all at once.
 
     A file already there (and matching its checksum) is skipped; an operation of
     ``d`` still unfinished goes on.  A control file that no operation of ``d`` knows
@@ -294,131 +283,49 @@ def mirror_files(
     its lines) may continue it, since without validators a control file cannot tell
     that it is of the same URL."""
     current = by_result(d)
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]] = collections.deque()
-    skipped = 0
-    refused: list[tuple[DownloadOperation | None, str]] = []
     present = set(os.listdir(target))  # one read of the folder, not a stat a name
-    for entry in entries:
-        path = os.path.join(target, entry.name)  # a str: a Path a name costs microseconds more
-        op = current.get(path)
-        if op is None and entry.name in present and already_complete(path, entry.checksum):
-            skipped += 1
-            continue
-        if op is not None and op.requested_uri != entry.url:
-            try:
-                op = point_at(op, entry.url)  # as get does: the same content, a new URL
-            except InvalidRequestError as exc:
-                refused.append((op, str(exc)))
+    refused: list[tuple[DownloadOperation | None, str]] = []
+    seen = [0]
+    shown = view(len(entries) if isinstance(entries, list) else 0, 0)
+    lean_view = shown.ended if shown.shown else None  # quiet: nothing a file
+    bulk = d.create_downloads(
+        (),
+        job=f"mirror:{target}",
+        parallel=parallel,
+        progress=shown.update if shown.shown else None,
+        file_ended=lean_view,
+        watch=shown.watch,
+        look=Waits(d.free_space_reserve).look,
+    )
+
+    def plan() -> Iterator[Todo]:
+        for entry in entries:
+            seen[0] += 1
+            path = os.path.join(target, entry.name)  # a str: a Path a name costs more
+            op = current.get(path)
+            if op is None and entry.name in present and already_complete(path, entry.checksum):
+                bulk.skip(path, entry.url, entry.checksum)
+                shown.skipped(1)
                 continue
-        found = continue_found and entry.name + CONTROL_SUFFIX in present
-        todo.append((entry, path, op, found))
-    shown = view(len(entries), skipped)
+            if op is not None and op.requested_uri != entry.url:
+                try:
+                    op = point_at(op, entry.url)  # as get does: the same content, a new URL
+                except InvalidRequestError as exc:
+                    refused.append((op, str(exc)))
+                    continue
+            found = continue_found and entry.name + CONTROL_SUFFIX in present
+            yield entry.url, path, entry.checksum, getattr(entry, "mirrors", ()), op, found
+        shown.counted(seen[0])
+
     try:
-        (count, size), failed = _run_mirror(d, todo, parallel, shown)
-        shown.finished(count + skipped, len(entries))
+        try:
+            done = bulk.run(plan())
+        except KeyboardInterrupt:
+            raise Interrupted(bulk.paused) from None
+        shown.finished(done.downloaded + done.skipped, seen[0])
     finally:
         shown.close()
-    return Mirrored(count, size, skipped, failed, refused)
-
-
-def already_complete(path: str, checksum: str | None) -> bool:
-    """A final name exists only once complete; with a checksum it must also match.
-    Without one, only a file of this user's counts: in a shared folder another user
-    could have put any bytes under the name.  A file that does not count is left as
-    it is: the download replaces it only once it is complete (and verified)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return False
-    if checksum is None:
-        return st.st_uid == os.geteuid()
-    algo, digest = parse(checksum)
-    return file_digest(Path(path), algo) == digest
-
-
-Outcome = tuple[tuple[int, int], list[tuple[DownloadOperation, TransferError]]]
-"""(files and bytes downloaded), and the failures: no list of every operation."""
-
-
-def _run_mirror(
-    d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
-    parallel: int,
-    view: MirrorView,
-) -> Outcome:
-    """Up to ``parallel`` downloads at a time, driven from the engine's own loop
-    (``engine.run``): thousands of small files cost a few calls each, and from this
-    thread every call would hand the GIL over to the engine and wait for it back."""
-    running: dict[int, DownloadOperation] = {}  # by id(): a guid is a UUID to make
-    try:
-        return run(_mirror(d, todo, parallel, view, running))
-    except KeyboardInterrupt:
-        raise Interrupted(list(running.values())) from None
-
-
-async def _mirror(
-    d: BackgroundDownloader,
-    todo: collections.deque[tuple[Any, str, DownloadOperation | None, bool]],
-    parallel: int,
-    view: MirrorView,
-    running: dict[int, DownloadOperation],
-) -> Outcome:
-    slots = asyncio.Semaphore(parallel)
-    done = [0, 0]
-    failed: list[tuple[DownloadOperation, TransferError]] = []
-
-    async def one(op: DownloadOperation) -> None:
-        try:
-            await op.wait_async()
-            done[0] += 1
-            done[1] += op.progress.bytes_received
-        except TransferError as exc:
-            failed.append((op, exc))
-        # cancelled (Ctrl-C): the download goes on, and stays in running to be paused
-        del running[id(op)]
-        slots.release()
-
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Future[None]] = set()  # the unfinished ones: memory stays flat
-    progress = view.update if view.shown else None  # quiet: no callback to schedule
-    waits = Waits(d.free_space_reserve)
-
-    async def look() -> None:
-        while True:
-            await asyncio.sleep(LOOK_EVERY)
-            waits.look(running.values())
-
-    looking = loop.create_task(look())
-    try:
-        while todo:
-            await slots.acquire()
-            entry, path, op, partial = todo.popleft()
-            if op is None:
-                op = d.create_download(entry.url, path, sources=getattr(entry, "mirrors", ()))
-                if partial:
-                    op.continue_found()
-                if entry.checksum:
-                    op.expected_checksum = entry.checksum
-            view.watch(op)
-            running[id(op)] = op
-            # the blocking API's start/attach: awaiting start_async would cancel the
-            # download if this task were cancelled, and a Ctrl-C must pause instead
-            if op.status is S.IDLE:
-                op.start(progress)
-            else:
-                go_on(op, progress)
-            task = loop.create_task(one(op))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)  # cancelling these cancels waits, not downloads
-    except asyncio.CancelledError:  # Ctrl-C in the command's thread
-        pause_all(list(running.values()))
-        raise
-    finally:
-        looking.cancel()
-    return (done[0], done[1]), failed
+    return Mirrored(done.downloaded, done.size, done.skipped, done.failed, refused)
 
 
 # -- list, resume, cancel ----------------------------------------------------------------

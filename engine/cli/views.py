@@ -151,6 +151,7 @@ class MirrorView(FileView):
         self._files = files
         self._completed = already  # complete before the command: skipped
         self._failed = 0
+        self._lean = [0, 0]  # small files ended (no operation), and their bytes
         self._total = None
         if self._progress is not None:
             self._total = self._progress.add_task(f"{files} files", total=None, extra=self._count())
@@ -180,11 +181,44 @@ class MirrorView(FileView):
                 self._live[op.guid] = p.bytes_received
             done = self._done_bytes + sum(self._live.values())
             count = self._count()
-            known = len(self._sizes) >= self._to_fetch
-            total = sum(self._sizes.values()) if known else None
+            known = len(self._sizes) + self._lean[0] >= self._to_fetch
+            total = sum(self._sizes.values()) + self._lean[1] if known else None
         if p.status not in ENDED:
             super().update(op)
         self._progress.update(self._total, completed=done, total=total, extra=count)
+
+    def ended(self, size: int, completed: bool) -> None:
+        """A small file ended without an operation (the bulk job's lean path)."""
+        if self._progress is None or self._total is None:
+            return
+        with self._lock:
+            self._lean[0] += 1
+            self._lean[1] += size
+            self._done_bytes += size
+            if completed:
+                self._completed += 1
+            else:
+                self._failed += 1
+            done = self._done_bytes + sum(self._live.values())
+            count = self._count()
+            known = len(self._sizes) + self._lean[0] >= self._to_fetch
+            total = sum(self._sizes.values()) + self._lean[1] if known else None
+        self._progress.update(self._total, completed=done, total=total, extra=count)
+
+    def skipped(self, count: int) -> None:
+        """Files found complete as the list is read."""
+        with self._lock:
+            self._completed += count
+            self._to_fetch -= count
+            shown = self._count()
+        if self._progress is not None and self._total is not None:
+            self._progress.update(self._total, extra=shown)
+
+    def counted(self, files: int) -> None:
+        """The list is read to its end: ``files`` in all."""
+        with self._lock:
+            self._to_fetch += files - self._files
+            self._files = files
 
     def finished(self, completed: int, files: int) -> None:
         if self._progress is not None and self._total is not None:

@@ -11,15 +11,23 @@ from __future__ import annotations
 import http
 import re
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from engine import TransferError, WebErrorStatus
 from engine._ops.masking import mask_text, mask_url
 from engine._ops.validate import host_of
 from engine.errors import IntegrityError, InvalidRequestError, StorageError
 
-if TYPE_CHECKING:
-    from engine import DownloadOperation
+
+class Failed(Protocol):
+    """What ``describe`` reads of what failed: an operation, or a bulk job's file."""
+
+    @property
+    def requested_uri(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
 
 W = WebErrorStatus
 
@@ -107,7 +115,7 @@ def _hint(exc: TransferError, kept: bool) -> str:
     return ""
 
 
-def describe(exc: BaseException, op: DownloadOperation | None = None, debug: bool = False) -> str:
+def describe(exc: BaseException, op: Failed | None = None, debug: bool = False) -> str:
     """One line about ``exc``: what failed, the tries, what to do (see module doc)."""
     if isinstance(exc, OSError) and exc.strerror:  # as the shell's tools word one
         line = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror

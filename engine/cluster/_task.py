@@ -24,7 +24,8 @@ from engine import (
     DownloadOperation,
     Durability,
 )
-from engine.cli.commands import already_complete, mirror_files
+from engine._bulk.plan import already_complete
+from engine.cli.commands import mirror_files
 from engine.cli.names import Entry
 from engine.cli.views import ENDED, MirrorView
 from engine.cli.words import describe
@@ -91,6 +92,14 @@ class ShardView(MirrorView):
             self._last = now
             self.tell()
 
+    def ended(self, size: int, completed: bool) -> None:
+        self._bytes_done += size
+        self._ended[not completed] += 1
+        now = time.monotonic()
+        if now - self._last >= EVERY:
+            self._last = now
+            self.tell()
+
     def tell(self) -> None:
         done, failed = self._ended
         sent = self._bytes_done + sum(self._flying.values())
@@ -138,8 +147,12 @@ def run_shard(
         "bytes": done.size,
         "seconds": round(time.monotonic() - started, 3),
         "failed": [
-            {"name": op.result_file.name, "url": op.requested_uri, "error": describe(exc, op)}
-            for op, exc in done.failed
+            {
+                "name": os.path.basename(f.result_file),
+                "url": f.requested_uri,
+                "error": describe(f.error, f),
+            }
+            for f in done.failed
         ],
     }
     ledger.write(shard.id, record)

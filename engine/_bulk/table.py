@@ -1,0 +1,119 @@
+"""A bulk job's rows in the state database: one per file, written a batch at a time.
+
+Each file of a job has a row from the moment it is read from the caller's list: its
+URL, its result file, its status (``BackgroundTransferStatus`` values), its size once
+done, the error it failed with, and the guid of the full operation that took it over
+(a large file).  Rows are inserted and updated in batches (one ``executemany`` a
+batch, in the engine pass's transaction): a commit, or even a statement, a file cost
+more than the request of a small file.  A row that says RUNNING or IDLE after the
+process is gone is a file to fetch again: its body was only ever in memory, and its
+partial file, if any, is never under the final name.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from engine._state.store import Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bulk_files (
+    job TEXT NOT NULL,
+    result_file TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    checksum TEXT,
+    status INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    guid TEXT,
+    PRIMARY KEY (job, result_file)
+) WITHOUT ROWID
+"""
+
+CANCELED = 6
+_UPSERT = (
+    "INSERT INTO bulk_files (job, result_file, uri, checksum, status) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (job, result_file) DO UPDATE SET uri = excluded.uri, "
+    "checksum = excluded.checksum, size = 0, error = NULL, guid = NULL, "
+    f"status = CASE status WHEN {CANCELED} THEN status ELSE excluded.status END"
+)
+"""A file listed again keeps a cancel (cancelled on its own, it stays so), anything
+else starts over."""
+_UPDATE = (
+    "UPDATE bulk_files SET status = ?, size = ?, error = ?, guid = ? "
+    "WHERE job = ? AND result_file = ?"
+)
+_BATCH = 512
+
+_made: set[int] = set()
+
+
+class JobTable:
+    """The rows of job ``job``, with the writes not made yet."""
+
+    def __init__(self, store: Store, job: str) -> None:
+        self.store = store
+        self.job = job
+        if id(store) not in _made:  # a store lives as long as the process
+            store.add_schema(_SCHEMA)
+            _made.add(id(store))
+        self._new: list[tuple[Any, ...]] = []
+        self._changed: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()  # the engine thread adds, any thread may flush
+
+    def add(self, path: str, url: str, checksum: str | None, status: int) -> None:
+        """A file read from the list (written with the next batch)."""
+        with self._lock:
+            self._new.append((self.job, path, url, checksum, status))
+        if len(self._new) >= _BATCH:
+            self.flush()
+
+    def change(
+        self,
+        path: str,
+        status: int,
+        size: int = 0,
+        error: str | None = None,
+        guid: str | None = None,
+    ) -> None:
+        """A file's new status (written with the next batch)."""
+        with self._lock:
+            self._changed.append((status, size, error, guid, self.job, path))
+        if len(self._changed) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending: the new rows first, then the changes."""
+        with self._lock:  # held while writing: a later batch never overtakes this one
+            new, self._new = self._new, []
+            changed, self._changed = self._changed, []
+            if new:
+                self.store.write_many(_UPSERT, new)
+            if changed:
+                self.store.write_many(_UPDATE, changed)
+
+    def canceled(self) -> set[str]:
+        """The result files cancelled on their own (a new run leaves them be)."""
+        rows = self.store.rows(
+            "SELECT result_file FROM bulk_files WHERE job = ? AND status = ?", (self.job, CANCELED)
+        )
+        return {str(r[0]) for r in rows}
+
+    def files(self) -> list[tuple[str, str, int, int, str | None, str | None]]:
+        """(result_file, uri, status, size, error, guid) of every file, pending writes
+        included."""
+        self.flush()
+        rows = self.store.rows(
+            "SELECT result_file, uri, status, size, error, guid FROM bulk_files "
+            "WHERE job = ? ORDER BY result_file",
+            (self.job,),
+        )
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def forget(self) -> None:
+        """Drop the job's rows (``BulkDownload.forget``)."""
+        with self._lock:
+            self._new.clear()
+            self._changed.clear()
+        self.store.write_many("DELETE FROM bulk_files WHERE job = ?", [(self.job,)])
