@@ -17,11 +17,11 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from engine._bulk.plan import already_complete
 from engine._bulk.runner import Failure, Hooks, Runner, Todo
-from engine._bulk.table import JobTable
+from engine._bulk.table import CANCELED, JobTable
 from engine._runtime.loop import engine_here, engine_loop, run
 from engine._state.store import Store
 from engine.errors import InvalidRequestError, InvalidStateError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.downloader import BackgroundDownloader
 
 _COMPLETED = BackgroundTransferStatus.COMPLETED.value
+T = TypeVar("T")
 
 __all__ = ["BulkDownload", "BulkEntry", "BulkFile", "BulkResult", "Failure"]
 
@@ -115,7 +116,7 @@ class BulkDownload:
                 error,
                 uuid.UUID(guid) if guid else None,
             )
-            for path, uri, status, size, error, guid in self._table.files()
+            for path, uri, status, size, error, guid in self._on_engine(self._table.files)
         ]
 
     def run(self, planned: Iterator[Todo] | None = None) -> BulkResult:
@@ -160,10 +161,15 @@ class BulkDownload:
         fetched (this run and the job's later ones).  A file being written already ends
         complete."""
         path = os.path.abspath(os.fspath(result_file))
-        self._table.flush()
-        self._table.change(path, 6)  # CANCELED, for a row written already
-        self._table.flush()
-        self._on_loop(lambda runner: runner.cancel(path))
+
+        def cancel() -> None:
+            self._table.flush()
+            self._table.change(path, CANCELED)  # for a row written already
+            self._table.flush()
+            if self._runner is not None:
+                self._runner.cancel(path)
+
+        self._on_engine(cancel)
 
     def operation(self, result_file: os.PathLike[str] | str) -> DownloadOperation:
         """The full operation of one file, made now if it has none (IDLE: start it, or
@@ -182,16 +188,20 @@ class BulkDownload:
 
     def forget(self) -> None:
         """Drop the job's rows from the state database (its files stay)."""
-        self._table.forget()
+        if self._runner is not None:
+            raise InvalidStateError(f"bulk job {self.job!r} is running")
+        self._on_engine(self._table.forget)
 
-    def _on_loop(self, fn: Callable[[Runner], None]) -> None:
-        runner = self._runner
-        if runner is None:
-            return
+    def _on_engine(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the engine thread, where a run adds the job's rows (see
+        ``JobTable.flush``), waiting for its result."""
         if engine_here() is not None:
-            fn(runner)
-        else:
-            engine_loop().loop.call_soon_threadsafe(fn, runner)
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        return engine_loop().submit(call()).result()
 
     def _plan(self) -> Iterator[Todo]:
         """The entries as the runner takes them: files complete already are skipped,

@@ -278,13 +278,16 @@ class BackgroundDownloader:
         file_ended: Callable[[int, bool], None] | None = None,
         watch: Callable[[DownloadOperation], None] | None = None,
         look: Callable[[Iterable[DownloadOperation]], None] | None = None,
+        lean: bool = True,
     ) -> BulkDownload:
         """*Beyond*: many files as one persisted job (``engine.bulk``), ``parallel`` at
         a time; ``run()`` fetches them.  ``job`` names it: a job made again under the
         same name continues (``None``: a new name).  ``progress`` follows each full
         operation (a large file), ``watch`` is told of each as it starts,
         ``file_ended(size, completed)`` of each small file, and ``look`` gets the full
-        operations in flight every ``poll_interval`` seconds."""
+        operations in flight every ``poll_interval`` seconds.  ``lean=False`` makes
+        every file a full operation: a file found large on the lean path has its first
+        request cut off, which a strict cap of connections a host may not allow."""
         s = self._settings
         plain = s.server_credential is None and s.proxy is None and s.proxy_credential is None
         request = None
@@ -295,7 +298,8 @@ class BackgroundDownloader:
                 proxy_user=s.proxy_credential.pair if s.proxy_credential else None,
             )
         lean = (
-            self.method == "GET"
+            lean
+            and self.method == "GET"
             and self.transfer_group is None
             and s.completion_group is None
             and self.cost_policy is BackgroundTransferCostPolicy.DEFAULT

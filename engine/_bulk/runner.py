@@ -38,15 +38,7 @@ from engine._bulk.table import CANCELED, JobTable
 from engine._disk.checksum import new_hash, parse
 from engine._disk.files import filer
 from engine._net.ratelimit import Budget
-from engine._net.transport import (
-    RequestOptions,
-    configure,
-    curl_error,
-    http_error,
-    is_ftp,
-    is_sftp,
-    new_multi,
-)
+from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
 from engine._runtime.loop import running_loop
 from engine.config import TransferConfig
 from engine.errors import IntegrityError, TransferCanceled, TransferError, TransportError
@@ -58,8 +50,10 @@ S = BackgroundTransferStatus
 _RUNNING, _COMPLETED, _ERROR = S.RUNNING.value, S.COMPLETED.value, S.ERROR.value
 _RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
 _CODE, _LENGTH = pycurl.RESPONSE_CODE, pycurl.CONTENT_LENGTH_DOWNLOAD_T
-_WRITE, _MAX = pycurl.WRITEFUNCTION, pycurl.MAXFILESIZE_LARGE
+_WRITE, _MAX, _URL = pycurl.WRITEFUNCTION, pycurl.MAXFILESIZE_LARGE, pycurl.URL
 _TOO_BIG = pycurl.E_FILESIZE_EXCEEDED
+_WEB = ("http://", "https://")
+"""URLs the lean path takes (any other case or scheme goes to a full operation)."""
 _FLUSH_EVERY = 0.5
 """Seconds between writes of the job's pending rows while it runs."""
 
@@ -201,7 +195,7 @@ class Runner:
         """Start files while slots are free, pulling the list as it goes."""
         if self._stopped:
             return
-        hooks = self.hooks
+        lean = self.hooks.lean
         while self._more and self._busy < self._parallel and self._writing < 4 * self._parallel:
             item = next(self._items, None)
             if item is None:
@@ -214,7 +208,7 @@ class Runner:
                 continue
             self.table.add(path, url, checksum, _RUNNING)
             self._busy += 1
-            if op is None and not sources and hooks.lean and not (is_ftp(url) or is_sftp(url)):
+            if op is None and not sources and lean and url.startswith(_WEB):
                 f = _Lean(url, path, checksum)
                 self._flying[path] = f
                 self._send(f)
@@ -228,9 +222,17 @@ class Runner:
     # -- the lean path -----------------------------------------------------------------
     def _send(self, f: _Lean) -> None:
         f.timer = None
-        curl = self._free.pop() if self._free else pycurl.Curl()
-        configure(curl, f.url, self.hooks.config, self.hooks.headers, self.hooks.request)
-        curl.setopt(_MAX, self._limit)  # a larger body stops: the file is promoted
+        url = f.url
+        https = url[4] == "s"
+        if self._free and self._free[-1].bgt_https is https:
+            curl = self._free.pop()
+            curl.setopt(_URL, url)  # every other option stays as configure set it
+        else:
+            curl = self._free.pop() if self._free else pycurl.Curl()
+            hooks = self.hooks
+            configure(curl, url, hooks.config, hooks.headers, hooks.request)
+            curl.setopt(_MAX, self._limit)  # a larger body stops: the file is promoted
+            curl.bgt_https = https
         body = f.body = bytearray()
         curl.setopt(_WRITE, body.extend)
         budget = self.hooks.budget

@@ -60,12 +60,11 @@ class JobTable:
             _made.add(id(store))
         self._new: list[tuple[Any, ...]] = []
         self._changed: list[tuple[Any, ...]] = []
-        self._lock = threading.Lock()  # the engine thread adds, any thread may flush
+        self._lock = threading.Lock()  # held by flush: a later batch never overtakes
 
     def add(self, path: str, url: str, checksum: str | None, status: int) -> None:
         """A file read from the list (written with the next batch)."""
-        with self._lock:
-            self._new.append((self.job, path, url, checksum, status))
+        self._new.append((self.job, path, url, checksum, status))
         if len(self._new) >= _BATCH:
             self.flush()
 
@@ -78,13 +77,14 @@ class JobTable:
         guid: str | None = None,
     ) -> None:
         """A file's new status (written with the next batch)."""
-        with self._lock:
-            self._changed.append((status, size, error, guid, self.job, path))
+        self._changed.append((status, size, error, guid, self.job, path))
         if len(self._changed) >= _BATCH:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is pending: the new rows first, then the changes."""
+        """Write what is pending: the new rows first, then the changes.  While a run
+        adds rows (on the engine thread), only that thread flushes: a row appended
+        to a batch another thread had taken would be lost."""
         with self._lock:  # held while writing: a later batch never overtakes this one
             new, self._new = self._new, []
             changed, self._changed = self._changed, []

@@ -269,6 +269,8 @@ def mirror_files(
     parallel: int,
     view: Callable[[int, int], MirrorView],
     continue_found: bool = False,
+    *,
+    lean: bool = True,
 ) -> Mirrored:
     """The mirror itself, callable from Python (a cluster's worker runs a shard with
     it): every entry (``url``, ``name``, ``checksum``, ``mirrors``) into the existing
@@ -281,7 +283,8 @@ def mirror_files(
     is replaced, unless ``continue_found``: only a caller whose folder can hold
     nothing but this list's files (a cluster's staging folder, named by a hash of
     its lines) may continue it, since without validators a control file cannot tell
-    that it is of the same URL."""
+    that it is of the same URL.  ``lean=False``: every file a full operation (see
+    ``create_downloads``)."""
     current = by_result(d)
     present = set(os.listdir(target))  # one read of the folder, not a stat a name
     refused: list[tuple[DownloadOperation | None, str]] = []
@@ -296,12 +299,15 @@ def mirror_files(
         file_ended=lean_view,
         watch=shown.watch,
         look=Waits(d.free_space_reserve).look,
+        lean=lean,
     )
+
+    folder = os.path.join(target, "")  # names are relative, checked by the list's reader
 
     def plan() -> Iterator[Todo]:
         for entry in entries:
             seen[0] += 1
-            path = os.path.join(target, entry.name)  # a str: a Path a name costs more
+            path = folder + entry.name  # a str: a Path, or os.path.join, costs more
             op = current.get(path)
             if op is None and entry.name in present and already_complete(path, entry.checksum):
                 bulk.skip(path, entry.url, entry.checksum)

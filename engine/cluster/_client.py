@@ -195,7 +195,8 @@ def _caps(
         )
         for h in hosts
     }
-    return dataclasses.replace(options, parallel=parallel, connections=connections), semaphores
+    capped = dataclasses.replace(options, parallel=parallel, connections=connections, lean=False)
+    return capped, semaphores
 
 
 def _close(sem: Any) -> None:

@@ -51,6 +51,10 @@ class Options:
     mirror: str = ""
     """The id of the mirror run its progress messages carry ("" sends none)."""
     durability: Durability = "normal"
+    lean: bool = True
+    """Small files over the bulk job's lean path; False under a cap of connections a
+    host (``--host-connections``): a file found large there has its first request cut
+    off, and a server may count that connection a moment longer than the cap allows."""
 
 
 class ShardView(MirrorView):
@@ -136,7 +140,13 @@ def run_shard(
     with _leases(semaphores), ledger.claim(shard.id) as staging:
         view = ShardView(send, options.mirror, shard.id, run)
         done = mirror_files(
-            _downloader(options), todo, staging, options.parallel, lambda n, s: view, True
+            _downloader(options),
+            todo,
+            staging,
+            options.parallel,
+            lambda n, s: view,
+            True,
+            lean=options.lean,
         )
         ledger.commit(staging, [i.name for i in todo])
     record = {
