@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from engine._bulk.plan import already_complete
 from engine._bulk.runner import Failure, Hooks, Runner, Todo
-from engine._bulk.table import CANCELED, JobTable
+from engine._bulk.table import JobTable
 from engine._runtime.loop import engine_here, engine_loop, run
 from engine._state.store import Store
 from engine.errors import InvalidRequestError, InvalidStateError
@@ -97,6 +97,7 @@ class BulkDownload:
         self._table = JobTable(store, job)
         self._runner: Runner | None = None
         self._skipped = 0
+        self._left = 0  # files cancelled before this run: left out of it
         self.paused: list[DownloadOperation] = []
         """The full operations an interrupted run paused (Ctrl-C): a new run resumes them."""
 
@@ -137,7 +138,7 @@ class BulkDownload:
             return await asyncio.wrap_future(engine_loop().submit(self.run_async(planned)))
         if self._runner is not None:
             raise InvalidStateError(f"bulk job {self.job!r} is running already")
-        self._skipped = 0
+        self._skipped = self._left = 0
         todo = self._plan() if planned is None else planned
         runner = self._runner = Runner(self._hooks, self._table, todo, self._parallel)
         try:
@@ -148,7 +149,11 @@ class BulkDownload:
         finally:
             self._runner = None
         return BulkResult(
-            runner.downloaded, runner.size, self._skipped, runner.canceled, runner.failed
+            runner.downloaded,
+            runner.size,
+            self._skipped,
+            runner.canceled + self._left,
+            runner.failed,
         )
 
     def skip(self, path: str, uri: str, checksum: str | None) -> None:
@@ -163,9 +168,7 @@ class BulkDownload:
         path = os.path.abspath(os.fspath(result_file))
 
         def cancel() -> None:
-            self._table.flush()
-            self._table.change(path, CANCELED)  # for a row written already
-            self._table.flush()
+            self._table.cancel(path)
             if self._runner is not None:
                 self._runner.cancel(path)
 
@@ -215,6 +218,7 @@ class BulkDownload:
             uri, result, checksum, sources = entry
             path = os.path.abspath(os.fspath(result))
             if path in canceled:
+                self._left += 1
                 continue
             op = current.get(path)
             if op is None and already_complete(path, checksum):

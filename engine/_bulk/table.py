@@ -31,15 +31,17 @@ CREATE TABLE IF NOT EXISTS bulk_files (
 ) WITHOUT ROWID
 """
 
-CANCELED = 6
+COMPLETED, CANCELED = 5, 6
 _UPSERT = (
     "INSERT INTO bulk_files (job, result_file, uri, checksum, status) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (job, result_file) DO UPDATE SET uri = excluded.uri, "
-    "checksum = excluded.checksum, size = 0, error = NULL, guid = NULL, "
+    "checksum = excluded.checksum, error = NULL, "
+    f"size = CASE excluded.status WHEN {COMPLETED} THEN size ELSE 0 END, "
+    f"guid = CASE excluded.status WHEN {COMPLETED} THEN guid ELSE NULL END, "
     f"status = CASE status WHEN {CANCELED} THEN status ELSE excluded.status END"
 )
-"""A file listed again keeps a cancel (cancelled on its own, it stays so), anything
-else starts over."""
+"""A file listed again keeps a cancel (cancelled on its own, it stays so); one found
+complete keeps what its row said of it; anything else starts over."""
 _UPDATE = (
     "UPDATE bulk_files SET status = ?, size = ?, error = ?, guid = ? "
     "WHERE job = ? AND result_file = ?"
@@ -92,6 +94,16 @@ class JobTable:
                 self.store.write_many(_UPSERT, new)
             if changed:
                 self.store.write_many(_UPDATE, changed)
+
+    def cancel(self, path: str) -> None:
+        """Mark one file cancelled now, read from the list yet or not (a row with no
+        URL until it is: the upsert keeps the cancel)."""
+        self.flush()
+        self.store.write_many(
+            "INSERT INTO bulk_files (job, result_file, uri, status) VALUES (?, ?, '', ?) "
+            "ON CONFLICT (job, result_file) DO UPDATE SET status = excluded.status",
+            [(self.job, path, CANCELED)],
+        )
 
     def canceled(self) -> set[str]:
         """The result files cancelled on their own (a new run leaves them be)."""

@@ -1,0 +1,295 @@
+"""Bulk jobs: ``mirror`` and ``BackgroundDownloader.create_downloads`` (small files over
+the lean path, large ones promoted to full operations), against nginx and the fault
+server."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_run import argv, bgt
+from polling import wait_for
+from servers import FaultHandler, FaultServer, Nginx
+
+from engine import (
+    BackgroundDownloader,
+    BackgroundTransferStatus,
+    BulkEntry,
+    IntegrityError,
+    TransferConfig,
+    TransportError,
+    WebErrorStatus,
+)
+
+S = BackgroundTransferStatus
+_GET = re.compile(r'"GET (\S+) HTTP')
+
+
+def _gets(nginx: Nginx, since: int) -> collections.Counter[str]:
+    """Requests per path in nginx's access log after byte ``since``."""
+    with (nginx.root / "access.log").open() as fh:
+        fh.seek(since)
+        return collections.Counter(_GET.findall(fh.read()))
+
+
+def _log_size(nginx: Nginx) -> int:
+    return (nginx.root / "access.log").stat().st_size
+
+
+def test_mirror_killed_in_a_5000_file_run_fetches_no_complete_file_twice(
+    nginx: Nginx, tmp_path: Path
+) -> None:
+    """SIGKILL a mirror of 5000 small files mid-run, run it again: exit 0, every file
+    byte-exact, no file complete at the kill requested again, no partial file left."""
+    served = nginx.www / "bulk5000"
+    served.mkdir(exist_ok=True)
+    names = [f"b{i:04d}.bin" for i in range(5000)]
+    for i, name in enumerate(names):
+        (served / name).write_bytes(os.urandom(4096 - i % 7))
+    (tmp_path / "list.txt").write_text("".join(nginx.url(f"bulk5000/{n}") + "\n" for n in names))
+    out, state = tmp_path / "out", tmp_path / "s"
+    command = argv("mirror", "-q", "-i", "list.txt", "-d", "out", "-j", "16")
+    command += ["--state-dir", str(state)]
+    start = _log_size(nginx)
+    proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (out.exists() and len(os.listdir(out)) >= 1500) or proc.poll() is not None)
+    finally:
+        proc.kill()
+        proc.wait()
+    complete = set(os.listdir(out)) & set(names)
+    assert len(complete) < len(names), "the mirror ended before it could be killed"
+    for name in complete:
+        assert (out / name).read_bytes() == (served / name).read_bytes(), name
+    before = _gets(nginx, start)
+    again = _log_size(nginx)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(complete)} already complete" in result.stderr
+    for name in names:
+        assert (out / name).read_bytes() == (served / name).read_bytes(), name
+    assert sorted(os.listdir(out)) == names  # no partial file under any name
+    rerun = _gets(nginx, again)
+    for name in complete:
+        path = f"/bulk5000/{name}"
+        assert before[path] == 1, name
+        assert rerun[path] == 0, name
+    assert all(count == 1 for count in rerun.values())
+
+
+def test_a_large_file_of_a_mirror_is_promoted_to_ranged_requests(
+    nginx: Nginx, tmp_path: Path
+) -> None:
+    """A file past the first request (4 MiB) among small ones becomes a full operation:
+    byte-exact, fetched over ranges (206s in nginx's log), the small ones beside it."""
+    served = nginx.www / "promoted"
+    served.mkdir(exist_ok=True)
+    big = os.urandom(9 << 20)
+    (served / "big.bin").write_bytes(big)
+    small = {f"s{i}.bin": os.urandom(5000 + i) for i in range(20)}
+    for name, data in small.items():
+        (served / name).write_bytes(data)
+    lines = [nginx.url("promoted/big.bin")] + [nginx.url(f"promoted/{n}") for n in small]
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    proto = (nginx.root / "proto.log").stat().st_size
+    done = bgt(
+        "mirror", "-q", "-i", "list.txt", "-d", "out", "-c", "4", cwd=tmp_path, state=tmp_path / "s"
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "big.bin").read_bytes() == big
+    for name, data in small.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    with (nginx.root / "proto.log").open() as fh:
+        fh.seek(proto)
+        ranged = [
+            ln for ln in fh.read().splitlines() if "/promoted/big.bin" in ln and " 206 " in ln
+        ]
+    assert len(ranged) >= 2
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["big.bin", *small])
+
+
+def _liar(handler: FaultHandler, send_body: bool) -> bool:
+    """Lies by path: a short body, a 206 to a request without a range; else the truth."""
+    path = handler.path
+    if path.startswith("/file.bin?short"):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 500)
+        handler.close_connection = True
+        return True
+    if path.startswith("/file.bin?partial"):
+        handler.send_response(206)
+        handler.send_header("Content-Range", "bytes 0-99/100")
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"y" * 100)
+        return True
+    return False
+
+
+@pytest.fixture
+def liar() -> Iterator[FaultServer]:
+    server = FaultServer(os.urandom(3000))
+    server.script = _liar
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_lying_responses_fail_their_file_only_with_typed_errors(
+    liar: FaultServer, tmp_path: Path
+) -> None:
+    """A short body, a 206 to no range and a checksum mismatch each fail their file
+    with its typed error; the other files of the job complete, nothing partial stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    wrong = "sha256=" + "0" * 64
+    right = "sha256=" + hashlib.sha256(liar.body).hexdigest()
+    entries = [
+        BulkEntry(f"{liar.url}?short", out / "short.bin"),
+        BulkEntry(f"{liar.url}?partial", out / "partial.bin"),
+        BulkEntry(f"{liar.url}?sum", out / "sum.bin", wrong),
+        BulkEntry(f"{liar.url}?good", out / "good.bin", right),
+        BulkEntry(f"{liar.url}?plain", out / "plain.bin"),
+    ]
+    config = TransferConfig(backoff_base=0.01, backoff_max=0.05)
+    d = BackgroundDownloader(state_dir=tmp_path / "s", config=config)
+    result = d.create_downloads(entries, parallel=4).run()
+    failed = {os.path.basename(f.result_file): f.error for f in result.failed}
+    assert sorted(failed) == ["partial.bin", "short.bin", "sum.bin"]
+    assert isinstance(failed["short.bin"], TransportError)
+    assert failed["short.bin"].attempts == config.retries + 1
+    partial = failed["partial.bin"]
+    assert isinstance(partial, TransportError)
+    assert partial.web_error_status is WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE
+    assert isinstance(failed["sum.bin"], IntegrityError)
+    assert result.downloaded == 2
+    assert sorted(os.listdir(out)) == ["good.bin", "plain.bin"]
+    assert (out / "good.bin").read_bytes() == liar.body
+
+
+def test_a_mirror_with_a_lying_server_exits_1_and_mirrors_the_rest(
+    liar: FaultServer, nginx: Nginx, tmp_path: Path
+) -> None:
+    """mirror: the lying files are reported by name, exit status 1, every other file
+    of the list mirrored byte-exact."""
+    (nginx.www / "honest.bin").write_bytes(b"honest" * 1000)
+    (tmp_path / "list.txt").write_text(
+        f"{liar.url}?partial partial.bin\n{nginx.url('honest.bin')}\n"
+        f"{liar.url}?x sum.bin sha256={'1' * 64}\n"
+    )
+    done = bgt("mirror", "-i", "list.txt", "-d", "out", cwd=tmp_path, state=tmp_path / "s")
+    assert done.returncode == 1
+    assert "partial.bin" in done.stderr
+    assert "sum.bin" in done.stderr
+    assert "1 downloaded" in done.stderr
+    assert "2 failed" in done.stderr
+    assert os.listdir(tmp_path / "out") == ["honest.bin"]
+
+
+def test_one_file_of_a_bulk_job_is_cancelled_on_its_own(tmp_path: Path) -> None:
+    """cancel() of a file in flight stops it alone (CANCELED, no file); a file
+    cancelled before it was reached is never requested; the rest complete."""
+    release = threading.Event()
+    server = FaultServer(os.urandom(2000))
+    seen: list[str] = []
+
+    def held(handler: FaultHandler, send_body: bool) -> bool:
+        seen.append(handler.path)
+        if handler.path.endswith("?held"):
+            release.wait(30)
+            handler.close_connection = True
+            return True
+        return False
+
+    server.script = held
+    out = tmp_path / "out"
+    out.mkdir()
+    d = BackgroundDownloader(state_dir=tmp_path / "s")
+    entries = [BulkEntry(f"{server.url}?held", out / "held.bin")]
+    entries += [BulkEntry(f"{server.url}?{i}", out / f"f{i}.bin") for i in range(10)]
+    entries.append(BulkEntry(f"{server.url}?never", out / "never.bin"))
+    bulk = d.create_downloads(entries, parallel=2, job="cancel-one")
+    results = []
+    runner = threading.Thread(target=lambda: results.append(bulk.run()))
+    try:
+        bulk.cancel(out / "never.bin")
+        runner.start()
+        wait_for(lambda: "/file.bin?held" in seen)
+        bulk.cancel(out / "held.bin")
+        runner.join(30)
+    finally:
+        release.set()
+        server.close()
+    assert not runner.is_alive()
+    (result,) = results
+    assert result.downloaded == 10
+    assert result.canceled == 2
+    assert not result.failed
+    assert "/file.bin?never" not in seen
+    states = {f.result_file.name: f.status for f in bulk.files()}
+    assert states["held.bin"] is S.CANCELED
+    assert states["never.bin"] is S.CANCELED
+    assert all(states[f"f{i}.bin"] is S.COMPLETED for i in range(10))
+    assert sorted(os.listdir(out)) == sorted(f"f{i}.bin" for i in range(10))
+
+
+def test_a_file_of_a_bulk_job_can_become_a_full_operation(nginx: Nginx, tmp_path: Path) -> None:
+    """operation() gives one file of a job a full DownloadOperation: the job's run lets
+    it go on, and its row names the operation's guid."""
+    (nginx.www / "op1.bin").write_bytes(b"a" * 7000)
+    (nginx.www / "op2.bin").write_bytes(b"b" * 7000)
+    out = tmp_path / "out"
+    out.mkdir()
+    d = BackgroundDownloader(state_dir=tmp_path / "s")
+    entries = [BulkEntry(nginx.url(f"op{i}.bin"), out / f"op{i}.bin") for i in (1, 2)]
+    bulk = d.create_downloads(entries, job="full-one")
+    first = bulk.run()  # rows written; then make one a full operation and run again
+    assert first.downloaded == 2
+    (out / "op1.bin").unlink()
+    op = bulk.operation(out / "op1.bin")
+    assert op.status is S.IDLE
+    again = bulk.run()
+    assert again.downloaded == 1
+    assert again.skipped == 1
+    assert op.status is S.COMPLETED
+    assert (out / "op1.bin").read_bytes() == b"a" * 7000
+    rows = {f.result_file.name: f for f in bulk.files()}
+    assert rows["op1.bin"].guid == op.guid
+    assert rows["op1.bin"].status is S.COMPLETED
+    assert rows["op2.bin"].status is S.COMPLETED
+    assert rows["op2.bin"].size == 7000
+
+
+def test_a_bulk_job_reads_its_entries_lazily(nginx: Nginx, tmp_path: Path) -> None:
+    """The entries are pulled as files finish: the first file is written before the
+    iterable has been read past a few entries more than the parallel count."""
+    (nginx.www / "lazy.bin").write_bytes(b"z" * 3000)
+    out = tmp_path / "out"
+    out.mkdir()
+    pulled = [0]
+    first_done_at: list[int] = []
+
+    def entries() -> Iterator[BulkEntry]:
+        for i in range(100_000):
+            if not first_done_at and (out / "l0.bin").exists():
+                first_done_at.append(pulled[0])
+            pulled[0] += 1
+            if i == 200:
+                return
+            yield BulkEntry(nginx.url("lazy.bin"), out / f"l{i}.bin")
+
+    d = BackgroundDownloader(state_dir=tmp_path / "s")
+    result = d.create_downloads(entries(), parallel=4).run()
+    assert result.downloaded == 200
+    assert first_done_at
+    assert first_done_at[0] < 100
