@@ -526,12 +526,18 @@ def test_mirror_continues_a_file_from_its_new_url(body: bytes, tmp_path: Path) -
         assert kept >= 2 << 20
         server.rate = 0
         sent = server.bytes_sent
-        (tmp_path / "list.txt").write_text(f"{server.url}?v=2 a.bin\n{server.url} b.bin\n")
-        done = bgt(*command, cwd=tmp_path, state=state)
+        # b.bin from a server of its own: a new large file's first request is cut off
+        # once its size shows, and what that server wrote before is no part of a.bin's
+        other = FaultServer(body)
+        try:
+            (tmp_path / "list.txt").write_text(f"{server.url}?v=2 a.bin\n{other.url} b.bin\n")
+            done = bgt(*command, cwd=tmp_path, state=state)
+        finally:
+            other.close()
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "out" / "a.bin").read_bytes() == body
         assert (tmp_path / "out" / "b.bin").read_bytes() == body
-        assert server.bytes_sent - sent <= 2 * len(body) - kept + (1 << 20)  # a.bin went on
+        assert server.bytes_sent - sent <= len(body) - kept + (1 << 20)  # a.bin went on
     finally:
         server.close()
 

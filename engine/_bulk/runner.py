@@ -111,16 +111,20 @@ class _Lean:
 
     __slots__ = ("body", "curl", "path", "rated", "since", "sum", "timer", "tries", "url")
 
+    curl: Any
+    body: bytearray
+    timer: asyncio.TimerHandle | None
+    rated: bool
+    """Attached to the downloader's rate budget."""
+    since: float
+    """When the first of the failures in a row happened."""
+
     def __init__(self, url: str, path: str, checksum: str | None) -> None:
+        # the other fields are set by _send (and since by _retry): a file pays for each
         self.url = url
         self.path = path
         self.sum = checksum
         self.tries = 0
-        self.since = 0.0
-        self.curl: Any = None
-        self.body = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
-        self.rated = False  # attached to the downloader's rate budget
 
 
 class Runner:
@@ -150,12 +154,13 @@ class Runner:
         self._timer: asyncio.TimerHandle | None = None
         self._filer = filer()
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the run ---------------------------------------------------------------------
     async def run(self) -> None:
         """Every file to its end; cancelled (Ctrl-C): transfers dropped, operations
         paused, rows written."""
-        loop = running_loop()
+        loop = self._loop = running_loop()
         self._done = loop.create_future()
         self._multi = new_multi(max_total=max(64, self._parallel * 2), max_host=self._parallel)
         self._timer = loop.call_later(_FLUSH_EVERY, self._tick)
@@ -196,6 +201,7 @@ class Runner:
         if self._stopped:
             return
         lean = self.hooks.lean
+        new, job = self.table.new, self.table.job
         while self._more and self._busy < self._parallel and self._writing < 4 * self._parallel:
             item = next(self._items, None)
             if item is None:
@@ -206,7 +212,7 @@ class Runner:
                 self.table.add(path, url, checksum, CANCELED)
                 self.canceled += 1
                 continue
-            self.table.add(path, url, checksum, _RUNNING)
+            new.append((job, path, url, checksum, _RUNNING))
             self._busy += 1
             if op is None and not sources and lean and url.startswith(_WEB):
                 f = _Lean(url, path, checksum)
@@ -222,6 +228,7 @@ class Runner:
     # -- the lean path -----------------------------------------------------------------
     def _send(self, f: _Lean) -> None:
         f.timer = None
+        f.rated = False
         url = f.url
         https = url[4] == "s"
         if self._free and self._free[-1].bgt_https is https:
@@ -284,13 +291,13 @@ class Runner:
         if f.sum is not None and not self._matches(f):
             return
         try:
-            written = self._filer.start(-1, f.path, body, 0, durable=self._durable)
+            written = self._filer.start(-1, f.path, body, 0, durable=self._durable, loop=self._loop)
         except TransferError as refused:
             self._fail(f, refused)
             return
         self._busy -= 1  # the slot's connection is free while the filer writes
         self._writing += 1
-        written.add_done_callback(functools.partial(self._written, f))
+        written.add_done_callback(functools.partial(self._written, f, len(body)))
         self._fill()
 
     def _matches(self, f: _Lean) -> bool:
@@ -304,16 +311,16 @@ class Runner:
         self._fail(f, IntegrityError(f"{f.path}: {algo} is {got}, expected {digest}"))
         return False
 
-    def _written(self, f: _Lean, written: asyncio.Future[None]) -> None:
-        self._writing -= 1
-        del self._flying[f.path]
-        size = len(f.body)
-        f.body = bytearray()
+    def _written(self, f: _Lean, size: int, written: asyncio.Future[None]) -> None:
+        writing = self._writing
+        self._writing = writing - 1
+        path = f.path
+        del self._flying[path]
         exc = None if written.cancelled() else written.exception()
         if exc is None:
             self.downloaded += 1
             self.size += size
-            self.table.change(f.path, _COMPLETED, size)
+            self.table.changed.append((_COMPLETED, size, None, None, self.table.job, path))
         else:
             err = exc if isinstance(exc, TransferError) else TransportError(str(exc))
             self.failed.append(Failure(f.path, f.url, err, None))
@@ -321,7 +328,8 @@ class Runner:
         ended = self.hooks.ended
         if ended is not None:
             ended(size, exc is None)
-        self._fill()
+        if writing >= 4 * self._parallel or not self._more:  # else _ended pulled already
+            self._fill()
 
     def _retry(self, f: _Lean, err: TransferError, retry_after: float | None) -> None:
         """Back off (exponential, jittered, Retry-After honoured), or fail after
@@ -348,7 +356,6 @@ class Runner:
     def _lean_over(self, f: _Lean, status: int, error: str | None = None) -> None:
         """``f`` ended without a file (failed or cancelled): its slot is free."""
         del self._flying[f.path]
-        f.body = bytearray()
         if status == CANCELED:
             self.canceled += 1
         self.table.change(f.path, status, 0, error)

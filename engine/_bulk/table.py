@@ -47,6 +47,8 @@ _UPDATE = (
     "WHERE job = ? AND result_file = ?"
 )
 _BATCH = 512
+"""Rows a batch: ``add`` and ``change`` write one when it is full (a driver that
+appends itself is flushed by its ticks)."""
 
 _made: set[int] = set()
 
@@ -60,14 +62,17 @@ class JobTable:
         if id(store) not in _made:  # a store lives as long as the process
             store.add_schema(_SCHEMA)
             _made.add(id(store))
-        self._new: list[tuple[Any, ...]] = []
-        self._changed: list[tuple[Any, ...]] = []
+        self.new: list[tuple[Any, ...]] = []
+        """Rows to insert: (job, result_file, uri, checksum, status)."""
+        self.changed: list[tuple[Any, ...]] = []
+        """Changes to write: (status, size, error, guid, job, result_file).  A driver
+        appends to both lists itself (a call a file cost more than the append)."""
         self._lock = threading.Lock()  # held by flush: a later batch never overtakes
 
     def add(self, path: str, url: str, checksum: str | None, status: int) -> None:
         """A file read from the list (written with the next batch)."""
-        self._new.append((self.job, path, url, checksum, status))
-        if len(self._new) >= _BATCH:
+        self.new.append((self.job, path, url, checksum, status))
+        if len(self.new) >= _BATCH:
             self.flush()
 
     def change(
@@ -79,8 +84,8 @@ class JobTable:
         guid: str | None = None,
     ) -> None:
         """A file's new status (written with the next batch)."""
-        self._changed.append((status, size, error, guid, self.job, path))
-        if len(self._changed) >= _BATCH:
+        self.changed.append((status, size, error, guid, self.job, path))
+        if len(self.changed) >= _BATCH:
             self.flush()
 
     def flush(self) -> None:
@@ -88,12 +93,12 @@ class JobTable:
         adds rows (on the engine thread), only that thread flushes: a row appended
         to a batch another thread had taken would be lost."""
         with self._lock:  # held while writing: a later batch never overtakes this one
-            new, self._new = self._new, []
-            changed, self._changed = self._changed, []
-            if new:
-                self.store.write_many(_UPSERT, new)
-            if changed:
-                self.store.write_many(_UPDATE, changed)
+            if self.new:
+                self.store.write_many(_UPSERT, self.new)
+                self.new.clear()
+            if self.changed:
+                self.store.write_many(_UPDATE, self.changed)
+                self.changed.clear()
 
     def cancel(self, path: str) -> None:
         """Mark one file cancelled now, read from the list yet or not (a row with no
@@ -126,6 +131,6 @@ class JobTable:
     def forget(self) -> None:
         """Drop the job's rows (``BulkDownload.forget``)."""
         with self._lock:
-            self._new.clear()
-            self._changed.clear()
+            self.new.clear()
+            self.changed.clear()
         self.store.write_many("DELETE FROM bulk_files WHERE job = ?", [(self.job,)])
