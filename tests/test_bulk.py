@@ -68,6 +68,10 @@ def test_mirror_killed_in_a_5000_file_run_fetches_no_complete_file_twice(
     assert len(complete) < len(names), "the mirror ended before it could be killed"
     for name in complete:
         assert (out / name).read_bytes() == (served / name).read_bytes(), name
+    job = BackgroundDownloader(state_dir=state).create_downloads((), job=f"mirror:{out}")
+    listed = job.files()  # the killed run's rows: files it read, each with its state
+    assert listed
+    assert {f.result_file.name for f in listed if f.status is S.COMPLETED} <= complete
     before = _gets(nginx, start)
     again = _log_size(nginx)
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -82,6 +86,7 @@ def test_mirror_killed_in_a_5000_file_run_fetches_no_complete_file_twice(
         assert before[path] == 1, name
         assert rerun[path] == 0, name
     assert all(count == 1 for count in rerun.values())
+    assert job.files() == []  # all complete: the job's rows are forgotten
 
 
 def test_a_large_file_of_a_mirror_is_promoted_to_ranged_requests(

@@ -18,8 +18,8 @@ lie), its body has the length it announced and matches the expected checksum.  A
 response longer than the first request (libcurl's MAXFILESIZE stops it, announced
 or not) promotes the file: a full ``DownloadOperation`` takes it over, with ranged
 connections, a control file and a bitmap.  Files with several sources, FTP and SFTP
-URLs, and operations found unfinished in the state directory go that way from the
-start.  Transient failures (a refused or broken connection, 408, 429, 5xx) are
+URLs, operations found unfinished in the state directory and control files to
+continue go that way from the start.  Transient failures (a refused or broken connection, 408, 429, 5xx) are
 tried again after a jittered exponential back-off, ``config.retries`` times; then,
 as every other failure, the file fails alone and the job goes on.
 """
@@ -54,6 +54,8 @@ _WRITE, _MAX, _URL = pycurl.WRITEFUNCTION, pycurl.MAXFILESIZE_LARGE, pycurl.URL
 _TOO_BIG = pycurl.E_FILESIZE_EXCEEDED
 _WEB = ("http://", "https://")
 """URLs the lean path takes (any other case or scheme goes to a full operation)."""
+_BATCH = 256
+"""Rows pending before they are written (else every ``_FLUSH_EVERY`` seconds)."""
 _FLUSH_EVERY = 0.5
 """Seconds between writes of the job's pending rows while it runs."""
 
@@ -214,12 +216,14 @@ class Runner:
                 continue
             new.append((job, path, url, checksum, _RUNNING))
             self._busy += 1
-            if op is None and not sources and lean and url.startswith(_WEB):
+            if op is None and not sources and lean and not found and url.startswith(_WEB):
                 f = _Lean(url, path, checksum)
                 self._flying[path] = f
                 self._send(f)
             else:
                 self._full(url, path, checksum, sources, op, found)
+        if len(new) >= _BATCH or len(self.table.changed) >= _BATCH:
+            self.table.flush()  # rows are written as they are read, a batch at a time
         if not self._busy and not self._more and not self._writing:
             done = self._done
             if done is not None and not done.done():

@@ -331,6 +331,8 @@ def mirror_files(
         shown.finished(done.downloaded + done.skipped, seen[0])
     finally:
         shown.close()
+    if not done.failed and not refused and not bulk.paused:
+        bulk.forget()  # every file is under its name: nothing left to list or resume
     return Mirrored(done.downloaded, done.size, done.skipped, done.failed, refused)
 
 
