@@ -303,13 +303,13 @@ class BackgroundDownloader:
             and self.transfer_group is None
             and s.completion_group is None
             and self.cost_policy is BackgroundTransferCostPolicy.DEFAULT
+            and not s.budget.limited()
         )
         hooks = Hooks(
             create=lambda uri, path, sources: self.create_download(uri, path, sources=sources),
             config=s.config,
             headers=[f"{k}: {v}" for k, v in self._headers],
             request=request,
-            budget=s.budget,
             lean=lean,
             progress=progress,
             watch=watch,

@@ -19,9 +19,10 @@ response longer than the first request (libcurl's MAXFILESIZE stops it, announce
 or not) promotes the file: a full ``DownloadOperation`` takes it over, with ranged
 connections, a control file and a bitmap.  Files with several sources, FTP and SFTP
 URLs, operations found unfinished in the state directory and control files to
-continue go that way from the start.  Transient failures (a refused or broken connection, 408, 429, 5xx) are
-tried again after a jittered exponential back-off, ``config.retries`` times; then,
-as every other failure, the file fails alone and the job goes on.
+continue go that way from the start.  Transient failures (a refused or broken
+connection, 408, 429, 5xx) are tried again after a jittered exponential back-off,
+``config.retries`` times; then, as every other failure, the file fails alone and the
+job goes on.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import pycurl
 from engine._bulk.table import CANCELED, JobTable
 from engine._disk.checksum import new_hash, parse
 from engine._disk.files import filer
-from engine._net.ratelimit import Budget
 from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
 from engine._runtime.loop import running_loop
 from engine.config import TransferConfig
@@ -85,9 +85,10 @@ class Hooks(NamedTuple):
     config: TransferConfig
     headers: list[str]
     request: RequestOptions | None
-    budget: Budget
     lean: bool
-    """Whether small files may take the lean path at all (a plain GET downloader)."""
+    """Whether small files may take the lean path at all (a plain GET downloader
+    under no rate limit: a limited one's files are full operations, whose transfers
+    its budget paces)."""
     progress: Callable[[DownloadOperation], None] | None = None
     watch: Callable[[DownloadOperation], None] | None = None
     ended: Callable[[int, bool], None] | None = None
@@ -111,13 +112,11 @@ def go_on(op: DownloadOperation, progress: Any) -> None:
 class _Lean:
     """A small file in flight."""
 
-    __slots__ = ("body", "curl", "path", "rated", "since", "sum", "timer", "tries", "url")
+    __slots__ = ("body", "curl", "path", "since", "sum", "timer", "tries", "url")
 
     curl: Any
     body: bytearray
     timer: asyncio.TimerHandle | None
-    rated: bool
-    """Attached to the downloader's rate budget."""
     since: float
     """When the first of the failures in a row happened."""
 
@@ -232,7 +231,6 @@ class Runner:
     # -- the lean path -----------------------------------------------------------------
     def _send(self, f: _Lean) -> None:
         f.timer = None
-        f.rated = False
         url = f.url
         https = url[4] == "s"
         if self._free and self._free[-1].bgt_https is https:
@@ -246,10 +244,6 @@ class Runner:
             curl.bgt_https = https
         body = f.body = bytearray()
         curl.setopt(_WRITE, body.extend)
-        budget = self.hooks.budget
-        if budget.limited():
-            budget.attach(curl)
-            f.rated = True
         f.curl = curl
         self._multi.add_handle(curl).add_done_callback(functools.partial(self._ended, f))
 
@@ -260,9 +254,6 @@ class Runner:
             return
         status = curl.getinfo(_CODE)
         length = curl.getinfo(_LENGTH)
-        if f.rated:
-            f.rated = False
-            self.hooks.budget.detach(curl)
         self._free.append(curl)
         if transfer.cancelled():
             self._lean_over(f, CANCELED)
