@@ -152,13 +152,16 @@ class MirrorView(FileView):
         self._completed = already  # complete before the command: skipped
         self._failed = 0
         self._lean = [0, 0]  # small files ended (no operation), and their bytes
+        self._listed = files > 0  # else the list is streamed: its length comes at its end
         self._total = None
         if self._progress is not None:
-            self._total = self._progress.add_task(f"{files} files", total=None, extra=self._count())
+            shown = f"{files} files" if files else "files"
+            self._total = self._progress.add_task(shown, total=None, extra=self._count())
 
     def _count(self) -> str:
         failed = f", {self._failed} failed" if self._failed else ""
-        return f"{self._completed}/{self._files} done{failed}"
+        files = self._files if self._listed else "?"
+        return f"{self._completed}/{files} done{failed}"
 
     def update(self, op: DownloadOperation) -> None:
         if self._progress is None or self._total is None:
@@ -181,7 +184,7 @@ class MirrorView(FileView):
                 self._live[op.guid] = p.bytes_received
             done = self._done_bytes + sum(self._live.values())
             count = self._count()
-            known = len(self._sizes) + self._lean[0] >= self._to_fetch
+            known = self._listed and len(self._sizes) + self._lean[0] >= self._to_fetch
             total = sum(self._sizes.values()) + self._lean[1] if known else None
         if p.status not in ENDED:
             super().update(op)
@@ -201,7 +204,7 @@ class MirrorView(FileView):
                 self._failed += 1
             done = self._done_bytes + sum(self._live.values())
             count = self._count()
-            known = len(self._sizes) + self._lean[0] >= self._to_fetch
+            known = self._listed and len(self._sizes) + self._lean[0] >= self._to_fetch
             total = sum(self._sizes.values()) + self._lean[1] if known else None
         self._progress.update(self._total, completed=done, total=total, extra=count)
 
@@ -219,6 +222,9 @@ class MirrorView(FileView):
         with self._lock:
             self._to_fetch += files - self._files
             self._files = files
+            self._listed = True
+        if self._progress is not None and self._total is not None:
+            self._progress.update(self._total, description=f"{files} files")
 
     def finished(self, completed: int, files: int) -> None:
         if self._progress is not None and self._total is not None:
