@@ -298,3 +298,40 @@ def test_a_bulk_job_reads_its_entries_lazily(nginx: Nginx, tmp_path: Path) -> No
     assert result.downloaded == 200
     assert first_done_at
     assert first_done_at[0] < 100
+
+
+def test_a_long_list_is_mirrored_as_it_is_read(tmp_path: Path) -> None:
+    """A list over 1 MiB is streamed: with -j 1, its first file is requested before
+    the list's last line (a bad one, told as it is read) has been read."""
+    release = threading.Event()
+    server = FaultServer(os.urandom(1000))
+    seen: list[str] = []
+
+    def hold_first(handler: FaultHandler, send_body: bool) -> bool:
+        seen.append(handler.path)
+        if handler.path.endswith("?first"):
+            release.wait(60)
+        return False
+
+    server.script = hold_first
+    padding = "# padding\n" * 120_000  # 1.2 MB of comments between the two lines
+    (tmp_path / "list.txt").write_text(
+        f"{server.url}?first first.bin\n{padding}{server.url}?second second.bin\nnot-a-url\n"
+    )
+    err = (tmp_path / "err.txt").open("w")
+    command = argv("mirror", "-q", "-i", "list.txt", "-d", "out", "-j", "1")
+    proc = subprocess.Popen(
+        [*command, "--state-dir", str(tmp_path / "s")], cwd=tmp_path, stderr=err
+    )
+    try:
+        wait_for(lambda: "/file.bin?first" in seen)
+        told_before = (tmp_path / "err.txt").read_text()
+    finally:
+        release.set()
+        assert proc.wait(60) == 1  # the bad line
+        err.close()
+        server.close()
+    assert "not-a-url" not in told_before
+    assert "list.txt:120003" in (tmp_path / "err.txt").read_text()
+    assert (tmp_path / "out" / "first.bin").read_bytes() == server.body
+    assert (tmp_path / "out" / "second.bin").read_bytes() == server.body

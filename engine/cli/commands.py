@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ from engine._disk.core import CONTROL_SUFFIX
 from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
-from engine.cli.login import credential, hosts_under_way, with_limits
+from engine.cli.login import credential, hosts_under_way, netrc_file_of, with_limits
 from engine.cli.names import BadLine, Entry, iter_list, output_path, split_login
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 from engine.cli.words import describe, say
@@ -192,34 +193,31 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     check_folder(target)  # before anything is made, read or removed in it
     if os.path.lexists(target) and not os.path.isdir(target):
         raise InvalidRequestError(f"{target}: not a directory")
-    entries: list[Entry] = []
-    bad = 0
-    for item in iter_list(args.input):  # each bad line told as it is read
-        if isinstance(item, BadLine):
-            say(item.message)
-            bad += 1
-        else:
-            entries.append(item)
-    if not entries:
-        if bad:
-            return 1
-        raise InvalidRequestError(f"{args.input}: no URL in the list")
-    logins: list[tuple[str, str]] = []  # those the URLs carried
-    for i, entry in enumerate(entries):
-        split = [split_login(u) for u in (entry.url, *entry.mirrors)]
-        found = [login for _, login in split if login is not None]
-        if found:
-            urls = [u for u, _ in split]
-            entries[i] = dataclasses.replace(entry, url=urls[0], mirrors=tuple(urls[1:]))
-            logins.extend(found)
     if getattr(args, "host_connections", None) is not None and not args.cluster:
         raise InvalidRequestError("--host-connections goes with --cluster")
-    if getattr(args, "cluster", None):
-        if on_cluster is None:
-            raise InvalidRequestError("--cluster is not available here")
-        return on_cluster(args, entries, logins) or (1 if bad else 0)  # bad lines: 1 too
+    items = iter_list(args.input)  # each bad line told as it is read
+    bad = [0]
+    entries: Iterable[Entry]
+    if getattr(args, "cluster", None) or _read_whole(args):
+        entries, logins = _whole(items, bad)
+        empty = not entries
+        if getattr(args, "cluster", None):
+            if on_cluster is None:
+                raise InvalidRequestError("--cluster is not available here")
+            return on_cluster(args, entries, logins) or (1 if bad[0] else 0)  # bad lines: 1
+        hosts: Iterable[str] = (host_of(entry.url) for entry in entries)
+    else:  # streamed: the first file starts at once, and no line is kept
+        stream = _good(items, bad)
+        first = next(stream, None)
+        empty = first is None
+        entries = [] if first is None else itertools.chain([first], stream)
+        logins, hosts = [], ()
+    if empty:
+        if bad[0]:
+            return 1
+        raise InvalidRequestError(f"{args.input}: no URL in the list")
     os.makedirs(target, exist_ok=True)
-    d = downloader(args, logins, (host_of(entry.url) for entry in entries))
+    d = downloader(args, logins, hosts)
     started = time.monotonic()
     done = mirror_files(
         d, entries, target, args.parallel, lambda n, skipped: MirrorView(args.quiet, n, skipped)
@@ -229,7 +227,7 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     took = time.monotonic() - started
     print(
         f"{count} downloaded, {skipped} already complete, {len(failed) + len(refused)} failed"
-        f"{f', {bad} bad {lines(bad)}' if bad else ''}; "
+        f"{f', {bad[0]} bad {lines(bad[0])}' if bad[0] else ''}; "
         f"{size / 1e6:.1f} MB in {took:.1f} s ({size / max(took, 1e-9) / 1e6:.0f} MB/s)",
         file=sys.stderr,
     )
@@ -240,13 +238,65 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
         name = os.path.basename(failure.result_file)
         about = "" if failure.result_file in detail else f"{name}: "
         say(f"{about}{detail}")
-    if bad:
-        say(f"{bad} bad {lines(bad)} in {args.input} skipped (see above)")
-    return 1 if failed or refused or bad else 0
+    if bad[0]:
+        say(f"{bad[0]} bad {lines(bad[0])} in {args.input} skipped (see above)")
+    return 1 if failed or refused or bad[0] else 0
 
 
 def lines(count: int) -> str:
     return "line" if count == 1 else "lines"
+
+
+_WHOLE = 1 << 20
+"""Bytes of a list read whole before the first file (some 15,000 lines, parsed in
+a few tens of milliseconds); a longer one is streamed."""
+
+
+def _read_whole(args: argparse.Namespace) -> bool:
+    """Whether the list is read whole before the first file: a short one (its count is
+    shown from the start), from standard input, with a netrc file (its login is of the
+    list's hosts), or when a URL may carry a login (one a command: every line must be
+    seen first).  A file is scanned for an ``@`` in blocks, at the speed of the disk,
+    not parsed."""
+    if args.input == "-" or netrc_file_of(args) is not None:
+        return True
+    try:
+        if os.path.getsize(args.input) <= _WHOLE:
+            return True
+        with open(args.input, "rb") as fh:
+            while block := fh.read(1 << 20):
+                if b"@" in block:
+                    return True
+    except OSError:
+        return True  # iter_list has opened it already: it says what is wrong
+    return False
+
+
+def _whole(
+    items: Iterable[Entry | BadLine], bad: list[int]
+) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Every entry of the list, the logins their URLs carried taken out of them."""
+    entries: list[Entry] = []
+    logins: list[tuple[str, str]] = []  # those the URLs carried
+    for entry in _good(items, bad):
+        split = [split_login(u) for u in (entry.url, *entry.mirrors)]
+        found = [login for _, login in split if login is not None]
+        if found:
+            urls = [u for u, _ in split]
+            entry = dataclasses.replace(entry, url=urls[0], mirrors=tuple(urls[1:]))
+            logins.extend(found)
+        entries.append(entry)
+    return entries, logins
+
+
+def _good(items: Iterable[Entry | BadLine], bad: list[int]) -> Iterator[Entry]:
+    """The entries of the list; each bad line told (and counted in ``bad[0]``)."""
+    for item in items:
+        if isinstance(item, BadLine):
+            say(item.message)
+            bad[0] += 1
+        else:
+            yield item
 
 
 @dataclasses.dataclass

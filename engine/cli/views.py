@@ -223,8 +223,9 @@ class MirrorView(FileView):
             self._to_fetch += files - self._files
             self._files = files
             self._listed = True
+            count = self._count()
         if self._progress is not None and self._total is not None:
-            self._progress.update(self._total, description=f"{files} files")
+            self._progress.update(self._total, description=f"{files} files", extra=count)
 
     def finished(self, completed: int, files: int) -> None:
         if self._progress is not None and self._total is not None:
