@@ -335,3 +335,24 @@ def test_a_long_list_is_mirrored_as_it_is_read(tmp_path: Path) -> None:
     assert "list.txt:120003" in (tmp_path / "err.txt").read_text()
     assert (tmp_path / "out" / "first.bin").read_bytes() == server.body
     assert (tmp_path / "out" / "second.bin").read_bytes() == server.body
+
+
+def test_a_streamed_list_keeps_one_login_a_command(nginx: Nginx, tmp_path: Path) -> None:
+    """From standard input (streamed), the first line's login is the command's: a
+    later line whose URL carries another is a bad line, the rest are mirrored."""
+    (nginx.www / "login1.bin").write_bytes(b"one" * 100)
+    (nginx.www / "login2.bin").write_bytes(b"two" * 100)
+    base = nginx.url("").removeprefix("http://")
+    listed = f"http://u:p@{base}login1.bin\nhttp://v:q@{base}login2.bin\n{nginx.url('small.bin')}\n"
+    done = subprocess.run(
+        [*argv("mirror", "-q", "-i", "-", "-d", "out"), "--state-dir", str(tmp_path / "s")],
+        cwd=tmp_path,
+        input=listed,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "-:2: its URL carries a login other than the first line's" in done.stderr
+    assert "q@" not in done.stderr  # the password is never told
+    assert sorted(os.listdir(tmp_path / "out")) == ["login1.bin", "small.bin"]

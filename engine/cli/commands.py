@@ -34,8 +34,9 @@ from engine._disk.core import CONTROL_SUFFIX
 from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
-from engine.cli.login import credential, hosts_under_way, netrc_file_of, with_limits
-from engine.cli.names import BadLine, Entry, iter_list, output_path, split_login
+from engine.cli.login import credential, hosts_under_way, with_limits
+from engine.cli.names import Entry, iter_list, output_path, split_login
+from engine.cli.streamed import good, one_login, read_whole, unlogged, whole
 from engine.cli.views import LOOK_EVERY, FileView, MirrorView, Waits
 from engine.cli.words import describe, say
 from engine.config import TransferConfig
@@ -198,20 +199,26 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
     items = iter_list(args.input)  # each bad line told as it is read
     bad = [0]
     entries: Iterable[Entry]
-    if getattr(args, "cluster", None) or _read_whole(args):
-        entries, logins = _whole(items, bad)
+    hosts: Iterable[str] = ()
+    if getattr(args, "cluster", None) or read_whole(args):
+        entries, logins = whole(items, bad)
         empty = not entries
-        if getattr(args, "cluster", None):
+        if getattr(args, "cluster", None) and not empty:
             if on_cluster is None:
                 raise InvalidRequestError("--cluster is not available here")
             return on_cluster(args, entries, logins) or (1 if bad[0] else 0)  # bad lines: 1
-        hosts: Iterable[str] = (host_of(entry.url) for entry in entries)
+        hosts = (host_of(entry.url) for entry in entries)
     else:  # streamed: the first file starts at once, and no line is kept
-        stream = _good(items, bad)
+        stream = good(items, bad)
         first = next(stream, None)
         empty = first is None
-        entries = [] if first is None else itertools.chain([first], stream)
-        logins, hosts = [], ()
+        entries, logins = [], []
+        if first is not None:
+            first, login = unlogged(first)
+            logins = [login] if login is not None else []
+            ignored = getattr(args, "user", None) is not None  # -u wins, as for a whole list
+            rest = one_login(stream, login, bad, args.input, ignored)
+            entries = itertools.chain([first], rest)
     if empty:
         if bad[0]:
             return 1
@@ -245,58 +252,6 @@ def mirror(args: argparse.Namespace, on_cluster: Distribute | None = None) -> in
 
 def lines(count: int) -> str:
     return "line" if count == 1 else "lines"
-
-
-_WHOLE = 1 << 20
-"""Bytes of a list read whole before the first file (some 15,000 lines, parsed in
-a few tens of milliseconds); a longer one is streamed."""
-
-
-def _read_whole(args: argparse.Namespace) -> bool:
-    """Whether the list is read whole before the first file: a short one (its count is
-    shown from the start), from standard input, with a netrc file (its login is of the
-    list's hosts), or when a URL may carry a login (one a command: every line must be
-    seen first).  A file is scanned for an ``@`` in blocks, at the speed of the disk,
-    not parsed."""
-    if args.input == "-" or netrc_file_of(args) is not None:
-        return True
-    try:
-        if os.path.getsize(args.input) <= _WHOLE:
-            return True
-        with open(args.input, "rb") as fh:
-            while block := fh.read(1 << 20):
-                if b"@" in block:
-                    return True
-    except OSError:
-        return True  # iter_list has opened it already: it says what is wrong
-    return False
-
-
-def _whole(
-    items: Iterable[Entry | BadLine], bad: list[int]
-) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """Every entry of the list, the logins their URLs carried taken out of them."""
-    entries: list[Entry] = []
-    logins: list[tuple[str, str]] = []  # those the URLs carried
-    for entry in _good(items, bad):
-        split = [split_login(u) for u in (entry.url, *entry.mirrors)]
-        found = [login for _, login in split if login is not None]
-        if found:
-            urls = [u for u, _ in split]
-            entry = dataclasses.replace(entry, url=urls[0], mirrors=tuple(urls[1:]))
-            logins.extend(found)
-        entries.append(entry)
-    return entries, logins
-
-
-def _good(items: Iterable[Entry | BadLine], bad: list[int]) -> Iterator[Entry]:
-    """The entries of the list; each bad line told (and counted in ``bad[0]``)."""
-    for item in items:
-        if isinstance(item, BadLine):
-            say(item.message)
-            bad[0] += 1
-        else:
-            yield item
 
 
 @dataclasses.dataclass
