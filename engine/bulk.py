@@ -13,6 +13,7 @@ to a full operation.  ``bgtransfer mirror`` is built on it.  See docs/api.md.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,7 @@ from engine._bulk.plan import already_complete
 from engine._bulk.runner import Failure, Hooks, Runner, Todo
 from engine._bulk.table import JobTable
 from engine._runtime.loop import engine_here, engine_loop, run
+from engine._state.oplock import OpLock
 from engine._state.store import Store
 from engine.errors import InvalidRequestError, InvalidStateError
 from engine.operation import DownloadOperation
@@ -32,6 +34,13 @@ if TYPE_CHECKING:
     from engine.downloader import BackgroundDownloader
 
 _COMPLETED = BackgroundTransferStatus.COMPLETED.value
+
+
+def _lock_key(job: str) -> str:
+    """The job's place in the state directory's lock file, as an operation's guid."""
+    return hashlib.sha256(f"bulk job {job}".encode()).hexdigest()[:32]
+
+
 T = TypeVar("T")
 
 __all__ = ["BulkDownload", "BulkEntry", "BulkFile", "BulkResult", "Failure"]
@@ -138,6 +147,15 @@ class BulkDownload:
             return await asyncio.wrap_future(engine_loop().submit(self.run_async(planned)))
         if self._runner is not None:
             raise InvalidStateError(f"bulk job {self.job!r} is running already")
+        lock = OpLock(self._table.store.state_dir, _lock_key(self.job))
+        if not lock.acquire():  # two runs would race on the same partial files
+            raise InvalidStateError(f"bulk job {self.job!r} is running in another process")
+        try:
+            return await self._run(planned)
+        finally:
+            lock.release()
+
+    async def _run(self, planned: Iterator[Todo] | None) -> BulkResult:
         self._skipped = self._left = 0
         todo = self._plan() if planned is None else planned
         runner = self._runner = Runner(self._hooks, self._table, todo, self._parallel)

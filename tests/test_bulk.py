@@ -356,3 +356,32 @@ def test_a_streamed_list_keeps_one_login_a_command(nginx: Nginx, tmp_path: Path)
     assert "-:2: its URL carries a login other than the first line's" in done.stderr
     assert "q@" not in done.stderr  # the password is never told
     assert sorted(os.listdir(tmp_path / "out")) == ["login1.bin", "small.bin"]
+
+
+def test_a_second_run_of_a_mirror_in_progress_is_refused(tmp_path: Path) -> None:
+    """The same mirror started again while one runs (same folder and state) is
+    refused with a word: two runs would race on the same partial files."""
+    release = threading.Event()
+    server = FaultServer(os.urandom(1000))
+    seen: list[str] = []
+
+    def hold(handler: FaultHandler, send_body: bool) -> bool:
+        seen.append(handler.path)
+        release.wait(60)
+        return False
+
+    server.script = hold
+    (tmp_path / "list.txt").write_text(f"{server.url}?a a.bin\n{server.url}?b b.bin\n")
+    command = [*argv("mirror", "-q", "-i", "list.txt", "-d", "out"), "--state-dir", "s"]
+    first = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(seen) >= 1)
+        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        release.set()
+        _, err = first.communicate(timeout=60)
+        server.close()
+    assert second.returncode != 0
+    assert "is running in another process" in second.stderr
+    assert first.returncode == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.bin", "b.bin"]
