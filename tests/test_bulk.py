@@ -385,3 +385,25 @@ def test_a_second_run_of_a_mirror_in_progress_is_refused(tmp_path: Path) -> None
     assert "is running in another process" in second.stderr
     assert first.returncode == 0, err
     assert sorted(os.listdir(tmp_path / "out")) == ["a.bin", "b.bin"]
+
+
+def test_a_list_that_fails_mid_run_ends_the_run_with_its_error(
+    nginx: Nginx, tmp_path: Path
+) -> None:
+    """An entries iterable that raises ends the run with that error (no hang), and
+    leaves only complete files under their names."""
+    (nginx.www / "midrun.bin").write_bytes(b"m" * 5000)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def entries() -> Iterator[BulkEntry]:
+        for i in range(50):
+            yield BulkEntry(nginx.url("midrun.bin"), out / f"m{i}.bin")
+        raise ValueError("the list broke off")
+
+    d = BackgroundDownloader(state_dir=tmp_path / "s")
+    with pytest.raises(ValueError, match="the list broke off"):
+        d.create_downloads(entries(), parallel=4).run()
+    for name in os.listdir(out):
+        assert name.endswith(".bin")
+        assert (out / name).read_bytes() == b"m" * 5000

@@ -39,6 +39,7 @@ from engine._bulk.table import CANCELED, JobTable
 from engine._disk.checksum import new_hash, parse
 from engine._disk.files import filer
 from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
+from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
 from engine.config import TransferConfig
 from engine.errors import IntegrityError, TransferCanceled, TransferError, TransportError
@@ -139,7 +140,10 @@ class Runner:
         self.failed: list[Failure] = []
         self.canceled = 0
         self._items = items
-        self._parallel = parallel
+        # a socket and the loop's duplicate of it a transfer: never more than the
+        # descriptors allow (engine._runtime.descriptors), files wait for a slot instead
+        self._sockets = budget().requests
+        self._parallel = max(1, min(parallel, self._sockets // 2))
         self._busy = 0  # slots taken: transfers, back-offs and full operations
         self._writing = 0  # bodies handed to the filer, not written yet
         self._more = True
@@ -163,7 +167,8 @@ class Runner:
         paused, rows written."""
         loop = self._loop = running_loop()
         self._done = loop.create_future()
-        self._multi = new_multi(max_total=max(64, self._parallel * 2), max_host=self._parallel)
+        total = min(max(64, self._parallel * 2), self._sockets)
+        self._multi = new_multi(max_total=total, max_host=self._parallel)
         self._timer = loop.call_later(_FLUSH_EVERY, self._tick)
         looking = None
         if self.hooks.look is not None:
@@ -171,7 +176,7 @@ class Runner:
         try:
             self._fill()
             await self._done
-        except asyncio.CancelledError:
+        except BaseException:  # Ctrl-C, or the list failed: nothing more starts
             self._stop()
             raise
         finally:
@@ -186,7 +191,7 @@ class Runner:
         f = self._flying.get(path)
         if f is not None:
             if f.curl is not None:
-                self._multi.remove_handle(f.curl)  # its end sees the future cancelled
+                self._drop(f.curl)  # its end sees the future cancelled
             elif f.timer is not None:
                 f.timer.cancel()
                 self._lean_over(f, CANCELED)
@@ -204,7 +209,12 @@ class Runner:
         lean = self.hooks.lean
         new, job = self.table.new, self.table.job
         while self._more and self._busy < self._parallel and self._writing < 4 * self._parallel:
-            item = next(self._items, None)
+            try:
+                item = next(self._items, None)
+            except Exception as exc:  # the caller's list failed (unreadable, say): the run ends
+                self._more = False
+                self._end(exc)
+                return
             if item is None:
                 self._more = False
                 break
@@ -224,9 +234,15 @@ class Runner:
         if len(new) >= _BATCH or len(self.table.changed) >= _BATCH:
             self.table.flush()  # rows are written as they are read, a batch at a time
         if not self._busy and not self._more and not self._writing:
-            done = self._done
-            if done is not None and not done.done():
+            self._end(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            if exc is None:
                 done.set_result(None)
+            else:
+                done.set_exception(exc)
 
     # -- the lean path -----------------------------------------------------------------
     def _send(self, f: _Lean) -> None:
@@ -434,7 +450,7 @@ class Runner:
         self._stopped = True
         for f in self._flying.values():
             if f.curl is not None:
-                self._multi.remove_handle(f.curl)
+                self._drop(f.curl)
             if f.timer is not None:
                 f.timer.cancel()
         for task in self._tasks:
@@ -445,6 +461,13 @@ class Runner:
                     op.pause()
                 except TransferError:  # it ended meanwhile
                     pass
+
+    def _drop(self, curl: Any) -> None:
+        """Stop a transfer; one that ended already (its callback still to run) is let be."""
+        try:  # noqa: SIM105
+            self._multi.remove_handle(curl)
+        except RuntimeError:  # not registered any more: it ended meanwhile
+            pass
 
     def _close(self) -> None:
         for curl in self._free:
