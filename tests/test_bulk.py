@@ -266,7 +266,7 @@ def test_a_file_of_a_bulk_job_can_become_a_full_operation(nginx: Nginx, tmp_path
     again = bulk.run()
     assert again.downloaded == 1
     assert again.skipped == 1
-    assert op.status is S.COMPLETED
+    assert op.progress.status is S.COMPLETED
     assert (out / "op1.bin").read_bytes() == b"a" * 7000
     rows = {f.result_file.name: f for f in bulk.files()}
     assert rows["op1.bin"].guid == op.guid
