@@ -38,6 +38,7 @@ import pycurl
 from engine._bulk.table import CANCELED, JobTable
 from engine._disk.checksum import new_hash, parse
 from engine._disk.files import filer
+from engine._disk.tuning import Tuning
 from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
 from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
@@ -154,6 +155,7 @@ class Runner:
         self._free: list[Any] = []
         self._limit = hooks.config.first_request
         self._durable = hooks.config.durable
+        self._tuning = Tuning.of(hooks.config)
         self._multi: Any = None
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -302,7 +304,9 @@ class Runner:
         if f.sum is not None and not self._matches(f):
             return
         try:
-            written = self._filer.start(-1, f.path, body, 0, durable=self._durable, loop=self._loop)
+            written = self._filer.start(
+                -1, f.path, body, 0, durable=self._durable, tuning=self._tuning, loop=self._loop
+            )
         except TransferError as refused:
             self._fail(f, refused)
             return
