@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from engine._bulk.plan import already_complete
-from engine._bulk.runner import Failure, Hooks, Runner, Todo
+from engine._bulk.runner import Failure, Hooks, Runner, Todo, go_on
 from engine._bulk.table import JobTable
 from engine._runtime.loop import engine_here, engine_loop, run
 from engine._state.oplock import OpLock
@@ -43,7 +43,16 @@ def _lock_key(job: str) -> str:
 
 T = TypeVar("T")
 
-__all__ = ["BulkDownload", "BulkEntry", "BulkFile", "BulkResult", "Failure"]
+__all__ = [
+    "BulkDownload",
+    "BulkEntry",
+    "BulkFile",
+    "BulkResult",
+    "Failure",
+    "Todo",
+    "already_complete",
+    "go_on",
+]
 
 
 class BulkEntry(NamedTuple):

@@ -27,12 +27,11 @@ from engine import (
     InvalidRequestError,
     TransferError,
 )
-from engine._bulk.plan import already_complete
-from engine._bulk.runner import Failure, Todo, go_on
 from engine._disk.checksum import parse
 from engine._disk.core import CONTROL_SUFFIX
 from engine._disk.trusted import check_folder
 from engine._ops.validate import host_of
+from engine.bulk import Failure, Todo, already_complete, go_on
 from engine.cli.kept import by_result, expire, find, keep_seconds, point_at, unfinished
 from engine.cli.login import credential, hosts_under_way, with_limits
 from engine.cli.names import Entry, iter_list, output_path, split_login

@@ -24,7 +24,7 @@ from engine import (
     DownloadOperation,
     Durability,
 )
-from engine._bulk.plan import already_complete
+from engine.bulk import already_complete
 from engine.cli.commands import mirror_files
 from engine.cli.names import Entry
 from engine.cli.views import ENDED, MirrorView
