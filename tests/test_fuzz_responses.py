@@ -153,7 +153,10 @@ def test_any_lie_ends_byte_exact_or_in_a_typed_error(
     or it failed with a TransferError and left no file under the result's name."""
     run = next(_runs)
     result = tmp_path / f"out-{run}.bin"
-    op = _scripted(server, tmp_path / f"state-{run}", result, script)
+    # one state directory for every example (each has its own result file): the engine
+    # keeps a state directory's database open for the process's life, four descriptors
+    # an example, which hundreds of examples would leave to the tests that follow
+    op = _scripted(server, tmp_path / "state", result, script)
     try:
         op.start().wait(60)
     except TransferError:
