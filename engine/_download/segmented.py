@@ -40,6 +40,13 @@ from engine._disk.files import create_partial, filer
 from engine._disk.space import check_room
 from engine._disk.tuning import Tuning
 from engine._download.adaptive import Width
+from engine._download.checks import (
+    check_response,
+    missing_support,
+    refusal,
+    storable,
+    unsupported,
+)
 from engine._download.segments import Segments, Stop, Stream
 from engine._download.sources import Source, Sources
 from engine._download.tail import WASTE, Tail, ahead, overtake
@@ -53,7 +60,6 @@ from engine._net.transport import (
     configure,
     curl_error,
     file_time,
-    http_error,
     is_ftp,
     is_sftp,
     new_multi,
@@ -159,12 +165,6 @@ _KEPT_BLOCK = 16 << 10
 at most this much of what had arrived."""
 
 
-def _storable(validator: str | None, limit: int) -> str:
-    """A validator the control file can hold whole, else none: a cut one would never match."""
-    value = validator or ""
-    return value if len(value) <= limit and "\0" not in value else ""
-
-
 class SegmentedDownload:
     """Downloads ``url`` into ``result``; resumes what an earlier run left on disk."""
 
@@ -190,7 +190,7 @@ class SegmentedDownload:
     """Called just before a control file is made or found: from then on, a crash
     leaves a download to resume."""
     _path: Path | None = None
-    _plain = False
+    plain = False
     """A plain file (small, or of unknown length): no bitmap, held in memory while
     it fits (see _HOLD), its partial file made only when something must be written."""
     _grow_fd = -1  # the plain file's partial file, once made
@@ -198,7 +198,8 @@ class SegmentedDownload:
     """Bytes complete in ``rf`` when it was opened (``bytes_written`` counts from there)."""
     _done_seen = 0
     """The bytes received the last snapshot of an open ``rf`` counted."""
-    _grow_pos = 0
+    reached = 0
+    """Where a plain file's bytes reach."""
     _held_at = 0
     _body_ended = False  # unknown length: a response ended cleanly
     _in_round = False
@@ -215,7 +216,6 @@ class SegmentedDownload:
     _flushed = 0.0
     loose = False
     """The caller knows the expected checksum: other sources need only agree on the size."""
-    _answering: Source | None = None  # the source of the response being checked
     new = False
     """Set when nothing of this download can be on disk yet (an operation's first run
     in the process that created it): ``run`` does not look for a control file, a
@@ -294,7 +294,7 @@ class SegmentedDownload:
         elif self.finished:
             done = self.size or 0
         else:
-            done = self._grow_pos
+            done = self.reached
         return Snapshot(
             done,
             self.size or 0,
@@ -494,11 +494,11 @@ class SegmentedDownload:
         """A small file of known size broke off: go on from where it stopped (or from 0).
         A body of unknown length goes on only from a server that honours ranges
         (``_accept_unsized``), with an open-ended range; from any other it is over."""
-        if not self._plain or self.segments.inflight or self._complete():
+        if not self.plain or self.segments.inflight or self._complete():
             return None
         if self.size is None:
-            return (self._grow_pos, None) if self.ranges_ok else None
-        return (self._grow_pos if self.ranges_ok else 0), self.size
+            return (self.reached, None) if self.ranges_ok else None
+        return (self.reached if self.ranges_ok else 0), self.size
 
     # -- one request ------------------------------------------------------------
     async def _fetch(self, start: int, end: int | None) -> Stream:
@@ -661,20 +661,14 @@ class SegmentedDownload:
         if stream.stop in (Stop.STORAGE, Stop.UNSUPPORTED):
             assert stream.error is not None
             raise stream.error
-        if stream.stop is Stop.BAD_RANGE:
-            err = TransportError(
-                f"{self.url}: {stream.stop.value} ({stream.head.get('Content-Range')})",
-                web_error_status=WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE,
-            )
-            await self._transient(err, None)
-            return
-        if stream.stop is Stop.HTTP:
-            if self._width is not None and stream.head.status in (429, 503):
+        if stream.stop in (Stop.BAD_RANGE, Stop.HTTP):
+            head = stream.head
+            if self._width is not None and head.status in (429, 503):
                 self._width.busy()  # the server asks for fewer
-            herr, transient = http_error(stream.head.status, self.url)
+            err, transient = refusal(stream.stop, head, self.url)
             if not transient:
-                raise herr
-            await self._transient(herr, stream.head.retry_after)
+                raise err
+            await self._transient(err, head.retry_after if stream.stop is Stop.HTTP else None)
             return
         cerr, transient = curl_error(code, message, self.url)
         if not transient:
@@ -708,7 +702,7 @@ class SegmentedDownload:
             sink, end = st.sink, st.end
             if sink is not None and end is not None and st.pos + n <= end:
                 sink += mv  # the held body: it ends where the head said (_check_head)
-                st.pos = self._grow_pos = st.pos + n
+                st.pos = self.reached = st.pos + n
                 return None
             try:
                 if st.stop is Stop.OVERTAKEN:
@@ -775,7 +769,7 @@ class SegmentedDownload:
             self._spill()
             self._pwrite(data, offset)
             self._held_at = offset + len(data)
-        self._grow_pos = offset + len(data)
+        self.reached = offset + len(data)
 
     def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
         try:
@@ -796,136 +790,61 @@ class SegmentedDownload:
             self._held = bytearray()
 
     def _check_head(self, st: Stream) -> bool:
-        """Validate a response before its first byte is written; False stops the request."""
+        """Validate a response before its first byte is written (``engine._download.
+        checks``); False stops the request."""
         st.checked = True
-        st.head.parse()
-        st.head.as_http(st.start, st.end)
-        accepted = self._accept_head(st)
-        if not accepted:
-            if st.stop is Stop.HTTP:
-                self.last_head = st.head  # Windows shows the error response (a 404) too
-        else:
-            self.last_head = st.head
-            if self.require_ranges and (self.size is None or not self.ranges_ok):
-                status = (
-                    WebErrorStatus.MISSING_CONTENT_LENGTH_SUPPORT
-                    if self.size is None
-                    else WebErrorStatus.INSUFFICIENT_RANGE_SUPPORT
-                )
-                st.stop = Stop.UNSUPPORTED
-                st.error = TransportError(
-                    f"{self.url}: {Stop.UNSUPPORTED.value}", web_error_status=status
-                )
-                return False
-            held = self._held
-            if (
-                self.rf is None
-                and self._plain
-                and st.end is not None
-                and st.pos == self._held_at + len(held)
-                and st.end - self._held_at <= _HOLD
-            ):
-                st.sink = held  # the rest of this body fits in memory: no checks a piece
-        return accepted
-
-    def _accept_head(self, st: Stream) -> bool:
         head = st.head
-        self._answering = st.source
-        status = head.status
-        if status == 206:
-            return self._check_partial(st)
-        if status == 416 and self.size is None:
-            if head.unsatisfied_total == 0:
-                self._adopt(head, 0, ranges=True)
-                return True
-            stated = head.unsatisfied_total  # a 416 stating a total past here is wrong
-            if self._plain and st.start == self._grow_pos > 0 and stated in (None, st.start):
-                # nothing past where the last response ended, unless of another version
-                st.stop = Stop.CHANGED if self._changed(st, None) else Stop.BODY_END
-                return False
-        if status == 200 or (200 < status < 300 and st.start == 0):
-            changed = self._changed(st, head.content_length)
-            if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
-                if self.size is None:
-                    self._adopt(head, head.content_length, ranges=False)
-                else:  # no ranges: the retry of a broken body starts over from zero
-                    self.has_restarted = True
-                    self.restarts += 1
-                st.end = self.size
-                return True
-            st.stop = Stop.CHANGED if changed else Stop.NO_RANGES
-            return False
-        st.stop = Stop.HTTP if status >= 300 else Stop.BAD_RANGE
-        return False
-
-    def _check_partial(self, st: Stream) -> bool:
-        head = st.head
-        rng = head.content_range
-        length = head.content_length
-        if (
-            rng is None
-            or rng[0] != st.start
-            or rng[1] < rng[0]
-            or (rng[2] is not None and rng[1] >= rng[2])  # past the total it states
-            or (length is not None and length != rng[1] - rng[0] + 1)
-        ):  # (a Content-Length other than the range's: which one frames the body?)
-            st.stop = Stop.BAD_RANGE
-            return False
-        if self.size is None:
-            if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
-                return self._accept_unsized(st, rng[1] + 1, rng[2])
-            self._adopt(st.head, rng[2], ranges=True)
-        elif self._changed(st, rng[2]):
-            st.stop = Stop.CHANGED
-            return False
-        last = rng[1] + 1
-        st.end = last if st.end is None else min(st.end, last)
-        return True
-
-    def _accept_unsized(self, st: Stream, last: int, total: int | None = None) -> bool:
-        """A 206 that does not state the complete length (``bytes a-b/*``, RFC 9110
-        14.4): a plain file of unknown length, continued from where each response ends
-        by an open-ended range, until a response runs to the end of the body (it was
-        open-ended, or the server cut the range short: the representation ends there)
-        or a 416 says nothing is left (``Stop.BODY_END``).  A later response that states
-        a total past its range says the body goes on: it is asked for, whatever the
-        range's length."""
-        if not self._plain:
-            self._adopt(st.head, None, ranges=True)  # the first response
-        elif self._changed(st, None):
-            st.stop = Stop.CHANGED
-            return False
-        # The body ends with this response if it was open-ended or cut short, and
-        # states no total past it; either way it must reach the end its range claims
-        # (a close-delimited body cut early is a broken response, not the end).
-        st.ends_body = (st.end is None or last < st.end) and (total is None or last >= total)
-        st.end = last
-        return True
-
-    def _changed(self, st: Stream, total: int | None) -> bool:
-        head = st.head
+        head.parse()
+        head.as_http(st.start, st.end)
         source = st.source
-        if source is not None and self.sources.several and self.size is not None:
-            st.why = self.sources.disagrees(source, head, total, self)
-            return bool(st.why)
-        if total is not None and self.size is not None and total != self.size:
-            return True
-        etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
-        if self.etag and etag and etag != self.etag:
-            return True
-        return bool(self.last_modified and modified and modified != self.last_modified)
+        several = source is not None and self.sources.several and self.size is not None
+        against = self.sources.expected(source, self) if several else self
+        verdict = check_response(head, st.start, st.end, self, against)
+        stop = verdict.stop
+        if several and (stop is None or stop is Stop.NO_RANGES):
+            self.sources.agree(source, head)  # its first response that agrees
+        if stop is not None:
+            st.stop, st.why = stop, verdict.why
+            if stop is Stop.HTTP:
+                self.last_head = head  # Windows shows the error response (a 404) too
+            return False
+        self.last_head = head
+        if verdict.decides:
+            self._adopt(head, verdict.size, verdict.ranges, source)
+        elif verdict.again:  # no ranges: the retry of a broken body starts over from zero
+            self.has_restarted = True
+            self.restarts += 1
+        st.end = verdict.end
+        st.ends_body = verdict.ends_body
+        if self.require_ranges:
+            missing = missing_support(self.size, self.ranges_ok)
+            if missing is not None:
+                st.stop, st.error = Stop.UNSUPPORTED, unsupported(self.url, missing)
+                return False
+        held = self._held
+        if (
+            self.rf is None
+            and self.plain
+            and st.end is not None
+            and st.pos == self._held_at + len(held)
+            and st.end - self._held_at <= _HOLD
+        ):
+            st.sink = held  # the rest of this body fits in memory: no checks a piece
+        return True
 
     # -- the result file ------------------------------------------------------
-    def _adopt(self, head: ResponseHead, size: int | None, *, ranges: bool) -> None:
+    def _adopt(
+        self, head: ResponseHead, size: int | None, ranges: bool, source: Source | None
+    ) -> None:
         """The first response decided the download: create its result file."""
         self.size = size
-        self.etag = _storable(head.get("ETag"), 256)
-        self.last_modified = _storable(head.get("Last-Modified"), 128)
-        self.sources.decided(self._answering, self.etag, self.last_modified)
+        self.etag = storable(head.get("ETag"), 256)
+        self.last_modified = storable(head.get("Last-Modified"), 128)
+        self.sources.decided(source, self.etag, self.last_modified)
         self.ranges_ok = ranges
         self._body_ended = False
         self._held, self._held_at = bytearray(), 0
-        self._grow_pos = 0
+        self.reached = 0
         if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
             os.close(self._grow_fd)
             self._grow_fd = -1
@@ -937,9 +856,9 @@ class SegmentedDownload:
             # first_request again).  Without ranges nothing can be resumed, so no control
             # file says there is: the next run asks once, as for a new file, instead of
             # probing with ranges the server ignores.
-            self._plain = True
+            self.plain = True
         else:
-            self._plain = False
+            self.plain = False
             remove_partial(self.result)  # a stale partial file is not written through
             if self.on_resumable is not None:
                 self.on_resumable()
@@ -1020,18 +939,18 @@ class SegmentedDownload:
     def _complete(self) -> bool:
         if self.rf is not None:
             return self.rf.is_complete
-        if not self._plain:
+        if not self.plain:
             return False
-        return self._body_ended or (self.size is not None and self._grow_pos >= self.size)
+        return self._body_ended or (self.size is not None and self.reached >= self.size)
 
     async def digest(self, algo: str) -> str:
         """The checksum of the complete download before it is renamed: a plain file
         still held whole in memory is hashed there, anything else on disk (a thread)."""
-        if self._plain and self._grow_fd < 0:
+        if self.plain and self._grow_fd < 0:
             h = new_hash(algo)
             h.update(self._held)
             return str(h.hexdigest())
-        if self._plain:
+        if self.plain:
             self._spill()  # what is held is the end of the file
         return await asyncio.to_thread(file_digest, part_path(self.result), algo)
 
@@ -1046,10 +965,10 @@ class SegmentedDownload:
             return
         fd, self._grow_fd = self._grow_fd, -1
         held, self._held = self._held, bytearray()
-        self._plain = False
+        self.plain = False
         tuning = Tuning.of(self.config)
         await filer().finish(fd, self._name, held, self._held_at, durable=durable, tuning=tuning)
-        self.size = self._grow_pos
+        self.size = self.reached
 
     def _keep_plain(self) -> None:
         """A small file paused (or broken off) keeps what arrived: its bytes go into a
@@ -1059,11 +978,11 @@ class SegmentedDownload:
         size = self.size
         if (
             self.rf is not None
-            or not self._plain
+            or not self.plain
             or not self.ranges_ok
             or self.request.single_request  # a request that cannot ask for a range
             or size is None
-            or not 0 < self._grow_pos < size
+            or not 0 < self.reached < size
             or self.finishing
         ):
             return
@@ -1098,7 +1017,7 @@ class SegmentedDownload:
     def _close(self) -> None:
         if self.rf is not None:
             self.rf.close()
-        self._plain = False
+        self.plain = False
         self._held = bytearray()  # nothing resumes a plain file: it starts again
         if self._grow_fd >= 0:
             os.close(self._grow_fd)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from engine._download.checks import UNDECIDED, Validators
 from engine._download.segments import Stream
 from engine._net.transport import ResponseHead
 from engine._ops.validate import host_of
@@ -95,27 +96,22 @@ class Sources:
         """The dropped sources' URLs and why each was dropped."""
         return {s.url: s.dropped for s in self.all if s.dropped}
 
-    def disagrees(
-        self, source: Source, head: ResponseHead, total: int | None, file: Decided
-    ) -> str:
-        """Why ``source``'s response cannot go into the file ("" when it can); the
-        first one that can makes the source's own validators known."""
-        if total is not None and file.size is not None and total != file.size:
-            return f"its size ({total}) is not the file's ({file.size})"
-        etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
+    @staticmethod
+    def expected(source: Source, file: Decided) -> Validators:
+        """The validators a response of ``source`` must not contradict: its own once
+        it agreed, else the file's (none when the expected checksum decides)."""
         if source.agreed:
-            known = (source.etag, source.last_modified)
-        elif file.loose:
-            known = ("", "")  # the expected checksum decides
-        else:
-            known = (file.etag, file.last_modified)
-        if known[0] and etag and etag != known[0]:
-            return f"its ETag ({etag}) is not {known[0]}"
-        if known[1] and modified and modified != known[1]:
-            return f"its Last-Modified ({modified}) is not {known[1]}"
+            return source
+        return UNDECIDED if file.loose else file
+
+    @staticmethod
+    def agree(source: Source, head: ResponseHead) -> None:
+        """A response of ``source`` agreed with the file: its first makes the source's
+        own validators known."""
         if not source.agreed:
-            source.agreed, source.etag, source.last_modified = True, etag, modified
-        return ""
+            source.agreed = True
+            source.etag = head.get("ETag") or ""
+            source.last_modified = head.get("Last-Modified") or ""
 
     @staticmethod
     def validator(source: Source) -> str:
