@@ -17,9 +17,7 @@ mixes two versions.  Blocks already complete in the bitmap are never fetched aga
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -27,18 +25,8 @@ from typing import Any, NamedTuple
 
 import pycurl
 
-from engine._disk.checksum import file_digest, new_hash
-from engine._disk.core import (
-    CONTROL_SUFFIX,
-    RangeFile,
-    boot_id,
-    part_path,
-    peek,
-    remove_partial,
-)
-from engine._disk.files import create_partial, filer
+from engine._disk.core import CONTROL_SUFFIX, RangeFile, remove_partial
 from engine._disk.space import check_room
-from engine._disk.tuning import Tuning
 from engine._download.adaptive import Width
 from engine._download.checks import (
     check_response,
@@ -48,6 +36,7 @@ from engine._download.checks import (
     unsupported,
 )
 from engine._download.segments import Segments, Stop, Stream
+from engine._download.sinks import RangeSink, Sink, choose, resume
 from engine._download.sources import Source, Sources
 from engine._download.tail import WASTE, Tail, ahead, overtake
 from engine._net.connections import PER_HOST, Slots
@@ -72,7 +61,7 @@ from engine._runtime.descriptors import budget
 from engine._runtime.loop import being_cancelled, running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.config import TransferConfig
-from engine.errors import ControlFileError, StorageError, TransferError, TransportError
+from engine.errors import StorageError, TransferError, TransportError
 from engine.values import BackgroundTransferPriority
 from engine.web_error import WebErrorStatus
 
@@ -143,26 +132,12 @@ async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
     await finish()
 
 
-_DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
-"""Finishing and reopening a large result file (fsync, rename, verify) off the engine
-loop; small files go through the C filer (``engine._disk.files``) instead."""
-
 _LOOK = 0.1
 """Seconds between looks, while every missing byte is asked for, for a slow request to
 race (a request that ends wakes the connections waiting at once)."""
 
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
-
-_HOLD = 256 << 10
-"""Bytes of a plain (one-request) file's body kept in memory, then written by the C
-filer with O_DIRECT as the file is finished: the engine loop makes no write for a
-small file, and its fsync has no data left to write back.  Past this, written by the
-loop, a run at a time."""
-
-_KEPT_BLOCK = 16 << 10
-"""Block size of the bitmap a paused small file is kept with: a resume fetches again
-at most this much of what had arrived."""
 
 
 class SegmentedDownload:
@@ -184,6 +159,11 @@ class SegmentedDownload:
     has_response_changed = False
     finished = False
     rf: RangeFile | None = None
+    """The range file of a file fetched in ranges (readers read it while it fills)."""
+    sink: Sink | None = None
+    """Where the file's bytes go (``engine._download.sinks``), once it is decided."""
+    _put: Callable[[int, memoryview], int]
+    """The sink's ``write``: the data path calls it without a layer between."""
     on_blocks: Callable[[], None] | None = None
     """Called when writes complete blocks (a reader may be waiting for them)."""
     on_resumable: Callable[[], None] | None = None
@@ -191,16 +171,9 @@ class SegmentedDownload:
     leaves a download to resume."""
     _path: Path | None = None
     plain = False
-    """A plain file (small, or of unknown length): no bitmap, held in memory while
-    it fits (see _HOLD), its partial file made only when something must be written."""
-    _grow_fd = -1  # the plain file's partial file, once made
-    _rf_base = 0
-    """Bytes complete in ``rf`` when it was opened (``bytes_written`` counts from there)."""
-    _done_seen = 0
-    """The bytes received the last snapshot of an open ``rf`` counted."""
-    reached = 0
-    """Where a plain file's bytes reach."""
-    _held_at = 0
+    """A plain file (small, of unknown length, or without ranges): no bitmap."""
+    _seen = 0
+    """The bytes that had arrived when the sink was closed."""
     _body_ended = False  # unknown length: a response ended cleanly
     _in_round = False
     _on_wire = 0  # requests holding a slot (the rest of inflight wait for one)
@@ -259,8 +232,6 @@ class SegmentedDownload:
         self.config = config or TransferConfig()
         self.headers = list(headers)
         self.on_progress = on_progress
-        self._held = bytearray()
-        """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
         self.segments = Segments(self.config)
         self._width: Width | None = None
         """The connection count when the engine chooses it (``engine._download.adaptive``)."""
@@ -280,23 +251,15 @@ class SegmentedDownload:
             path = self._path = Path(self._name)
         return path
 
+    @property
+    def reached(self) -> int:
+        """Bytes that arrived: where a plain body reaches, a range file's progress."""
+        sink = self.sink
+        return self._seen if sink is None else sink.reached
+
     def snapshot(self) -> Snapshot:
-        rf = self.rf
-        if rf is not None and not rf.closed:
-            # What arrived, not only whole blocks: the core counts every byte it is
-            # handed (rf_write), so a slow download moves at each tick instead of a
-            # block (or a direct-I/O run) at a time.  A piece written again after a
-            # broken request counts twice until its block completes; never past size.
-            done = max(rf.bytes_complete, min(rf.size, self._rf_base + rf.bytes_written))
-            self._done_seen = done
-        elif rf is not None and not self.finished:
-            done = self._done_seen  # closed by a pause or a failure: what it had
-        elif self.finished:
-            done = self.size or 0
-        else:
-            done = self.reached
         return Snapshot(
-            done,
+            (self.size or 0) if self.finished else self.reached,
             self.size or 0,
             self.has_restarted,
             self.has_response_changed,
@@ -329,7 +292,7 @@ class SegmentedDownload:
                     self.finished = True
                     return
         except BaseException:
-            self._keep_plain()
+            self._keep()
             self._close()
             raise
         finally:
@@ -699,10 +662,10 @@ class SegmentedDownload:
     def _writer(self, st: Stream) -> Callable[[memoryview], int | None]:
         def on_write(mv: memoryview) -> int | None:
             n = len(mv)
-            sink, end = st.sink, st.end
-            if sink is not None and end is not None and st.pos + n <= end:
-                sink += mv  # the held body: it ends where the head said (_check_head)
-                st.pos = self.reached = st.pos + n
+            held, end = st.held, st.end
+            if held is not None and end is not None and st.pos + n <= end:
+                held += mv  # the held body: it ends where the head said (_check_head)
+                st.pos += n
                 return None
             try:
                 if st.stop is Stop.OVERTAKEN:
@@ -722,7 +685,8 @@ class SegmentedDownload:
                     st.pos = end
                     st.stop = Stop.RANGE_END
                     return 0
-                self._write(pos, mv)
+                if self._put(pos, mv) and self.on_blocks is not None:
+                    self.on_blocks()
             except StorageError as exc:
                 st.stop, st.error = Stop.STORAGE, exc
                 return 0
@@ -758,36 +722,8 @@ class SegmentedDownload:
         return None
 
     def _write(self, offset: int, data: memoryview) -> None:
-        if self.rf is not None:
-            if self.rf.write(offset, data) and self.on_blocks is not None:
-                self.on_blocks()
-            return
-        held = self._held
-        if offset == self._held_at + len(held) and len(held) + len(data) <= _HOLD:
-            held += data  # the filer writes it, past the page cache, when the file ends
-        else:
-            self._spill()
-            self._pwrite(data, offset)
-            self._held_at = offset + len(data)
-        self.reached = offset + len(data)
-
-    def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
-        try:
-            if self._grow_fd < 0:
-                self._grow_fd = create_partial(self.result)
-            while data:
-                n = os.pwrite(self._grow_fd, data, offset)
-                data, offset = data[n:], offset + n
-        except OSError as exc:
-            raise StorageError(exc.errno, exc.strerror, str(self.result)) from exc
-
-    def _spill(self) -> None:
-        """Write what is held in memory to the plain partial file."""
-        held = self._held
-        if held:
-            self._pwrite(held, self._held_at)
-            self._held_at += len(held)
-            self._held = bytearray()
+        if self._put(offset, data) and self.on_blocks is not None:
+            self.on_blocks()
 
     def _check_head(self, st: Stream) -> bool:
         """Validate a response before its first byte is written (``engine._download.
@@ -795,9 +731,10 @@ class SegmentedDownload:
         st.checked = True
         head = st.head
         head.parse()
-        head.as_http(st.start, st.end)
+        if head.ftp is not None:
+            head.as_http(st.start, st.end)
         source = st.source
-        several = source is not None and self.sources.several and self.size is not None
+        several = self.size is not None and self.sources.several and source is not None
         against = self.sources.expected(source, self) if several else self
         verdict = check_response(head, st.start, st.end, self, against)
         stop = verdict.stop
@@ -821,15 +758,8 @@ class SegmentedDownload:
             if missing is not None:
                 st.stop, st.error = Stop.UNSUPPORTED, unsupported(self.url, missing)
                 return False
-        held = self._held
-        if (
-            self.rf is None
-            and self.plain
-            and st.end is not None
-            and st.pos == self._held_at + len(held)
-            and st.end - self._held_at <= _HOLD
-        ):
-            st.sink = held  # the rest of this body fits in memory: no checks a piece
+        if self.plain and self.sink is not None:
+            st.held = self.sink.hold(st.pos, st.end)  # the rest may fit in memory
         return True
 
     # -- the result file ------------------------------------------------------
@@ -843,86 +773,36 @@ class SegmentedDownload:
         self.sources.decided(source, self.etag, self.last_modified)
         self.ranges_ok = ranges
         self._body_ended = False
-        self._held, self._held_at = bytearray(), 0
-        self.reached = 0
-        if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
-            os.close(self._grow_fd)
-            self._grow_fd = -1
+        if self.sink is not None:  # unknown length, a new response: its file starts again
+            self.sink.close()
+            self.sink = None
         if size is not None and size > self.config.first_request:
             check_room(self._name, size, self.reserve)  # before any of it is written
-        if size is None or size <= self.config.first_request or not ranges:
-            # Unknown length, a body the first response carries whole, or a server
-            # without ranges: a plain file, no bitmap (a broken small body costs at most
-            # first_request again).  Without ranges nothing can be resumed, so no control
-            # file says there is: the next run asks once, as for a new file, instead of
-            # probing with ranges the server ignores.
-            self.plain = True
-        else:
-            self.plain = False
-            remove_partial(self.result)  # a stale partial file is not written through
-            if self.on_resumable is not None:
-                self.on_resumable()
-            self._rf_base = 0
-            self.rf = self._open_range_file(
-                size, self.config.block_size, self.etag, self.last_modified, create=True
-            )
-            self.rf.check_boot(boot_id())  # a new file: no block to check, the boot noted
-        self._add_workers()
+        plain = self.plain = size is None or size <= self.config.first_request or not ranges
+        validators = (self.etag, self.last_modified)
+        sink = self.sink = choose(self._name, size, plain, self.config, validators, self._resumable)
+        self._put = sink.write
+        if isinstance(sink, RangeSink):
+            self.rf = sink.rf
+            self._add_workers()
+
+    def _resumable(self) -> None:
+        if self.on_resumable is not None:
+            self.on_resumable()
 
     async def _prepare(self) -> None:
         """The download an earlier run left, verified on a thread (``run`` calls it
         when a control file says there is one; else the first response decides what
         file to make: a small body is kept in memory, and the filer makes its file as
         it ends)."""
-        loop = asyncio.get_running_loop()
-        rf = await loop.run_in_executor(_DURABLE, self._reopen)
-        if rf is not None:
-            if self.on_resumable is not None:
-                self.on_resumable()
+        sink = await resume(self.result, self.config)
+        if sink is not None:
+            self._resumable()
+            self.sink, self._put, rf = sink, sink.write, sink.rf
             self.rf = rf
-            self._rf_base = rf.bytes_complete
             self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
             self.sources.decided(None, rf.etag, rf.last_modified)
         # else a damaged control file was removed: start afresh
-
-    def _open_range_file(
-        self, size: int, block_size: int, etag: str, last_modified: str, *, create: bool
-    ) -> RangeFile:
-        """The result file written the way ``config.durability`` asks: "full" with
-        O_DIRECT (where allowed), "normal" into the page cache, unless ``direct_io``
-        says otherwise; both from the core's writer threads."""
-        direct = self.config.direct_io
-        return RangeFile(
-            self.result,
-            size,
-            block_size,
-            etag=etag,
-            last_modified=last_modified,
-            create=create,
-            direct=self.config.durable if direct is None else direct,
-            writeback=True,
-            tuning=Tuning.of(self.config),
-        )
-
-    def _reopen(self) -> RangeFile | None:
-        """The RangeFile an earlier run left, its blocks checked when the machine
-        rebooted since (a power loss may have lost what its bits say); None when
-        damaged."""
-        try:
-            found = peek(self.result)
-            if found is not None:
-                rf = self._open_range_file(found[0], found[1], "", "", create=False)
-        except ControlFileError:  # damaged, or its data file is gone: nothing to resume
-            found = None
-        if found is None:
-            remove_partial(self.result)
-            return None
-        try:
-            rf.check_boot(boot_id())
-        except BaseException:
-            rf.close()
-            raise
-        return rf
 
     def _start_over(self, *, changed: bool) -> None:
         self._close()
@@ -937,91 +817,47 @@ class SegmentedDownload:
         self._failures = 0
 
     def _complete(self) -> bool:
-        if self.rf is not None:
-            return self.rf.is_complete
-        if not self.plain:
+        sink = self.sink
+        if sink is None:
             return False
-        return self._body_ended or (self.size is not None and self.reached >= self.size)
+        return sink.complete or (self.plain and self._body_ended)
 
     async def digest(self, algo: str) -> str:
         """The checksum of the complete download before it is renamed: a plain file
         still held whole in memory is hashed there, anything else on disk (a thread)."""
-        if self.plain and self._grow_fd < 0:
-            h = new_hash(algo)
-            h.update(self._held)
-            return str(h.hexdigest())
-        if self.plain:
-            self._spill()  # what is held is the end of the file
-        return await asyncio.to_thread(file_digest, part_path(self.result), algo)
+        assert self.sink is not None
+        return await self.sink.digest(algo)
 
     async def _finish_durably(self) -> None:
         """Rename onto the final name; with durability "full", fsync the file first and
         the directory after."""
         self.finishing = True  # readers leave the result file to the finishing thread
-        durable = self.config.durable
-        if self.rf is not None:
-            finish = functools.partial(self.rf.finish, durable)
-            await asyncio.get_running_loop().run_in_executor(_DURABLE, finish)
-            return
-        fd, self._grow_fd = self._grow_fd, -1
-        held, self._held = self._held, bytearray()
-        self.plain = False
-        tuning = Tuning.of(self.config)
-        await filer().finish(fd, self._name, held, self._held_at, durable=durable, tuning=tuning)
-        self.size = self.reached
+        assert self.sink is not None
+        self.size = await self.sink.finish(self.config.durable)  # (unknown length: now known)
 
-    def _keep_plain(self) -> None:
-        """A small file paused (or broken off) keeps what arrived: its bytes go into a
-        result file with a bitmap of small blocks, which the next run resumes from (a
-        restart from zero is left to servers without ranges).  At most first_request
-        bytes are copied, once, as the download stops; never on the data path."""
-        size = self.size
+    def _keep(self) -> None:
+        """A plain file paused (or broken off) keeps what arrived for the next run to
+        resume from (a restart from zero is left to servers without ranges)."""
+        sink, size = self.sink, self.size
         if (
-            self.rf is not None
+            sink is None
             or not self.plain
             or not self.ranges_ok
             or self.request.single_request  # a request that cannot ask for a range
             or size is None
-            or not 0 < self.reached < size
+            or not 0 < sink.reached < size
             or self.finishing
         ):
             return
-        data = bytearray()
-        try:
-            if self._grow_fd >= 0 and self._held_at:
-                data += os.pread(self._grow_fd, self._held_at, 0)
-            if len(data) != self._held_at:
-                return  # the spilled part is not all there: nothing safe to keep
-            data += self._held
-            if self._grow_fd >= 0:
-                os.close(self._grow_fd)
-                self._grow_fd = -1
-            remove_partial(self.result)
-            if self.on_resumable is not None:
-                self.on_resumable()
-            with RangeFile(
-                self.result,
-                size,
-                _KEPT_BLOCK,
-                etag=self.etag,
-                last_modified=self.last_modified,
-                tuning=Tuning.of(self.config),
-            ) as rf:
-                rf.write(0, data)
-                rf.drain()
-                rf.flush(durable=False)
-        except (OSError, TransferError):
-            with contextlib.suppress(OSError, TransferError):
-                remove_partial(self.result)  # as before: the next run starts again
+        sink.keep(self.etag, self.last_modified, self._resumable)
 
     def _close(self) -> None:
-        if self.rf is not None:
-            self.rf.close()
+        sink = self.sink
+        if sink is not None:
+            self._seen = sink.reached
+            sink.close()
+            self.sink = None
         self.plain = False
-        self._held = bytearray()  # nothing resumes a plain file: it starts again
-        if self._grow_fd >= 0:
-            os.close(self._grow_fd)
-            self._grow_fd = -1
 
     def _tick_soon(self) -> None:
         self._ticker = ticker(_TICK)
@@ -1036,8 +872,8 @@ class SegmentedDownload:
         """Throttled progress reports and periodic checkpoints of data and bitmap,
         handed to the core's threads (a member of the loop's ticker, not a task: most
         small files end before a tick)."""
-        rf = self.rf
-        if rf is not None and not rf.closed and rf.reap() and self.on_blocks is not None:
+        sink = self.sink
+        if sink is not None and sink.reap() and self.on_blocks is not None:
             self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
@@ -1046,8 +882,8 @@ class SegmentedDownload:
         if self._width is not None:
             self._widen(now)
         due = now - self._flushed >= self.config.durable_every
-        if due and self.rf is not None and not self.rf.closed:
-            self.rf.checkpoint(self.config.durable)
+        if due and sink is not None:
+            sink.checkpoint(self.config.durable)
             self._flushed = now
 
     def _report(self) -> None:

@@ -50,9 +50,9 @@ class Stream:
     """Its worker ends with it: a reader's connection took its place."""
     stop: Stop | None = None
     error: TransferError | None = None
-    sink: bytearray | None = None
-    """A plain body that fits in memory whole: its pieces are appended here, with none
-    of the checks a piece of a ranged file needs (see SegmentedDownload._writer)."""
+    held: bytearray | None = None
+    """A plain body whose rest fits in memory: its pieces are appended here, with none
+    of the checks a piece of a ranged file needs (``Sink.hold``)."""
     ends_body: bool = False
     """A body of unknown length ends at ``end`` if this response gets there."""
     started: float = 0.0

@@ -59,10 +59,8 @@ class Sources:
 
     def __init__(self, urls: list[str]) -> None:
         self.all = [Source(url, host_of(url)) for url in urls]
-
-    @property
-    def several(self) -> bool:
-        return len(self.all) > 1
+        self.several = len(self.all) > 1
+        """More than one: each response is checked against its source's validators."""
 
     def live(self) -> list[Source]:
         return [s for s in self.all if not s.dropped]
