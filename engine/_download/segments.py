@@ -20,7 +20,11 @@ from typing import Any
 from engine._disk.core import RangeFile
 from engine._net.transport import ResponseHead
 from engine.config import TransferConfig
-from engine.errors import TransferError
+from engine.errors import InvalidStateError, TransferError
+
+
+def _nowhere(offset: int, view: memoryview, /) -> int:
+    raise InvalidStateError("a response was to be written before its head was checked")
 
 
 class Stop(enum.Enum):
@@ -71,6 +75,9 @@ class Stream:
     """The ``engine._download.sources.Source`` it asks."""
     why: str = ""
     """Why its source disagrees with the file (``Stop.CHANGED``), when it does."""
+    put = staticmethod(_nowhere)
+    """Where its bytes go: the file's sink's ``write``, set once its head passed (a
+    class attribute until then, not a field: a small file makes one stream)."""
 
 
 class Segments:

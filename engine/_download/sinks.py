@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 The first response decides the file (``engine._download.checks``), or a control file
-an earlier run left does; one sink is then chosen for it (``choose``, ``resume``), and
-every byte of every request goes through its ``write(offset, view)`` until
-``finish()`` puts the complete file under its name.  ``write`` returns the blocks it
-completed (a reader may wait for them); the view dies when it returns, so every sink
-has copied or written it by then.  A download that stops calls ``keep()`` when what
-arrived is worth resuming, and ``close()`` in any case.
+an earlier run left does; one sink is then chosen for it (``plain_sink``,
+``range_sink``, ``resume``), and every byte of every request goes through its
+``write(offset, view)`` until ``finish()`` puts the complete file under its name.
+``write`` returns the blocks it completed (a reader may wait for them); the view dies
+when it returns, so every sink has copied or written it by then.  A download that
+stops calls ``keep()`` when what arrived is worth resuming, and ``close()`` in any
+case.
 
 - ``MemorySink``: a body of known size that fits in ``HOLD``, held in memory whole;
   the C filer creates, writes, syncs and renames it as it is finished, so the engine
@@ -307,28 +308,23 @@ class RangeSink:
         self.rf.close()
 
 
-def choose(
-    name: str,
-    size: int | None,
-    plain: bool,
+def plain_sink(name: str, size: int | None, config: TransferConfig) -> Sink:
+    """The sink of a plain file: in memory when its size is known to fit, else a
+    partial file written a run at a time."""
+    if size is not None and size <= HOLD:
+        return MemorySink(name, size, config)
+    return PlainFileSink(name, size, config)
+
+
+def range_sink(
+    result: Path,
+    size: int,
     config: TransferConfig,
     validators: tuple[str, str],
     on_resumable: Callable[[], None],
-) -> Sink:
-    """The sink of a file the first response decided: a range file, else (``plain``)
-    one in memory while it fits.
-
-    A plain file is one of unknown length, one the first response carries whole, or
-    one from a server without ranges: no bitmap (a broken small body costs at most
-    ``first_request`` again).  Without ranges nothing can be resumed, so no control
-    file says there is: the next run asks once, as for a new file, instead of probing
-    with ranges the server ignores."""
-    if plain:
-        if size is not None and size <= HOLD:
-            return MemorySink(name, size, config)
-        return PlainFileSink(name, size, config)
-    assert size is not None
-    result = Path(name)
+) -> RangeSink:
+    """The sink of a new file fetched in ranges; ``on_resumable`` is called just before
+    its control file is made."""
     remove_partial(result)  # a stale partial file is not written through
     on_resumable()
     rf = open_range_file(result, size, config, *validators, create=True)

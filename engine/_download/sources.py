@@ -24,7 +24,6 @@ one attribute read a request.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
 
 from engine._download.checks import UNDECIDED, Validators
 from engine._download.segments import Stream
@@ -69,6 +68,9 @@ class Sources:
         """The source where a new request is expected to end soonest; None when all
         are dropped.  A source with no request ended yet is judged by the ones it
         has running (its first may be long)."""
+        if not self.several:  # (most downloads: no list made a request)
+            only = self.all[0]
+            return None if only.dropped else only
         live = self.live()
         if len(live) < 2:
             return live[0] if live else None
@@ -95,12 +97,12 @@ class Sources:
         return {s.url: s.dropped for s in self.all if s.dropped}
 
     @staticmethod
-    def expected(source: Source, file: Decided) -> Validators:
+    def expected(source: Source, file: Validators, loose: bool) -> Validators:
         """The validators a response of ``source`` must not contradict: its own once
-        it agreed, else the file's (none when the expected checksum decides)."""
+        it agreed, else the file's (none when the expected checksum decides: ``loose``)."""
         if source.agreed:
             return source
-        return UNDECIDED if file.loose else file
+        return UNDECIDED if loose else file
 
     @staticmethod
     def agree(source: Source, head: ResponseHead) -> None:
@@ -138,13 +140,3 @@ def _running_rate(source: Source, inflight: list[Stream], now: float) -> float:
         if st.source is source and st.started and now - st.started > 0.2
     ]
     return sum(rates) / len(rates) if rates else 0.0
-
-
-class Decided(Protocol):
-    """What the file's first response decided (``SegmentedDownload``)."""
-
-    size: int | None
-    etag: str
-    last_modified: str
-    loose: bool
-    """The expected checksum is known: sources need only agree on the size."""

@@ -122,10 +122,11 @@ class OperationProgress(OperationFields):
                 self._response_from = (
                     job.actual_url,
                     job.last_head,
-                    bool(job.ranges_ok and job.size),
+                    bool(job.file.ranges_ok and job.file.size),
                 )
-            if job.rf is not None and not job.rf.closed:
-                self._ranges = job.rf.ranges()
+            rf = job.file.rf
+            if rf is not None and not rf.closed:
+                self._ranges = rf.ranges()
         self.flush_ranges_event(final=False)
         self._report()
 
