@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import cast
 
 from engine._disk.core import RangeFile, control_path, peek
-from engine._download.segmented import SegmentedDownload, Snapshot
+from engine._download.fetch import Snapshot
+from engine._download.segmented import SegmentedDownload
 from engine._ops.fields import OperationFields
 from engine._ops.interfaces import EngineOperation
 from engine.errors import ControlFileError, StorageError
