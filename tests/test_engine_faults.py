@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import FaultServer, sha256
+from servers import FaultHandler, FaultServer, sha256
 
 from engine._disk.core import part_path
 from engine._download.segmented import SegmentedDownload
@@ -256,3 +256,25 @@ def test_an_unknown_complete_length_that_changes_restarts(tmp_path: Path, run: R
     snap = job.snapshot()
     assert snap.has_restarted
     assert snap.has_response_changed
+
+
+def test_a_416_of_an_empty_file_leaves_its_error_page_out(tmp_path: Path, run: Run) -> None:
+    """A 416 ``bytes */0`` says the file is empty: the error page it carries is not the
+    file's content (it was written as the file)."""
+    page = b"<html>416 Requested Range Not Satisfiable</html>"
+
+    def respond(h: FaultHandler, send_body: bool) -> bool:
+        h.wfile.write(
+            b"HTTP/1.1 416 X\r\nContent-Range: bytes */0\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(page)
+        )
+        if send_body:
+            h.wfile.write(page)
+        h.close_connection = True
+        return True
+
+    srv = FaultServer(b"")
+    srv.script = respond
+    out = tmp_path / "empty.bin"
+    _download(srv, out, run)
+    assert out.read_bytes() == b""

@@ -22,7 +22,7 @@ from engine import (
     WebErrorStatus,
 )
 from engine._disk.core import control_path
-from engine._download.segmented import _multi_for_loop
+from engine._download.request import multi_for_loop as _multi_for_loop
 from engine._net.connections import Slots
 from engine._runtime.loop import engine_loop
 

@@ -1,2 +1,2 @@
-"""One file over many ranged connections: which bytes each request asks for, and the checks
-every response must pass before its bytes are kept."""
+"""One file over many ranged connections: the schedule of its requests, each request,
+the checks every response passes before its bytes are kept, and the sink they go to."""

@@ -1,145 +1,36 @@
-"""One file over many ranged connections: probe, split, race the slow tail, check every 206.
+"""One file over many ranged connections: the schedule of its requests.
 
 Theory of operation
 -------------------
-The first request asks for ``bytes=0-(first_request-1)`` (a small file costs that one
-request).  Its response tells the size, the validators and whether ranges work; the
-C core's result file is created then, and the other connections start.  Each request
-asks for a bounded range, so it ends cleanly and its connection stays alive; ranges
-shrink as the file fills, so no range is split in flight, and a connection out of
-work may race a slow request for its last bytes (``engine._download.tail``).  Every 206 must
-start where asked and agree with the known size and validators, else its bytes are
-thrown away.  A 200 to a ranged request means no range support: one connection from
-zero.  A changed ETag/Last-Modified (If-Range) restarts the whole file: a result never
-mixes two versions.  Blocks already complete in the bitmap are never fetched again.
+A round runs the first request, ``bytes=0-(first_request-1)``, itself (a small file
+costs that one request); its response decides the file (``engine._download.file``),
+and the other connections start then, as many as the bytes left are worth (or as
+``engine._download.adaptive`` finds pays).  Each connection is a worker that asks
+``_next_segment`` for a bounded range (``engine._download.segments``) and fetches it
+(``engine._download.fetch``), so it ends cleanly and its connection stays alive;
+ranges shrink as the file fills, so no range is split in flight, and a worker out of
+work may race a slow request for its last bytes (``engine._download.tail``) or wait
+for one to end.  A reader's offset goes first (``prioritize``).  A request that did
+not end well is retried by its worker after a back-off (``engine._download.retries``);
+a change of content or ranges ignored restarts the whole file (a result never mixes
+two versions), at most ``_MAX_RESTARTS`` times.  Blocks already complete in the
+bitmap are never fetched again.  A tick reports progress and checkpoints the file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
 
-import pycurl
-
-from engine._disk.checksum import file_digest, new_hash
-from engine._disk.core import (
-    CONTROL_SUFFIX,
-    RangeFile,
-    boot_id,
-    part_path,
-    peek,
-    remove_partial,
-)
-from engine._disk.files import create_partial, filer
-from engine._disk.space import check_room
-from engine._disk.tuning import Tuning
-from engine._download.adaptive import Width
-from engine._download.segments import Segments, Stop, Stream
-from engine._download.sources import Source, Sources
-from engine._download.tail import WASTE, Tail, ahead, overtake
-from engine._net.connections import PER_HOST, Slots
-from engine._net.ratelimit import Budget
-from engine._net.transport import (
-    FtpReplies,
-    HandlePool,
-    RequestOptions,
-    ResponseHead,
-    configure,
-    curl_error,
-    file_time,
-    http_error,
-    is_ftp,
-    is_sftp,
-    new_multi,
-    one_connection,
-    set_range,
-    unplain,
-)
-from engine._ops.validate import host_of
-from engine._runtime.descriptors import budget
-from engine._runtime.loop import being_cancelled, running_loop
+from engine._disk.core import CONTROL_SUFFIX
+from engine._download.fetch import Fetcher, Snapshot
+from engine._download.retries import Restart
+from engine._runtime.loop import running_loop
 from engine._runtime.ticker import Ticker, ticker
-from engine.config import TransferConfig
-from engine.errors import ControlFileError, StorageError, TransferError, TransportError
-from engine.values import BackgroundTransferPriority
+from engine.errors import TransportError
 from engine.web_error import WebErrorStatus
 
 _MAX_RESTARTS = 3
-
-
-class _Restart(Exception):
-    def __init__(self, changed: bool) -> None:
-        super().__init__("restart")
-        self.changed = changed
-
-
-class Snapshot(NamedTuple):
-    """Progress as the API reports it: body bytes, 0 total while unknown.  (A named
-    tuple: a frozen dataclass set each field through object.__setattr__, at every
-    tick and twice for every small file.)"""
-
-    bytes_received: int
-    total_bytes_to_receive: int
-    has_restarted: bool
-    has_response_changed: bool
-    connections: int
-    duplicated: int = 0
-    """Bytes received twice while racing a slow request (``engine._download.tail``)."""
-
-
-_shared: dict[asyncio.AbstractEventLoop, tuple[Any, HandlePool, Slots]] = {}
-
-
-def _multi_for_loop() -> tuple[Any, HandlePool, Slots]:
-    """The running loop's multi handle, its pool of easy handles, and the slots its
-    requests take (one engine loop per process: one of each)."""
-    loop = running_loop()
-    shared = _shared.get(loop)
-    if shared is None:
-        _forget_closed_loops()
-        fds = budget()  # a socket a request: never more than the descriptors allow
-        shared = _shared[loop] = (
-            new_multi(max_total=fds.requests, max_host=min(64, fds.requests)),
-            HandlePool(),
-            Slots(per_host=min(64, fds.requests), total=fds.requests),
-        )
-    return shared
-
-
-def _forget_closed_loops() -> None:
-    """Let go of what loops closed since had: the multi's connections and their
-    duplicates, the pool's handles.  Only the engine loop runs operations, but a
-    program (the tests are one) may run downloads on loops of its own, one after
-    another: each kept six descriptors open for the life of the process, and a
-    thousand tests reached the 1024 that ``select`` takes."""
-    for loop in [loop for loop in _shared if loop.is_closed()]:
-        multi, pool, _ = _shared.pop(loop)
-        pool.close()
-        with contextlib.suppress(RuntimeError, OSError, pycurl.error):  # not this loop's
-            multi.close_after_loop()
-
-
-_DEFAULT_RANK = BackgroundTransferPriority.DEFAULT.rank
-
-
-def _default_rank() -> int:
-    """A download no operation drives waits for its slots as a DEFAULT one."""
-    return _DEFAULT_RANK
-
-
-async def _plain_finish(finish: Callable[[], Awaitable[None]]) -> None:
-    await finish()
-
-
-_DURABLE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="bgtransfer-durable")
-"""Finishing and reopening a large result file (fsync, rename, verify) off the engine
-loop; small files go through the C filer (``engine._disk.files``) instead."""
 
 _LOOK = 0.1
 """Seconds between looks, while every missing byte is asked for, for a slow request to
@@ -148,156 +39,24 @@ race (a request that ends wakes the connections waiting at once)."""
 _TICK = 0.2
 """Seconds between progress reports (and looks at whether a write-back is due)."""
 
-_HOLD = 256 << 10
-"""Bytes of a plain (one-request) file's body kept in memory, then written by the C
-filer with O_DIRECT as the file is finished: the engine loop makes no write for a
-small file, and its fsync has no data left to write back.  Past this, written by the
-loop, a run at a time."""
 
-_KEPT_BLOCK = 16 << 10
-"""Block size of the bitmap a paused small file is kept with: a resume fetches again
-at most this much of what had arrived."""
+class SegmentedDownload(Fetcher):
+    """Downloads ``url`` into ``result``; resumes what an earlier run left on disk.
 
+    Its requests, each from source and slot to its settled end, are ``Fetcher``'s
+    (``engine._download.fetch``); this class schedules them and runs the rounds."""
 
-def _storable(validator: str | None, limit: int) -> str:
-    """A validator the control file can hold whole, else none: a cut one would never match."""
-    value = validator or ""
-    return value if len(value) <= limit and "\0" not in value else ""
-
-
-class SegmentedDownload:
-    """Downloads ``url`` into ``result``; resumes what an earlier run left on disk."""
-
-    # State that starts the same for every download is declared here, at class level,
-    # and set on the instance only when it changes: a mirror makes one of these a file.
-    last_head: ResponseHead | None = None
-    """The newest response head that was accepted, for get_response_information."""
-    finishing = False
-    """True once the result file is handed to the thread that finishes it."""
-    restarts = 0
-    """Times the download started over (content changed, or no ranges)."""
-    size: int | None = None
-    etag = ""
-    last_modified = ""
-    ranges_ok = True
-    has_restarted = False
-    has_response_changed = False
-    finished = False
-    rf: RangeFile | None = None
-    on_blocks: Callable[[], None] | None = None
-    """Called when writes complete blocks (a reader may be waiting for them)."""
-    on_resumable: Callable[[], None] | None = None
-    """Called just before a control file is made or found: from then on, a crash
-    leaves a download to resume."""
-    _path: Path | None = None
-    _plain = False
-    """A plain file (small, or of unknown length): no bitmap, held in memory while
-    it fits (see _HOLD), its partial file made only when something must be written."""
-    _grow_fd = -1  # the plain file's partial file, once made
-    _rf_base = 0
-    """Bytes complete in ``rf`` when it was opened (``bytes_written`` counts from there)."""
-    _done_seen = 0
-    """The bytes received the last snapshot of an open ``rf`` counted."""
-    _grow_pos = 0
-    _held_at = 0
-    _body_ended = False  # unknown length: a response ended cleanly
     _in_round = False
-    _on_wire = 0  # requests holding a slot (the rest of inflight wait for one)
-    _stat_result: tuple[str, int | None] = ("", None)
-    """SFTP: (time, size) of the file, from the stat at the start of a round."""
-    _failures = 0
-    _failing_since = 0.0  # loop time of the first of the failures in a row
     _workers = 0  # worker coroutines running
-    _last_error: TransferError | None = None
     _ticker: Ticker | None = None
-    budget: Budget | None = None
-    """The rate limit its requests share (``engine._net.ratelimit``), if any."""
     _flushed = 0.0
-    loose = False
-    """The caller knows the expected checksum: other sources need only agree on the size."""
-    _answering: Source | None = None  # the source of the response being checked
-    new = False
-    """Set when nothing of this download can be on disk yet (an operation's first run
-    in the process that created it): ``run`` does not look for a control file, a
-    lookup that in a folder being filled waits behind every file made there.  A file
-    left under the same name by an operation no state database knows is replaced."""
-
-    def __init__(
-        self,
-        url: str,
-        result: os.PathLike[str] | str,
-        *,
-        config: TransferConfig | None = None,
-        headers: Sequence[str] = (),
-        on_progress: Callable[[Snapshot], None] | None = None,
-        request: RequestOptions | None = None,
-        require_ranges: bool = False,
-        mirrors: Sequence[str] = (),
-    ) -> None:
-        self.url = url
-        self.sources = Sources([url, *mirrors])
-        """The URLs of the file (``engine._download.sources``), the first being ``url``."""
-        self._host = host_of(url)
-        self._ftp, self._sftp = is_ftp(url), is_sftp(url)
-        self.rank: Callable[[], int] = _default_rank
-        """The priority rank of the download's requests when they wait for a slot
-        (smaller first); read at each request, so a change of priority counts from
-        the next one."""
-        self.request = request or RequestOptions()
-        self.actual_url = url
-        """The URL after redirects of the response in ``last_head``."""
-        self.finisher: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] = _plain_finish
-        """Wraps the rename onto the final name: an operation verifies a checksum first
-        and makes the rename atomic with its status."""
-        self.require_ranges = require_ranges
-        """Random access: a server without ranges or a length fails at once."""
-        self.reserve = 0
-        """Free bytes a new file's preallocation must leave on its file system."""
-        self._name = os.fspath(result)
-        if isinstance(result, Path):
-            self._path = result
-        self.config = config or TransferConfig()
-        self.headers = list(headers)
-        self.on_progress = on_progress
-        self._held = bytearray()
-        """A plain file's body from ``_held_at`` on, kept until it ends (or _HOLD)."""
-        self.segments = Segments(self.config)
-        self._width: Width | None = None
-        """The connection count when the engine chooses it (``engine._download.adaptive``)."""
-        if self.config.adaptive:
-            self._width = Width(min(self.config.connections, PER_HOST))
-        self.tail = Tail()
-        self._wake: asyncio.Future[None] | None = None
-        """Set when a request ends: a connection waiting to race a slow one looks again."""
-        self._tasks: set[asyncio.Future[None]] = set()
 
     # -- public ---------------------------------------------------------------
-    @property
-    def result(self) -> Path:
-        """The result file (made a Path when first asked: a small file never is)."""
-        path = self._path
-        if path is None:
-            path = self._path = Path(self._name)
-        return path
-
     def snapshot(self) -> Snapshot:
-        rf = self.rf
-        if rf is not None and not rf.closed:
-            # What arrived, not only whole blocks: the core counts every byte it is
-            # handed (rf_write), so a slow download moves at each tick instead of a
-            # block (or a direct-I/O run) at a time.  A piece written again after a
-            # broken request counts twice until its block completes; never past size.
-            done = max(rf.bytes_complete, min(rf.size, self._rf_base + rf.bytes_written))
-            self._done_seen = done
-        elif rf is not None and not self.finished:
-            done = self._done_seen  # closed by a pause or a failure: what it had
-        elif self.finished:
-            done = self.size or 0
-        else:
-            done = self._grow_pos
+        file = self.file
         return Snapshot(
-            done,
-            self.size or 0,
+            (file.size or 0) if file.finished else file.reached,
+            file.size or 0,
             self.has_restarted,
             self.has_response_changed,
             self._on_wire,
@@ -308,13 +67,14 @@ class SegmentedDownload:
         """Download until the result file is complete and renamed into place."""
         restarts = 0
         self._tick_soon()
+        file = self.file
         try:
-            if not self.new and os.path.lexists(self._name + CONTROL_SUFFIX):
-                await self._prepare()
+            if not self.new and os.path.lexists(file.name + CONTROL_SUFFIX):
+                await self._resume()
             while True:
                 try:
                     await self._round()
-                except _Restart as again:
+                except Restart as again:
                     restarts += 1
                     if restarts > _MAX_RESTARTS:
                         raise TransportError(
@@ -323,18 +83,28 @@ class SegmentedDownload:
                         ) from None
                     self._start_over(changed=again.changed)
                     continue
-                if self._complete():
+                if file.complete:
                     self._stop_ticks()  # no flush may race the finish in its thread
-                    await self.finisher(self._finish_durably)
-                    self.finished = True
+                    await self.finisher(file.finish)
+                    file.finished = True
                     return
         except BaseException:
-            self._keep_plain()
-            self._close()
+            file.keep(not self.request.single_request, self._resumable)
+            file.close()
             raise
         finally:
             self._stop_ticks()
             self._report()
+
+    def prioritize(self, offset: int) -> None:
+        """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""
+        file = self.file
+        wanted = self.segments.prioritize(offset, file.rf, file.size if file.ranges_ok else None)
+        if wanted and self._in_round:  # the new connection starts now
+            self._tasks.add(asyncio.ensure_future(self._worker(None)))
+
+    def reader_done(self, offset: int) -> None:
+        self.segments.reader_done(offset)
 
     # -- rounds and workers ---------------------------------------------------
     async def _round(self) -> None:
@@ -343,7 +113,7 @@ class SegmentedDownload:
         tasks = self._tasks = set()  # prioritize() and _adopt() may add workers meanwhile
         self._in_round = True
         try:
-            if self.size is None:
+            if self.file.size is None:
                 # The first request runs here, not in a task of its own: a small file
                 # is this one request.  Its head decides the rest (_adopt starts the
                 # other connections while it goes on); its worker takes over after it.
@@ -377,7 +147,7 @@ class SegmentedDownload:
 
     def _add_workers(self) -> None:
         """Connections beside the one running, as many as the bytes left are worth."""
-        if self._in_round and self.ranges_ok and self.rf is not None:
+        if self._in_round and self.file.ranges_ok and self.file.rf is not None:
             more = min(self._connections(), self._useful_connections()) - 1
             self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
 
@@ -388,8 +158,8 @@ class SegmentedDownload:
     def _widen(self, now: float) -> None:
         """An adaptive download at a tick: more workers when ``_width`` says so (the
         ones past its count leave after their request, see ``_worker``)."""
-        rf = self.rf
-        if self._width is None or not self._in_round or not self.ranges_ok or rf is None:
+        rf = self.file.rf
+        if self._width is None or not self._in_round or not self.file.ranges_ok or rf is None:
             return
         if self.budget is not None and self.budget.limited():
             return  # the rate limit is the bottleneck: more connections cannot pay
@@ -397,49 +167,15 @@ class SegmentedDownload:
         more = target - self._workers
         self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
 
+    def _useful_connections(self) -> int:
+        rf = self.file.rf
+        left = (self.file.size or 0) - (rf.bytes_complete if rf else 0)
+        return max(1, -(-left // self.config.min_split))
+
     def _first_request(self) -> tuple[int, int | None]:
         """The opening range; the whole file when an SFTP stat could not tell its size."""
         unsized = self._sftp and self._stat_result[1] is None
         return (0, None if unsized else self.config.first_request)
-
-    async def _stat(self) -> None:
-        """SFTP sends no head: ask for the size and time first (a request without body)."""
-        multi, pool, slots = _multi_for_loop()
-        while True:
-            await slots.take(self._host, self.rank())
-            curl = pool.take()
-            try:
-                configure(curl, self.url, self.config, [], self.request)
-                curl.setopt(pycurl.NOBODY, 1)
-                unplain(curl)
-                await multi.perform(curl)
-            except pycurl.error as exc:
-                err, transient = curl_error(exc.args[0], exc.args[1], self.url)
-                if not transient:
-                    raise err from None
-            else:
-                size = int(curl.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T))
-                # libcurl says -1 for an empty file: no size, so one unranged read to the end
-                self._stat_result = (file_time(curl), size if size >= 0 else None)
-                return
-            finally:
-                slots.give(self._host)
-                pool.give(curl)
-            await self._transient(err, None)
-
-    # -- read-driven prioritisation ---------------------------------------------
-    def prioritize(self, offset: int) -> None:
-        """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""
-        wanted = self.segments.prioritize(offset, self.rf, self.size if self.ranges_ok else None)
-        if wanted and self._in_round:  # the new connection starts now
-            self._tasks.add(asyncio.ensure_future(self._worker(None)))
-
-    def reader_done(self, offset: int) -> None:
-        self.segments.reader_done(offset)
-
-    def _useful_connections(self) -> int:
-        left = (self.size or 0) - (self.rf.bytes_complete if self.rf else 0)
-        return max(1, -(-left // self.config.min_split))
 
     async def _worker(self, segment: tuple[int, int | None] | None) -> None:
         self._workers += 1
@@ -465,8 +201,8 @@ class SegmentedDownload:
         """Wait while every missing byte is asked for: True when a request ended or a
         moment passed (a slow one may be worth racing now), False when nothing is left
         to wait for."""
-        rf = self.rf
-        if rf is None or not self.ranges_ok or rf.is_complete or not self.segments.inflight:
+        rf = self.file.rf
+        if rf is None or not self.file.ranges_ok or rf.is_complete or not self.segments.inflight:
             return False
         wake = self._wake
         if wake is None or wake.done():
@@ -476,634 +212,50 @@ class SegmentedDownload:
 
     def _next_segment(self) -> tuple[int, int | None] | None:
         """The next range to ask for (see ``Segments.next``)."""
-        if self.rf is None:
+        rf = self.file.rf
+        if rf is None:
             return self._next_plain()
-        if not self.ranges_ok:
-            return None if self.segments.inflight or self.rf.is_complete else (0, self.size)
+        if not self.file.ranges_ok:
+            return None if self.segments.inflight or rf.is_complete else (0, self.file.size)
         paced = self.budget is not None and self.budget.limited()
         width = self._width
         # While the count may still grow, requests are sized for the most it may
         # reach: a long request taken early would hold the end of the file back.
         spread = width.cap if width is not None and width.growing else self._connections()
-        found = self.segments.next(self.rf, spread, paced)
+        found = self.segments.next(rf, spread, paced)
         if found is None:  # every missing byte is asked for: race a slow request?
             return self.tail.pick(self.segments.inflight, running_loop().time())
         return found
 
     def _next_plain(self) -> tuple[int, int | None] | None:
         """A small file of known size broke off: go on from where it stopped (or from 0).
-        A body of unknown length goes on only from a server that honours ranges
-        (``_accept_unsized``), with an open-ended range; from any other it is over."""
-        if not self._plain or self.segments.inflight or self._complete():
+        A body of unknown length goes on only from a server that honours ranges, with an
+        open-ended range; from any other it is over."""
+        file = self.file
+        if not file.plain or self.segments.inflight or file.complete:
             return None
-        if self.size is None:
-            return (self._grow_pos, None) if self.ranges_ok else None
-        return (self._grow_pos if self.ranges_ok else 0), self.size
+        if file.size is None:
+            return (file.reached, None) if file.ranges_ok else None
+        return (file.reached if file.ranges_ok else 0), file.size
 
-    # -- one request ------------------------------------------------------------
-    async def _fetch(self, start: int, end: int | None) -> Stream:
-        """One request for ``[start, end)``; returns its stream once settled.
-
-        It waits for a slot (``engine._net.connections``) in the plan, so no other
-        connection asks for its bytes meanwhile (one may still take half of them:
-        the range is put in the request once the slot is there)."""
-        multi, pool, slots = _multi_for_loop()
-        source = self.sources.pick(self.segments.inflight, running_loop().time())
-        if source is None:
-            raise self._no_source()
-        stream = Stream(start, end, start)
-        stream.source = source
-        host = source.host
-        inflight = self.segments.inflight
-        inflight.append(stream)
-        Tail.pair(stream, inflight)
-        try:
-            await slots.take(host, self.rank())
-        except BaseException:
-            inflight.remove(stream)
-            raise
-        if stream.stop is Stop.OVERTAKEN:  # its rival finished while it waited
-            slots.give(host)
-            inflight.remove(stream)
-            self.tail.ended(stream, running_loop().time())
-            return stream
-        try:  # from here the slot is given back whatever happens, a refused set-up too
-            curl = pool.take()
-            end = stream.end
-            headers = self._request_headers(start, end, source)
-            configure(curl, source.url, self.config, headers, self.request)
-            if self._ftp or self._sftp:
-                # FTP's replies make the head; SFTP has none: what the stat said stands in.
-                stream.head.ftp = FtpReplies() if self._ftp else FtpReplies(*self._stat_result)
-                set_range(curl, start, end)
-            curl.setopt(pycurl.HEADERFUNCTION, stream.head.lines.append)
-            curl.setopt(pycurl.WRITEFUNCTION, self._writer(stream), use_memoryview=True)
-            one_connection(curl, self.rf is not None and not self._ftp and not self._sftp)
-            code, message = 0, ""
-            self._on_wire += 1
-            budget = self.budget
-            if budget is not None:
-                budget.attach(curl)
-            stream.started = running_loop().time()
-            source.busy += 1
-            try:
-                await self._perform(multi, curl, stream)
-            except pycurl.error as exc:
-                code, message = exc.args[0], exc.args[1]
-            finally:
-                source.busy -= 1
-                self._on_wire -= 1
-                if budget is not None:
-                    budget.detach(curl)
-        finally:
-            slots.give(host)
-            inflight.remove(stream)
-            now = running_loop().time()
-            self.tail.ended(stream, now)
-            self.sources.measured(source, stream.pos - stream.start, now - stream.started)
-            wake = self._wake
-            if wake is not None and not wake.done():
-                wake.set_result(None)
-        if stream.checked and stream.stop in (None, Stop.RANGE_END, Stop.HTTP):
-            self.actual_url = str(curl.getinfo(pycurl.EFFECTIVE_URL) or self.url)
-        pool.give(curl)
-        if not stream.checked and code == 0 and stream.stop is None:
-            self._check_head(stream)  # an empty body: the head is all there is
-        if not self._ended_well(stream, code):
-            if self.sources.several:
-                await self._settle_source(stream, code, message)
-            else:
-                await self._settle(stream, code, message)
-        return stream
-
-    async def _settle_source(self, stream: Stream, code: int, message: str) -> None:
-        """A fault of one of several sources: that source is dropped when it disagrees,
-        fails for good or keeps failing; the download fails when none is left."""
-        source = stream.source
-        assert source is not None
-        try:
-            await self._settle(stream, code, message)
-        except _Restart as again:
-            why = stream.why or ("content changed" if again.changed else "ranges are ignored")
-            if not self.sources.drop(source, why):
-                raise
-        except TransferError as exc:
-            if not self.sources.drop(source, str(exc)):
-                raise
-            self._failures = 0  # the other sources start afresh
-        else:
-            source.failures += 1
-            err = self._last_error
-            gone = source.failures > self.config.retries and err is not None
-            if gone and err is not None and not self.sources.drop(source, str(err)):
-                raise err
-
-    def _no_source(self) -> TransportError:
-        reasons = "; ".join(f"{url}: {why}" for url, why in self.sources.reasons().items())
-        return TransportError(
-            f"every source was dropped ({reasons})", web_error_status=WebErrorStatus.UNKNOWN
-        )
-
-    @staticmethod
-    async def _perform(multi: Any, curl: Any, stream: Stream) -> None:
-        """The transfer; one its rival overtook ends here as if it had ended well."""
-        transfer = stream.transfer = multi.add_handle(curl)
-        try:
-            await transfer
-        except asyncio.CancelledError:
-            if stream.stop is not Stop.OVERTAKEN or being_cancelled():
-                raise
-        finally:
-            stream.transfer = None
-
-    def _ended_well(self, stream: Stream, code: int) -> bool:
-        """Count the request's progress; True when it ended without a fault (most do:
-        no coroutine settles them), else ``_settle`` decides what the fault means."""
-        if stream.stop is Stop.OVERTAKEN:
-            return True
-        # Progress resets the failures, unless without ranges (a retry throws the bytes
-        # away) or the request ended below the low-speed limit: a trickle that always
-        # makes a little progress would otherwise retry for ever.
-        if stream.pos > stream.start and self.ranges_ok and code != pycurl.E_OPERATION_TIMEDOUT:
-            self._failures = 0
-        if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
-            if stream.end is None or (stream.ends_body and stream.pos >= stream.end):
-                self._body_ended = True  # unknown length: the body ends when the server says
-                return True
-            return stream.pos > stream.start or stream.pos >= stream.end
-        if stream.stop is Stop.BODY_END:
-            self._body_ended = True
-            return True
-        return False
-
-    def _request_headers(self, start: int, end: int | None, source: Source) -> list[str]:
-        if self.request.single_request or self._ftp or self._sftp:
-            return list(self.headers)
-        headers = [*self.headers, f"Range: bytes={start}-{'' if end is None else end - 1}"]
-        validator = Sources.validator(source)
-        if validator and (self.size is not None or start > 0):  # a body of unknown length too
-            headers.append(f"If-Range: {validator}")
-        return headers
-
-    async def _settle(self, stream: Stream, code: int, message: str) -> None:
-        """What a request that did not end well (``_ended_well``) means: retry later,
-        restart or fail."""
-        if stream.stop is Stop.RANGE_END or (code == 0 and stream.stop is None):
-            # a clean end with nothing new for a range still open
-            err: TransferError = TransportError(
-                f"{self.url}: response ended before the range was complete",
-                web_error_status=WebErrorStatus.CONNECTION_ABORTED,
-            )
-            await self._transient(err, None)
-            return
-        if stream.stop in (Stop.CHANGED, Stop.NO_RANGES):
-            raise _Restart(changed=stream.stop is Stop.CHANGED)
-        if stream.stop in (Stop.STORAGE, Stop.UNSUPPORTED):
-            assert stream.error is not None
-            raise stream.error
-        if stream.stop is Stop.BAD_RANGE:
-            err = TransportError(
-                f"{self.url}: {stream.stop.value} ({stream.head.get('Content-Range')})",
-                web_error_status=WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE,
-            )
-            await self._transient(err, None)
-            return
-        if stream.stop is Stop.HTTP:
-            if self._width is not None and stream.head.status in (429, 503):
-                self._width.busy()  # the server asks for fewer
-            herr, transient = http_error(stream.head.status, self.url)
-            if not transient:
-                raise herr
-            await self._transient(herr, stream.head.retry_after)
-            return
-        cerr, transient = curl_error(code, message, self.url)
-        if not transient:
-            raise cerr
-        if self._width is not None and code == pycurl.E_COULDNT_CONNECT:
-            self._width.busy()
-        await self._transient(cerr, None)
-
-    async def _transient(self, err: TransferError, retry_after: float | None) -> None:
-        """Back off (exponential, jittered, Retry-After honoured) or give up after N in a row."""
-        self._failures += 1
-        now = asyncio.get_running_loop().time()
-        if self._failures == 1:
-            self._failing_since = now
-        self._last_error = err
-        if self._failures > self.config.retries:
-            err.attempts, err.retried_for = self._failures, now - self._failing_since
-            raise err
-        delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (self._failures - 1))
-        import random  # here only: a failure's jitter, not every command's start-up
-
-        delay *= random.uniform(0.5, 1.5)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.config.backoff_max * 10))
-        await asyncio.sleep(delay)
-
-    # -- the data path --------------------------------------------------------
-    def _writer(self, st: Stream) -> Callable[[memoryview], int | None]:
-        def on_write(mv: memoryview) -> int | None:
-            n = len(mv)
-            sink, end = st.sink, st.end
-            if sink is not None and end is not None and st.pos + n <= end:
-                sink += mv  # the held body: it ends where the head said (_check_head)
-                st.pos = self._grow_pos = st.pos + n
-                return None
-            try:
-                if st.stop is Stop.OVERTAKEN:
-                    # Its rival has these bytes, and its transfer is cancelled; libcurl
-                    # may still hand it pieces until the multi drops it.  They keep
-                    # that mark (a range end written over it would make the cancel a
-                    # cancel of the whole download, see _perform).
-                    return 0
-                if not st.checked and not self._check_head(st):
-                    return 0
-                if st.rival is not None:
-                    return self._race(st, mv)
-                pos, end = st.pos, st.end
-                if end is not None and pos + n > end:
-                    if end > pos:
-                        self._write(pos, mv[: end - pos])
-                    st.pos = end
-                    st.stop = Stop.RANGE_END
-                    return 0
-                self._write(pos, mv)
-            except StorageError as exc:
-                st.stop, st.error = Stop.STORAGE, exc
-                return 0
-            st.pos = pos + n
-            return None
-
-        return on_write
-
-    def _race(self, st: Stream, mv: memoryview) -> int | None:
-        """A piece of a request that races another for its bytes (``engine._download.
-        tail``): the bytes the rival wrote already are counted and dropped; a twin that
-        gets ahead of the request it races ends that request."""
-        rival = st.rival
-        assert rival is not None
-        pos, end = st.pos, st.end
-        n = len(mv) if end is None else max(0, min(len(mv), end - pos))
-        had = min(n, ahead(st))
-        self.tail.duplicated += had
-        if st.twin:
-            st.wasted += had
-            if st.wasted > WASTE and rival.stop is None:  # not catching up: give up
-                rival.raced = True
-                overtake(st)
-                return 0
-        if n > had:
-            self._write(pos + had, mv[had:n])
-        st.pos = pos + n
-        if st.twin and st.pos > rival.pos and rival.stop is None:
-            overtake(rival)
-        if n < len(mv):
-            st.stop = Stop.RANGE_END
-            return 0
-        return None
-
-    def _write(self, offset: int, data: memoryview) -> None:
-        if self.rf is not None:
-            if self.rf.write(offset, data) and self.on_blocks is not None:
-                self.on_blocks()
-            return
-        held = self._held
-        if offset == self._held_at + len(held) and len(held) + len(data) <= _HOLD:
-            held += data  # the filer writes it, past the page cache, when the file ends
-        else:
-            self._spill()
-            self._pwrite(data, offset)
-            self._held_at = offset + len(data)
-        self._grow_pos = offset + len(data)
-
-    def _pwrite(self, data: memoryview | bytearray, offset: int) -> None:
-        try:
-            if self._grow_fd < 0:
-                self._grow_fd = create_partial(self.result)
-            while data:
-                n = os.pwrite(self._grow_fd, data, offset)
-                data, offset = data[n:], offset + n
-        except OSError as exc:
-            raise StorageError(exc.errno, exc.strerror, str(self.result)) from exc
-
-    def _spill(self) -> None:
-        """Write what is held in memory to the plain partial file."""
-        held = self._held
-        if held:
-            self._pwrite(held, self._held_at)
-            self._held_at += len(held)
-            self._held = bytearray()
-
-    def _check_head(self, st: Stream) -> bool:
-        """Validate a response before its first byte is written; False stops the request."""
-        st.checked = True
-        st.head.parse()
-        st.head.as_http(st.start, st.end)
-        accepted = self._accept_head(st)
-        if not accepted:
-            if st.stop is Stop.HTTP:
-                self.last_head = st.head  # Windows shows the error response (a 404) too
-        else:
-            self.last_head = st.head
-            if self.require_ranges and (self.size is None or not self.ranges_ok):
-                status = (
-                    WebErrorStatus.MISSING_CONTENT_LENGTH_SUPPORT
-                    if self.size is None
-                    else WebErrorStatus.INSUFFICIENT_RANGE_SUPPORT
-                )
-                st.stop = Stop.UNSUPPORTED
-                st.error = TransportError(
-                    f"{self.url}: {Stop.UNSUPPORTED.value}", web_error_status=status
-                )
-                return False
-            held = self._held
-            if (
-                self.rf is None
-                and self._plain
-                and st.end is not None
-                and st.pos == self._held_at + len(held)
-                and st.end - self._held_at <= _HOLD
-            ):
-                st.sink = held  # the rest of this body fits in memory: no checks a piece
-        return accepted
-
-    def _accept_head(self, st: Stream) -> bool:
-        head = st.head
-        self._answering = st.source
-        status = head.status
-        if status == 206:
-            return self._check_partial(st)
-        if status == 416 and self.size is None:
-            if head.unsatisfied_total == 0:
-                self._adopt(head, 0, ranges=True)
-                return True
-            stated = head.unsatisfied_total  # a 416 stating a total past here is wrong
-            if self._plain and st.start == self._grow_pos > 0 and stated in (None, st.start):
-                # nothing past where the last response ended, unless of another version
-                st.stop = Stop.CHANGED if self._changed(st, None) else Stop.BODY_END
-                return False
-        if status == 200 or (200 < status < 300 and st.start == 0):
-            changed = self._changed(st, head.content_length)
-            if st.start == 0 and (self.size is None or (not self.ranges_ok and not changed)):
-                if self.size is None:
-                    self._adopt(head, head.content_length, ranges=False)
-                else:  # no ranges: the retry of a broken body starts over from zero
-                    self.has_restarted = True
-                    self.restarts += 1
-                st.end = self.size
-                return True
-            st.stop = Stop.CHANGED if changed else Stop.NO_RANGES
-            return False
-        st.stop = Stop.HTTP if status >= 300 else Stop.BAD_RANGE
-        return False
-
-    def _check_partial(self, st: Stream) -> bool:
-        head = st.head
-        rng = head.content_range
-        length = head.content_length
-        if (
-            rng is None
-            or rng[0] != st.start
-            or rng[1] < rng[0]
-            or (rng[2] is not None and rng[1] >= rng[2])  # past the total it states
-            or (length is not None and length != rng[1] - rng[0] + 1)
-        ):  # (a Content-Length other than the range's: which one frames the body?)
-            st.stop = Stop.BAD_RANGE
-            return False
-        if self.size is None:
-            if rng[2] is None or self._plain:  # (a later one may state it: still unsized)
-                return self._accept_unsized(st, rng[1] + 1, rng[2])
-            self._adopt(st.head, rng[2], ranges=True)
-        elif self._changed(st, rng[2]):
-            st.stop = Stop.CHANGED
-            return False
-        last = rng[1] + 1
-        st.end = last if st.end is None else min(st.end, last)
-        return True
-
-    def _accept_unsized(self, st: Stream, last: int, total: int | None = None) -> bool:
-        """A 206 that does not state the complete length (``bytes a-b/*``, RFC 9110
-        14.4): a plain file of unknown length, continued from where each response ends
-        by an open-ended range, until a response runs to the end of the body (it was
-        open-ended, or the server cut the range short: the representation ends there)
-        or a 416 says nothing is left (``Stop.BODY_END``).  A later response that states
-        a total past its range says the body goes on: it is asked for, whatever the
-        range's length."""
-        if not self._plain:
-            self._adopt(st.head, None, ranges=True)  # the first response
-        elif self._changed(st, None):
-            st.stop = Stop.CHANGED
-            return False
-        # The body ends with this response if it was open-ended or cut short, and
-        # states no total past it; either way it must reach the end its range claims
-        # (a close-delimited body cut early is a broken response, not the end).
-        st.ends_body = (st.end is None or last < st.end) and (total is None or last >= total)
-        st.end = last
-        return True
-
-    def _changed(self, st: Stream, total: int | None) -> bool:
-        head = st.head
-        source = st.source
-        if source is not None and self.sources.several and self.size is not None:
-            st.why = self.sources.disagrees(source, head, total, self)
-            return bool(st.why)
-        if total is not None and self.size is not None and total != self.size:
-            return True
-        etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
-        if self.etag and etag and etag != self.etag:
-            return True
-        return bool(self.last_modified and modified and modified != self.last_modified)
-
-    # -- the result file ------------------------------------------------------
-    def _adopt(self, head: ResponseHead, size: int | None, *, ranges: bool) -> None:
-        """The first response decided the download: create its result file."""
-        self.size = size
-        self.etag = _storable(head.get("ETag"), 256)
-        self.last_modified = _storable(head.get("Last-Modified"), 128)
-        self.sources.decided(self._answering, self.etag, self.last_modified)
-        self.ranges_ok = ranges
-        self._body_ended = False
-        self._held, self._held_at = bytearray(), 0
-        self._grow_pos = 0
-        if self._grow_fd >= 0:  # unknown length, a new response: its file starts again
-            os.close(self._grow_fd)
-            self._grow_fd = -1
-        if size is not None and size > self.config.first_request:
-            check_room(self._name, size, self.reserve)  # before any of it is written
-        if size is None or size <= self.config.first_request or not ranges:
-            # Unknown length, a body the first response carries whole, or a server
-            # without ranges: a plain file, no bitmap (a broken small body costs at most
-            # first_request again).  Without ranges nothing can be resumed, so no control
-            # file says there is: the next run asks once, as for a new file, instead of
-            # probing with ranges the server ignores.
-            self._plain = True
-        else:
-            self._plain = False
-            remove_partial(self.result)  # a stale partial file is not written through
-            if self.on_resumable is not None:
-                self.on_resumable()
-            self._rf_base = 0
-            self.rf = self._open_range_file(
-                size, self.config.block_size, self.etag, self.last_modified, create=True
-            )
-            self.rf.check_boot(boot_id())  # a new file: no block to check, the boot noted
-        self._add_workers()
-
-    async def _prepare(self) -> None:
-        """The download an earlier run left, verified on a thread (``run`` calls it
-        when a control file says there is one; else the first response decides what
-        file to make: a small body is kept in memory, and the filer makes its file as
-        it ends)."""
-        loop = asyncio.get_running_loop()
-        rf = await loop.run_in_executor(_DURABLE, self._reopen)
-        if rf is not None:
-            if self.on_resumable is not None:
-                self.on_resumable()
-            self.rf = rf
-            self._rf_base = rf.bytes_complete
-            self.size, self.etag, self.last_modified = rf.size, rf.etag, rf.last_modified
-            self.sources.decided(None, rf.etag, rf.last_modified)
-        # else a damaged control file was removed: start afresh
-
-    def _open_range_file(
-        self, size: int, block_size: int, etag: str, last_modified: str, *, create: bool
-    ) -> RangeFile:
-        """The result file written the way ``config.durability`` asks: "full" with
-        O_DIRECT (where allowed), "normal" into the page cache, unless ``direct_io``
-        says otherwise; both from the core's writer threads."""
-        direct = self.config.direct_io
-        return RangeFile(
-            self.result,
-            size,
-            block_size,
-            etag=etag,
-            last_modified=last_modified,
-            create=create,
-            direct=self.config.durable if direct is None else direct,
-            writeback=True,
-            tuning=Tuning.of(self.config),
-        )
-
-    def _reopen(self) -> RangeFile | None:
-        """The RangeFile an earlier run left, its blocks checked when the machine
-        rebooted since (a power loss may have lost what its bits say); None when
-        damaged."""
-        try:
-            found = peek(self.result)
-            if found is not None:
-                rf = self._open_range_file(found[0], found[1], "", "", create=False)
-        except ControlFileError:  # damaged, or its data file is gone: nothing to resume
-            found = None
-        if found is None:
-            remove_partial(self.result)
-            return None
-        try:
-            rf.check_boot(boot_id())
-        except BaseException:
-            rf.close()
-            raise
-        return rf
+    async def _resume(self) -> None:
+        """The download an earlier run left (``run`` calls it when a control file says
+        there is one; else the first response decides what file to make)."""
+        put = await self.file.resume(self._resumable)
+        if put is not None:
+            self._put = put
+            self.sources.decided(None, self.file.etag, self.file.last_modified)
 
     def _start_over(self, *, changed: bool) -> None:
-        self._close()
-        remove_partial(self.result)
-        self.rf, self.size = None, None
-        self.etag = self.last_modified = ""
+        self.file.forget()
         self.sources.forget()
-        self.ranges_ok = True
         self.has_restarted = True
         self.restarts += 1
         self.has_response_changed = self.has_response_changed or changed
-        self._failures = 0
+        if self._retries is not None:
+            self._retries.failures = 0
 
-    def _complete(self) -> bool:
-        if self.rf is not None:
-            return self.rf.is_complete
-        if not self._plain:
-            return False
-        return self._body_ended or (self.size is not None and self._grow_pos >= self.size)
-
-    async def digest(self, algo: str) -> str:
-        """The checksum of the complete download before it is renamed: a plain file
-        still held whole in memory is hashed there, anything else on disk (a thread)."""
-        if self._plain and self._grow_fd < 0:
-            h = new_hash(algo)
-            h.update(self._held)
-            return str(h.hexdigest())
-        if self._plain:
-            self._spill()  # what is held is the end of the file
-        return await asyncio.to_thread(file_digest, part_path(self.result), algo)
-
-    async def _finish_durably(self) -> None:
-        """Rename onto the final name; with durability "full", fsync the file first and
-        the directory after."""
-        self.finishing = True  # readers leave the result file to the finishing thread
-        durable = self.config.durable
-        if self.rf is not None:
-            finish = functools.partial(self.rf.finish, durable)
-            await asyncio.get_running_loop().run_in_executor(_DURABLE, finish)
-            return
-        fd, self._grow_fd = self._grow_fd, -1
-        held, self._held = self._held, bytearray()
-        self._plain = False
-        tuning = Tuning.of(self.config)
-        await filer().finish(fd, self._name, held, self._held_at, durable=durable, tuning=tuning)
-        self.size = self._grow_pos
-
-    def _keep_plain(self) -> None:
-        """A small file paused (or broken off) keeps what arrived: its bytes go into a
-        result file with a bitmap of small blocks, which the next run resumes from (a
-        restart from zero is left to servers without ranges).  At most first_request
-        bytes are copied, once, as the download stops; never on the data path."""
-        size = self.size
-        if (
-            self.rf is not None
-            or not self._plain
-            or not self.ranges_ok
-            or self.request.single_request  # a request that cannot ask for a range
-            or size is None
-            or not 0 < self._grow_pos < size
-            or self.finishing
-        ):
-            return
-        data = bytearray()
-        try:
-            if self._grow_fd >= 0 and self._held_at:
-                data += os.pread(self._grow_fd, self._held_at, 0)
-            if len(data) != self._held_at:
-                return  # the spilled part is not all there: nothing safe to keep
-            data += self._held
-            if self._grow_fd >= 0:
-                os.close(self._grow_fd)
-                self._grow_fd = -1
-            remove_partial(self.result)
-            if self.on_resumable is not None:
-                self.on_resumable()
-            with RangeFile(
-                self.result,
-                size,
-                _KEPT_BLOCK,
-                etag=self.etag,
-                last_modified=self.last_modified,
-                tuning=Tuning.of(self.config),
-            ) as rf:
-                rf.write(0, data)
-                rf.drain()
-                rf.flush(durable=False)
-        except (OSError, TransferError):
-            with contextlib.suppress(OSError, TransferError):
-                remove_partial(self.result)  # as before: the next run starts again
-
-    def _close(self) -> None:
-        if self.rf is not None:
-            self.rf.close()
-        self._plain = False
-        self._held = bytearray()  # nothing resumes a plain file: it starts again
-        if self._grow_fd >= 0:
-            os.close(self._grow_fd)
-            self._grow_fd = -1
-
+    # -- progress ---------------------------------------------------------------
     def _tick_soon(self) -> None:
         self._ticker = ticker(_TICK)
         self._ticker.join(self, self._tick)
@@ -1117,8 +269,8 @@ class SegmentedDownload:
         """Throttled progress reports and periodic checkpoints of data and bitmap,
         handed to the core's threads (a member of the loop's ticker, not a task: most
         small files end before a tick)."""
-        rf = self.rf
-        if rf is not None and not rf.closed and rf.reap() and self.on_blocks is not None:
+        sink = self.file.sink
+        if sink is not None and sink.reap() and self.on_blocks is not None:
             self.on_blocks()  # runs the writer threads finished while no piece came
         self._report()
         now = asyncio.get_running_loop().time()
@@ -1127,8 +279,8 @@ class SegmentedDownload:
         if self._width is not None:
             self._widen(now)
         due = now - self._flushed >= self.config.durable_every
-        if due and self.rf is not None and not self.rf.closed:
-            self.rf.checkpoint(self.config.durable)
+        if due and sink is not None:
+            sink.checkpoint(self.config.durable)
             self._flushed = now
 
     def _report(self) -> None:

@@ -20,7 +20,11 @@ from typing import Any
 from engine._disk.core import RangeFile
 from engine._net.transport import ResponseHead
 from engine.config import TransferConfig
-from engine.errors import TransferError
+from engine.errors import InvalidStateError, TransferError
+
+
+def _nowhere(offset: int, view: memoryview, /) -> int:
+    raise InvalidStateError("a response was to be written before its head was checked")
 
 
 class Stop(enum.Enum):
@@ -50,9 +54,9 @@ class Stream:
     """Its worker ends with it: a reader's connection took its place."""
     stop: Stop | None = None
     error: TransferError | None = None
-    sink: bytearray | None = None
-    """A plain body that fits in memory whole: its pieces are appended here, with none
-    of the checks a piece of a ranged file needs (see SegmentedDownload._writer)."""
+    held: bytearray | None = None
+    """A plain body whose rest fits in memory: its pieces are appended here, with none
+    of the checks a piece of a ranged file needs (``Sink.hold``)."""
     ends_body: bool = False
     """A body of unknown length ends at ``end`` if this response gets there."""
     started: float = 0.0
@@ -71,6 +75,9 @@ class Stream:
     """The ``engine._download.sources.Source`` it asks."""
     why: str = ""
     """Why its source disagrees with the file (``Stop.CHANGED``), when it does."""
+    put = staticmethod(_nowhere)
+    """Where its bytes go: the file's sink's ``write``, set once its head passed (a
+    class attribute until then, not a field: a small file makes one stream)."""
 
 
 class Segments:

@@ -24,8 +24,8 @@ one attribute read a request.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
 
+from engine._download.checks import UNDECIDED, Validators
 from engine._download.segments import Stream
 from engine._net.transport import ResponseHead
 from engine._ops.validate import host_of
@@ -58,10 +58,8 @@ class Sources:
 
     def __init__(self, urls: list[str]) -> None:
         self.all = [Source(url, host_of(url)) for url in urls]
-
-    @property
-    def several(self) -> bool:
-        return len(self.all) > 1
+        self.several = len(self.all) > 1
+        """More than one: each response is checked against its source's validators."""
 
     def live(self) -> list[Source]:
         return [s for s in self.all if not s.dropped]
@@ -70,6 +68,9 @@ class Sources:
         """The source where a new request is expected to end soonest; None when all
         are dropped.  A source with no request ended yet is judged by the ones it
         has running (its first may be long)."""
+        if not self.several:  # (most downloads: no list made a request)
+            only = self.all[0]
+            return None if only.dropped else only
         live = self.live()
         if len(live) < 2:
             return live[0] if live else None
@@ -95,27 +96,22 @@ class Sources:
         """The dropped sources' URLs and why each was dropped."""
         return {s.url: s.dropped for s in self.all if s.dropped}
 
-    def disagrees(
-        self, source: Source, head: ResponseHead, total: int | None, file: Decided
-    ) -> str:
-        """Why ``source``'s response cannot go into the file ("" when it can); the
-        first one that can makes the source's own validators known."""
-        if total is not None and file.size is not None and total != file.size:
-            return f"its size ({total}) is not the file's ({file.size})"
-        etag, modified = head.get("ETag") or "", head.get("Last-Modified") or ""
+    @staticmethod
+    def expected(source: Source, file: Validators, loose: bool) -> Validators:
+        """The validators a response of ``source`` must not contradict: its own once
+        it agreed, else the file's (none when the expected checksum decides: ``loose``)."""
         if source.agreed:
-            known = (source.etag, source.last_modified)
-        elif file.loose:
-            known = ("", "")  # the expected checksum decides
-        else:
-            known = (file.etag, file.last_modified)
-        if known[0] and etag and etag != known[0]:
-            return f"its ETag ({etag}) is not {known[0]}"
-        if known[1] and modified and modified != known[1]:
-            return f"its Last-Modified ({modified}) is not {known[1]}"
+            return source
+        return UNDECIDED if loose else file
+
+    @staticmethod
+    def agree(source: Source, head: ResponseHead) -> None:
+        """A response of ``source`` agreed with the file: its first makes the source's
+        own validators known."""
         if not source.agreed:
-            source.agreed, source.etag, source.last_modified = True, etag, modified
-        return ""
+            source.agreed = True
+            source.etag = head.get("ETag") or ""
+            source.last_modified = head.get("Last-Modified") or ""
 
     @staticmethod
     def validator(source: Source) -> str:
@@ -144,13 +140,3 @@ def _running_rate(source: Source, inflight: list[Stream], now: float) -> float:
         if st.source is source and st.started and now - st.started > 0.2
     ]
     return sum(rates) / len(rates) if rates else 0.0
-
-
-class Decided(Protocol):
-    """What the file's first response decided (``SegmentedDownload``)."""
-
-    size: int | None
-    etag: str
-    last_modified: str
-    loose: bool
-    """The expected checksum is known: sources need only agree on the size."""

@@ -1,9 +1,9 @@
 """libcurl through pycurl: easy-handle set-up, response heads, and curl codes mapped to errors.
 
-pycurl ships no type stubs, so it is imported here, in ``_multi`` and in ``_segmented``
-only.  One ``pycurl.AsyncCurlMulti`` (``_multi.Multi``) per engine loop drives every
-transfer through libcurl's multi-socket API; easy handles are pooled so their
-connections stay alive.
+pycurl ships no type stubs, so it is imported here, in ``multi`` and in
+``engine._download.request`` only.  One ``pycurl.AsyncCurlMulti`` (``multi.Multi``)
+per engine loop drives every transfer through libcurl's multi-socket API; easy handles
+are pooled so their connections stay alive.
 """
 
 from __future__ import annotations

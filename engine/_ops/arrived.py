@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import cast
 
 from engine._disk.core import RangeFile, control_path, peek
-from engine._download.segmented import SegmentedDownload, Snapshot
+from engine._download.fetch import Snapshot
+from engine._download.segmented import SegmentedDownload
 from engine._ops.fields import OperationFields
 from engine._ops.interfaces import EngineOperation
 from engine.errors import ControlFileError, StorageError
@@ -122,10 +123,11 @@ class OperationProgress(OperationFields):
                 self._response_from = (
                     job.actual_url,
                     job.last_head,
-                    bool(job.ranges_ok and job.size),
+                    bool(job.file.ranges_ok and job.file.size),
                 )
-            if job.rf is not None and not job.rf.closed:
-                self._ranges = job.rf.ranges()
+            rf = job.file.rf
+            if rf is not None and not rf.closed:
+                self._ranges = rf.ranges()
         self.flush_ranges_event(final=False)
         self._report()
 

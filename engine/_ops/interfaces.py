@@ -35,7 +35,8 @@ from engine.values import Event as ApiEvent
 from engine.web_error import WebErrorStatus
 
 if TYPE_CHECKING:
-    from engine._download.segmented import SegmentedDownload, Snapshot
+    from engine._download.fetch import Snapshot
+    from engine._download.segmented import SegmentedDownload
     from engine._ops.settings import Settings
 
 

@@ -53,10 +53,11 @@ class Readers:
 
     def _present_from(self, op: EngineOperation, offset: int, want: int) -> int:
         job = op.job
-        if job is not None and job.finishing:
+        file = job.file if job is not None else None
+        if file is not None and file.finishing:
             return 0  # the finishing thread owns the file: wait for COMPLETED
-        if job is not None and job.rf is not None and not job.rf.closed:
-            ranges = job.rf.ranges()
+        if file is not None and file.rf is not None and not file.rf.closed:
+            ranges = file.rf.ranges()
         elif job is None:
             ranges = op.disk_ranges()
         else:

@@ -300,7 +300,7 @@ class Runner:
         job = op.job
         if expected is not None and job is not None:
             algo, digest = expected
-            got = await job.digest(algo)
+            got = await job.file.digest(algo)
             if got != digest:
                 remove_partial(op.result_file)
                 raise IntegrityError(
@@ -308,7 +308,7 @@ class Runner:
                 )
         with op.finishing():
             await finish()
-        op.mark_complete(job.size if job is not None else None)
+        op.mark_complete(job.file.size if job is not None else None)
 
     def _settle_error(self, exc: TransferError) -> None:
         op = self.op
