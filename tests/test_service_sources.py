@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from servers import FaultServer
 from service_env import ServiceEnv, svc_fixture  # noqa: F401 (a fixture)
 
@@ -79,3 +82,28 @@ def test_service_downloader_carries_sources_auto_and_the_limit(
     assert op.status is BackgroundTransferStatus.COMPLETED
     assert (tmp_path / "a.bin").read_bytes() == body
     assert busy.bytes_sent == 0
+
+
+def test_resume_limit_rate_through_the_service_is_stored(
+    svc: ServiceEnv, pair: tuple[FaultServer, FaultServer, bytes], tmp_path: Path
+) -> None:
+    """resume GUID --limit-rate 2M while the service runs sets the limit there, on
+    the operation the service holds (it reads back through the API)."""
+    busy, good, body = pair
+    d = BackgroundDownloader(state_dir=svc.state_dir, service=True)
+    op = d.create_download(busy.url, tmp_path / "b.bin", sources=[good.url])
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "engine", "resume", str(op.guid), "--limit-rate", "2M"],
+        env=svc.env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:  # 6 MiB at 2 MiB/s: seconds in which the row is there to read
+        wait_for(lambda: (_stored(svc, str(op.guid)) or {"max_rate": 0})["max_rate"] == 2 << 20)
+        _, err = resumed.communicate(timeout=60)
+    finally:
+        resumed.kill()
+    assert resumed.returncode == 0, err
+    assert (tmp_path / "b.bin").read_bytes() == body
