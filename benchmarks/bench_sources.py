@@ -5,6 +5,10 @@
   time of the fast one alone, most bytes from it;
 - a server limited to 20 MB/s a connection: the default (adaptive) beside ``-c 4``:
   target at most 0.3 times the time of ``-c 4``;
+- where more connections do not pay (plain nginx at full speed on loopback: the
+  machine, not the server, is the limit), the default beside ``-c 4`` and ``-c 1``:
+  target no more time or bytes than they take, and no more connections than pay
+  (the most it had on the wire at once is recorded);
 - the bytes nginx served for each (its access log), and the bytes received twice;
   over HTTP/1.1 and over HTTP/2 (TLS with a test CA), with 8 connections: target at
   most 1.02 times the size.
@@ -71,18 +75,24 @@ def _served(server: Nginx, before: int) -> dict[str, int]:
 
 def _download(
     tmp: Path, urls: list[str], connections: Count, config: TransferConfig | None = None
-) -> tuple[float, int]:
-    """Seconds to download ``urls`` (one file, several sources), bytes received twice."""
+) -> tuple[float, int, int]:
+    """Seconds to download ``urls`` (one file, several sources), bytes received twice,
+    and the most connections it had on the wire at a progress report."""
     state = tmp / f"state-{time.monotonic_ns()}"
     d = BackgroundDownloader(state_dir=state, max_connections_per_file=connections, config=config)
     out = tmp / "out.bin"
     op = d.create_download(urls[0], out, sources=urls[1:])
+    most = [0]
+
+    def told(op: object) -> None:
+        most[0] = max(most[0], getattr(op, "connections", 0))
+
     started = time.monotonic()
-    op.start().wait(600)
+    op.start(told).wait(600)
     took = time.monotonic() - started
     duplicated = op.duplicated_bytes
     out.unlink()
-    return took, duplicated
+    return took, duplicated, most[0]
 
 
 def _rounds(benchmark: BenchmarkFixture) -> int:
@@ -97,12 +107,15 @@ def test_two_sources_and_adaptive_connections(
     fast, slow = server.url("big.bin"), server.url("r20/big.bin")
     scenarios: dict[str, tuple[list[str], Count]] = {
         "fast source alone (auto)": ([fast], "auto"),
+        "fast source alone, -c 4": ([fast], 4),
+        "fast source alone, -c 1": ([fast], 1),
         "fast + 20 MB/s-a-connection sources (auto)": ([fast, slow], "auto"),
         "20 MB/s a connection, -c 4": ([slow], 4),
         "20 MB/s a connection, auto": ([slow], "auto"),
     }
     times: dict[str, list[float]] = {name: [] for name in scenarios}
     costs: dict[str, tuple[dict[str, int], int]] = {}
+    widest: dict[str, int] = {}
 
     def session() -> None:
         names = list(scenarios)
@@ -110,9 +123,10 @@ def test_two_sources_and_adaptive_connections(
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 urls, connections = scenarios[name]
                 before = len(server.requests())
-                took, duplicated = _download(tmp_path, urls, connections)
+                took, duplicated, most = _download(tmp_path, urls, connections)
                 times[name].append(took)
                 costs[name] = (_served(server, before), duplicated)
+                widest[name] = max(widest.get(name, 0), most)
 
     benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
     if benchmark.disabled:
@@ -124,6 +138,7 @@ def test_two_sources_and_adaptive_connections(
         for path, sent in sorted(served_by.items()):
             record(f"{group}: bytes served / size", f"{name}: {path}", sent / size)
         record(f"{group}: bytes served / size", f"{name}: received twice", duplicated / size)
+        record(f"{group}: most connections at once", name, widest[name], lower_is_better=True)
 
 
 def test_bytes_served_over_http1_and_http2(

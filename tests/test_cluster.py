@@ -412,3 +412,26 @@ def test_a_file_there_is_skipped_only_when_its_checksum_matches(
     wait_for(lambda: _fetches(nginx, "sums/") >= before + 1)  # nginx logs a moment after
     assert _fetches(nginx, "sums/") == before + 1
     _same(out, served, names)
+
+
+def test_a_lines_other_urls_reach_the_workers(client: Any, tmp_path: Path) -> None:
+    """``BUSY<TAB>GOOD NAME`` mirrored on the cluster: the worker drops the source
+    answering 503 and takes the file byte-exact from the other; the shard leases
+    both hosts."""
+    import engine.cluster
+
+    body = os.urandom(3 << 20)
+    busy, good = FaultServer(body, fault="503"), FaultServer(body)
+    good.last_modified = busy.last_modified
+    try:
+        lines = [f"{busy.url}\t{good.url} both.bin"]
+        (shard,) = cut([Entry(busy.url, "both.bin", None, 1, (good.url,))])
+        assert len(shard.hosts) == 2
+        report = engine.cluster.mirror(lines, tmp_path / "out", client=client)
+        assert report.ok, report.failed
+        assert (tmp_path / "out" / "both.bin").read_bytes() == body
+        assert busy.requests >= 1
+        assert busy.bytes_sent == 0
+    finally:
+        busy.close()
+        good.close()

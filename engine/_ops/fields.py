@@ -86,7 +86,6 @@ class OperationFields:
     """What drives it on the engine loop now (a ``Runner``), if anything."""
     _unsaved_running = False
     _connections = 0
-    _rate = 0  # max_bytes_per_second
     _duplicated = 0
     _dropped: dict[str, str] = {}  # noqa: RUF012 (replaced, never changed in place)
     _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
@@ -237,15 +236,19 @@ class OperationFields:
     @property
     def max_bytes_per_second(self) -> int:
         """*Beyond*: the most bytes a second this download receives (0: no limit of its
-        own; the downloader's total still applies).  Kept for the life of this object,
-        not in the state database; a change applies to the connections on the wire."""
-        return self._rate
+        own; the downloader's total still applies).  Stored with the operation, so a
+        resume in another process (``get_current_downloads``) keeps it; a change applies
+        to the connections on the wire."""
+        return self._rec.max_rate
 
     @max_bytes_per_second.setter
     def max_bytes_per_second(self, value: int) -> None:
         if value < 0:
             raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
-        self._rate = value
+        with self._lock:
+            if value != self._rec.max_rate:
+                self._store.update(self._rec.guid, max_rate=value)
+                self._rec.max_rate = value
         if self._budget is not None:
             self._budget.rate = value
 
@@ -253,7 +256,7 @@ class OperationFields:
         """The budget its requests take their rate from (engine loop)."""
         budget = self._budget
         if budget is None:
-            budget = self._budget = Budget(self._rate, self._settings.budget)
+            budget = self._budget = Budget(self._rec.max_rate, self._settings.budget)
         return budget
 
     @property

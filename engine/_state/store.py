@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS operations (
     checksum TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    sources TEXT NOT NULL DEFAULT '[]'
+    sources TEXT NOT NULL DEFAULT '[]',
+    max_rate INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS one_live_operation_per_result ON operations(result_file)
     WHERE status NOT IN (5, 6) AND NOT (status = 7 AND acknowledged = 1);
@@ -106,11 +107,20 @@ with no key: a row appended costs about 1 us where one under a primary key cost 
 then 'done' or 'refused: why'."""
 
 
-def _add_sources(db: sqlite3.Connection) -> None:
-    """A database made before operations had sources gets the column (empty lists)."""
+_ADDED = {
+    "sources": "TEXT NOT NULL DEFAULT '[]'",
+    "max_rate": "INTEGER NOT NULL DEFAULT 0",
+}
+"""Columns added after databases were made with ``operations``: name -> declaration."""
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """A database made before a column of ``_ADDED`` existed gets it, with its default
+    (no extra sources, no rate limit)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(operations)")}
-    if "sources" not in columns:
-        db.execute("ALTER TABLE operations ADD COLUMN sources TEXT NOT NULL DEFAULT '[]'")
+    for name, declaration in _ADDED.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE operations ADD COLUMN {name} {declaration}")
 
 
 FINISHED_SQL = "status IN (5, 6) OR (status = 7 AND acknowledged = 1)"
@@ -145,6 +155,8 @@ class OpRecord:
     updated: float = dataclasses.field(default_factory=time.time)
     sources: list[str] = dataclasses.field(default_factory=list)
     """More URLs of the same content (beyond the Windows API)."""
+    max_rate: int = 0
+    """Its own ``max_bytes_per_second`` (0: none), kept so a resume keeps the limit."""
 
     def to_row(self) -> tuple[Any, ...]:
         """The row's values in column order (one C call gathers them: a comprehension
@@ -225,7 +237,7 @@ class Store:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP}")
                 self._db.execute(f"PRAGMA journal_size_limit={BACKSTOP * 4096}")
                 self._db.executescript(_SCHEMA)
-                _add_sources(self._db)
+                _add_columns(self._db)
             finally:
                 os.umask(old)
             os.chmod(db, 0o600)

@@ -358,6 +358,9 @@ def resume(args: argparse.Namespace) -> int:
         if op is None:  # it had not started: a new one from the new URL
             op = d.create_download(url, ops[0].result_file)
         ops = [op]
+    if args.limit_rate is not None:
+        for op in ops:
+            op.max_bytes_per_second = args.limit_rate
     errors = follow(d, ops, args.quiet)
     by_guid = {op.guid: op for op in ops}
     for exc in errors:

@@ -288,6 +288,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("guid", nargs="?", help="its GUID, or the first characters of it")
     r.add_argument("--all", action="store_true")
     r.add_argument("--url", help="continue from this URL (the same file, moved or re-signed)")
+    r.add_argument(
+        "--limit-rate",
+        type=_rate,
+        default=None,
+        metavar="RATE",
+        help="a new limit for each file resumed, as curl's (0: none); else the one it had",
+    )
     _login(r)
     _trust(r)
     _limits(r)

@@ -40,7 +40,7 @@ def mirror_on_cluster(
         headers.append((name.strip(), value.strip()))
     options = Options(
         args.parallel,
-        args.connections if isinstance(args.connections, int) else 4,  # auto: the cluster's 4
+        args.connections,  # an int, or "auto": each worker's engine adapts them
         tuple(headers),
         credential(args, logins, (host_of(entry.url) for entry in entries)),
         durability=args.durability,

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine import Credential, InvalidRequestError
 from engine._disk.checksum import parse
@@ -51,7 +51,7 @@ def mirror(
     client: Any = None,
     *,
     parallel: int = 16,
-    connections: int = 4,
+    connections: int | Literal["auto"] = "auto",
     headers: Sequence[tuple[str, str]] = (),
     credential: Credential | None = None,
     host_connections: int | None = None,
@@ -72,12 +72,13 @@ def mirror(
     if listed.bad:  # nothing started yet: the caller mends the list and loses nothing
         raise InvalidRequestError("; ".join(listed.bad))
     entries = listed.entries
-    logins = set()
+    logins: set[tuple[str, str]] = set()
     for i, entry in enumerate(entries):
-        url, login = split_login(entry.url)
-        if login is not None:
-            entries[i] = dataclasses.replace(entry, url=url)
-            logins.add(login)
+        split = [split_login(u) for u in (entry.url, *entry.mirrors)]
+        urls = [u for u, _ in split]
+        logins.update(login for _, login in split if login is not None)
+        if urls != [entry.url, *entry.mirrors]:
+            entries[i] = dataclasses.replace(entry, url=urls[0], mirrors=tuple(urls[1:]))
         if entry.checksum:
             parse(entry.checksum)
     if len(logins) > 1:
@@ -104,7 +105,8 @@ def run(
         raise ImportError(f"{exc}: pip install 'bgtransfer[cluster]'") from exc
 
     client = client or default_client()
-    if options.parallel < 1 or not 1 <= options.connections <= 64:
+    fixed = options.connections
+    if options.parallel < 1 or not (fixed == "auto" or 1 <= fixed <= 64):
         raise InvalidRequestError("parallel must be at least 1, connections within 1..64")
     shards = cut(entries, shard_size)
     options, semaphores = _caps(client, shards, options, host_connections)
@@ -167,6 +169,10 @@ def _add(report: Report, view: ClusterView, shard: Shard, future: Any) -> None:
     )
 
 
+_AUTO_START = 4
+"""Connections a file starts with under "auto" (the engine's starting count)."""
+
+
 def _caps(
     client: Any, shards: list[Shard], options: Options, cap: int | None
 ) -> tuple[Options, dict[str, Any]]:
@@ -181,8 +187,11 @@ def _caps(
     from distributed import Semaphore
 
     files = min(options.parallel, max((len(s.items) for s in shards), default=1))
-    budget = min(cap, files * options.connections)
-    connections = min(options.connections, budget)
+    # Under a cap over the cluster, the count a file may grow to is what the cap
+    # leaves it: "auto" takes the engine's starting count, fixed, so the cap holds.
+    wanted = _AUTO_START if options.connections == "auto" else options.connections
+    budget = min(cap, files * wanted)
+    connections = min(wanted, budget)
     parallel = max(1, budget // connections)
     leases = max(1, cap // (parallel * connections))
     hosts = sorted({h for shard in shards for h in shard.hosts})

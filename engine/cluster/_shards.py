@@ -32,9 +32,16 @@ class Shard:
 
     @property
     def hosts(self) -> list[str]:
-        """The hosts its URLs name (``host:port``, lowercase), sorted: leases on their
-        semaphores are taken in this order, so two shards never wait on each other."""
-        return sorted({urlsplit(item.url).netloc.rpartition("@")[2].lower() for item in self.items})
+        """The hosts its URLs name, every source of a file (``host:port``, lowercase),
+        sorted: leases on their semaphores are taken in this order, so two shards never
+        wait on each other."""
+        return sorted(
+            {
+                urlsplit(url).netloc.rpartition("@")[2].lower()
+                for item in self.items
+                for url in (item.url, *item.mirrors)
+            }
+        )
 
 
 def shard_size(count: int) -> int:
@@ -52,6 +59,7 @@ def cut(items: Sequence[Entry], size: int | None = None) -> list[Shard]:
         part = tuple(items[start : start + size])
         digest = hashlib.sha256()
         for item in part:
-            digest.update(f"{item.url}\0{item.name}\0{item.checksum or ''}\n".encode())
+            urls = "\t".join((item.url, *item.mirrors))
+            digest.update(f"{urls}\0{item.name}\0{item.checksum or ''}\n".encode())
         shards.append(Shard(f"{index:06d}-{digest.hexdigest()[:16]}", part))
     return shards

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from engine import (
     BackgroundDownloader,
@@ -45,7 +45,8 @@ class Options:
     """How each shard is mirrored (the command's -j, -c, -H, login and --durability)."""
 
     parallel: int = 16
-    connections: int = 4
+    connections: int | Literal["auto"] = "auto"
+    """Connections a file: fixed, or "auto" (the engine adapts them, see docs/sources.md)."""
     headers: tuple[tuple[str, str], ...] = ()
     credential: Credential | None = None
     mirror: str = ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine._state.store import default_state_dir
 from engine.downloader import (
@@ -25,7 +25,6 @@ from engine.downloader import (
     BackgroundTransferCompletionGroup,
     BackgroundTransferGroup,
 )
-from engine.errors import InvalidRequestError
 from engine.operation import DownloadOperation
 from engine.service.link import Link
 from engine.service.operation import RemoteOperation
@@ -52,7 +51,7 @@ class ServiceDownloader(BackgroundDownloader):
         proxy_credential: Credential | None = None,
         proxy: str | None = None,
         completion_group: BackgroundTransferCompletionGroup | None = None,
-        max_connections_per_file: int = 8,
+        max_connections_per_file: int | Literal["auto"] = "auto",
         block_size: int = 1 << 20,
         service: bool = True,
         **_engine_only: Any,
@@ -87,10 +86,8 @@ class ServiceDownloader(BackgroundDownloader):
         *,
         sources: Sequence[str] = (),
     ) -> RemoteOperation:
-        """A new operation in the service, in IDLE: ``start_async`` starts it there.
-        Several sources go through the engine in-process only, for now."""
-        if sources:
-            raise InvalidRequestError("several sources are not taken by the service yet")
+        """A new operation in the service, in IDLE: ``start_async`` starts it there,
+        from ``uri`` and the other ``sources`` of the same content."""
         body: dict[str, Any] = {
             "uri": uri,
             "result_file": os.path.abspath(os.fspath(result_file)),
@@ -104,6 +101,8 @@ class ServiceDownloader(BackgroundDownloader):
             "block_size": self.block_size,
             "headers": [list(h) for h in self._headers],
         }
+        if sources:
+            body["sources"] = list(sources)
         if request_body_file is not None:
             body["body_file"] = os.path.abspath(os.fspath(request_body_file))
         if self.transfer_group is not None:

@@ -135,10 +135,10 @@ def get_background(args: argparse.Namespace) -> int:
     from engine.cli.names import split_login
     from engine.service.protocol import credentials_json
 
-    if len(args.url) > 1:
-        raise InvalidRequestError("--background takes one URL (several sources run in-process)")
     url, login = split_login(args.url[0])
-    creds = credential(args, [login], [host_of(url)])
+    extra = [split_login(more) for more in args.url[1:]]
+    logins = [login, *(found for _, found in extra)]
+    creds = credential(args, logins, [host_of(url), *(host_of(u) for u, _ in extra)])
     output = _output(args, url)
     if args.checksum:
         parse(args.checksum)
@@ -148,6 +148,10 @@ def get_background(args: argparse.Namespace) -> int:
         "max_connections": 0 if args.connections == "auto" else args.connections,  # 0: auto
         "headers": [_header(h) for h in args.header],
     }
+    if extra:
+        body["sources"] = [u for u, _ in extra]
+    if args.limit_rate:
+        body["max_bytes_per_second"] = args.limit_rate
     if args.checksum:
         body["checksum"] = args.checksum
     if creds is not None:
@@ -252,6 +256,8 @@ def resume(args: argparse.Namespace) -> int:
         guids = []
         for view in views:
             if not view.ended:
+                if args.limit_rate is not None:
+                    await client.patch(view.guid, {"max_bytes_per_second": args.limit_rate})
                 await client.control(view.guid, "resume", secret)
             guids.append(view.guid)
         return await follow_until_ended(client, guids) if guids else []

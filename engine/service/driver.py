@@ -87,6 +87,9 @@ def view_of(op: DownloadOperation, *, waiting: bool = False) -> OpView:
         waiting_for_credentials=waiting,
         connections=op.connections,
         headers=[[k, v] for k, v in op.record.headers],
+        sources=list(op.record.sources),
+        max_bytes_per_second=op.max_bytes_per_second,
+        dropped_sources=op.dropped_sources,
     )
 
 
@@ -398,6 +401,8 @@ class Driver:
             )
         if "random_access" in fields:
             op.is_random_access_required = fields["random_access"]
+        if "max_bytes_per_second" in fields:
+            op.max_bytes_per_second = fields["max_bytes_per_second"]
         if "checksum" in fields:
             op.expected_checksum = fields["checksum"]
         if "recoverable" in fields:

@@ -21,6 +21,7 @@ from engine._state.store import Store
 from engine.downloader import BackgroundTransferCompletionGroup, BackgroundTransferGroup
 from engine.errors import (
     HttpError,
+    InvalidRequestError,
     InvalidStateError,
     TransferCanceled,
     TransferError,
@@ -174,6 +175,20 @@ class RemoteOperation(DownloadOperation):
     @property
     def connections(self) -> int:
         return self.view.connections
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        return self.view.max_bytes_per_second
+
+    @max_bytes_per_second.setter
+    def max_bytes_per_second(self, value: int) -> None:
+        if value < 0:
+            raise InvalidRequestError("max_bytes_per_second must be 0 (no limit) or more")
+        self._patch(max_bytes_per_second=value)
+
+    @property
+    def dropped_sources(self) -> dict[str, str]:
+        return dict(self.view.dropped_sources)
 
     @property
     def progress(self) -> BackgroundDownloadProgress:

@@ -49,6 +49,8 @@ CREATE_FIELDS = {
     "body_file": Field(str),
     "proxy": Field(str),
     "credentials": Field(dict),
+    "sources": Field(list),
+    "max_bytes_per_second": Field(int),
 }
 CONTROL_FIELDS = {"credentials": Field(dict)}
 PATCH_FIELDS = {
@@ -59,6 +61,7 @@ PATCH_FIELDS = {
     "checksum": Field((str, type(None))),
     "headers": Field(list),
     "recoverable": Field(list),
+    "max_bytes_per_second": Field(int),
 }
 CREDENTIAL_KINDS = ("server", "proxy")
 
@@ -165,6 +168,9 @@ class OpView:
     waiting_for_credentials: bool = False
     connections: int = 0
     headers: list[list[str]] = dataclasses.field(default_factory=list)
+    sources: list[str] = dataclasses.field(default_factory=list)
+    max_bytes_per_second: int = 0
+    dropped_sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ended(self) -> bool:

@@ -63,12 +63,17 @@ class CreateRequest:
             server_credential=self.server,
             proxy_credential=self.proxy,
             proxy=f.get("proxy"),
-            max_connections_per_file=f.get("max_connections", 8) or "auto",  # 0: auto
+            max_connections_per_file=f.get("max_connections", 0) or "auto",  # 0: auto
             block_size=f.get("block_size", 1 << 20),
         )
         for name, value in f.get("headers", []):
             d.set_request_header(name, value)
-        op = d.create_download(f["uri"], f["result_file"], f.get("body_file"))
+        sources = f.get("sources", [])
+        if not all(isinstance(url, str) for url in sources):
+            raise InvalidRequestError("sources must be a list of URLs")
+        op = d.create_download(f["uri"], f["result_file"], f.get("body_file"), sources=sources)
+        if "max_bytes_per_second" in f:
+            op.max_bytes_per_second = f["max_bytes_per_second"]
         if "checksum" in f:
             op.expected_checksum = f["checksum"]
         if f.get("random_access"):
