@@ -46,22 +46,34 @@ _SENT = re.compile(rb'" \d{3} (\d+) ')
 
 
 class ServedBytes:
-    """Body bytes nginx sent since ``mark()``, from its access log."""
+    """Body bytes and requests nginx served since ``mark()``, from its access log."""
 
     def __init__(self, server: Nginx) -> None:
         self.log = server.root / "access.log"
         self.at = 0
         self.runs: dict[str, list[int]] = {}
+        self.requests: dict[str, list[int]] = {}
 
     def mark(self) -> None:
         self.at = self.log.stat().st_size if self.log.exists() else 0
 
+    def logged(self) -> bool:
+        """Whether a request was logged since ``mark()`` (nginx logs one once served)."""
+        return self.log.exists() and self.log.stat().st_size > self.at
+
     def take(self, name: str) -> None:
         with self.log.open("rb") as fh:
             fh.seek(self.at)
-            sent = sum(int(m[1]) for m in _SENT.finditer(fh.read()))
-        self.runs.setdefault(name, []).append(sent)
+            found = [int(m[1]) for m in _SENT.finditer(fh.read())]
+        self.runs.setdefault(name, []).append(sum(found))
+        self.requests.setdefault(name, []).append(len(found))
 
     def report(self, group: str) -> None:
         for name, sent in self.runs.items():
             record(f"{group}: MB served a run", name, statistics.median(sent) / 1e6)
+            record(
+                f"{group}: requests a run",
+                name,
+                statistics.median(self.requests[name]),
+                lower_is_better=True,
+            )
