@@ -30,7 +30,7 @@ def serve_big_file(root: Path, config: pytest.Config) -> Iterator[tuple[Nginx, i
     Every MiB differs (a rotated random MiB), so a misplaced block cannot hide.
     """
     small = benchmarks_disabled(config)
-    size = (64 * MIB) if small else int(os.environ.get("BGT_BENCH_SIZE", str(2 << 30)))
+    size = (64 * MIB) if small else _size(os.environ.get("BGT_BENCH_SIZE") or "2G")
     server = Nginx(root)
     with (server.www / "big.bin").open("wb") as fh:
         chunk = random.Random(1).randbytes(MIB)
@@ -40,6 +40,12 @@ def serve_big_file(root: Path, config: pytest.Config) -> Iterator[tuple[Nginx, i
         yield server, size
     finally:
         server.stop()
+
+
+def _size(text: str) -> int:
+    """Bytes from ``BGT_BENCH_SIZE``: a number, or one with K, M or G (1024-based)."""
+    unit = {"K": 1 << 10, "M": MIB, "G": 1 << 30}.get(text[-1:].upper(), 0)
+    return int(text[:-1]) * unit if unit else int(text)
 
 
 _SENT = re.compile(rb'" \d{3} (\d+) ')
