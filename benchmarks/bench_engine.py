@@ -203,6 +203,7 @@ def _small_files(
     benchmark.pedantic(session, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
 
 
+@pytest.mark.timeout(1800)  # 30 runs or more on a shared machine: past the tests' limit
 @pytest.mark.parametrize("place", PLACES)
 def test_5000_small_files(
     benchmark: BenchmarkFixture,
@@ -218,6 +219,7 @@ def test_5000_small_files(
         _small_files(benchmark, served[0], tmp_path, dest, count)
 
 
+@pytest.mark.timeout(1800)
 def test_64_files_of_32_mib(
     benchmark: BenchmarkFixture,
     served: tuple[Nginx, int],

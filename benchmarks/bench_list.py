@@ -42,6 +42,10 @@ def _env(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
+# pytest-timeout's default is for tests: a run may take up to its own limit, each.
+@pytest.mark.timeout(
+    2 * _env("BGT_BENCH_LIST_ROUNDS", 1) * _env("BGT_BENCH_LIST_SECONDS", 3600) + 900
+)
 def test_list_of_a_million_lines(
     benchmark: BenchmarkFixture,
     plain_nginx: Nginx,
