@@ -30,15 +30,6 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def nginx_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    server = Nginx(tmp_path_factory.mktemp("bench-cluster-nginx"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def local_cluster() -> Iterator[str]:
     """A LocalCluster of 2 worker processes (one thread each), as ``local:2`` makes;
     its start is recorded apart from the mirrors."""
@@ -123,23 +114,23 @@ def _compare(
 
 def test_2000_small_files_on_a_cluster_of_2(
     benchmark: BenchmarkFixture,
-    nginx_root: Nginx,
+    plain_nginx: Nginx,
     local_cluster: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
     """2000 x 64 KiB: the in-process mirror beside a LocalCluster of 2."""
     count = 100 if benchmarks_disabled(request.config) else 2000
-    _compare(benchmark, nginx_root, local_cluster, tmp_path, count, 64 << 10)
+    _compare(benchmark, plain_nginx, local_cluster, tmp_path, count, 64 << 10)
 
 
 def test_8_files_of_300_mb_on_a_cluster_of_2(
     benchmark: BenchmarkFixture,
-    nginx_root: Nginx,
+    plain_nginx: Nginx,
     local_cluster: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
     """8 x 300 MB: the in-process mirror beside a LocalCluster of 2."""
     size = (8 << 20) if benchmarks_disabled(request.config) else 300_000_000
-    _compare(benchmark, nginx_root, local_cluster, tmp_path, 8, size)
+    _compare(benchmark, plain_nginx, local_cluster, tmp_path, 8, size)

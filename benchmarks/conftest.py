@@ -19,6 +19,16 @@ def served(
     yield from serve_big_file(tmp_path_factory.mktemp("bench-nginx"), request.config)
 
 
+@pytest.fixture(scope="module")
+def plain_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx serving an empty folder, for a module that makes its own files."""
+    server = Nginx(tmp_path_factory.mktemp("bench-nginx"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     table = lines()
     if table:

@@ -1,8 +1,10 @@
 """Running command-line contenders in alternation and measuring them alike.
 
-Each run is a child process: wall time, CPU seconds (user + system, from wait4) and
-peak anonymous memory (``RssAnon`` sampled from /proc every 5 ms: a mapped result
-file is page cache, not the process's memory, so RSS would mislead).
+Each run is a child process: wall time, CPU seconds (user + system of the child, its
+threads and the children it waited for: the rusage ``os.wait4`` returns) and peak
+anonymous memory (``RssAnon`` of the child and its descendants, sampled from /proc
+every 5 ms: a mapped result file is page cache, not the process's memory, so RSS or
+VmHWM would mislead).
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ class Run:
     wall: float
     cpu: float
     rss_anon: int
+    first: float | None = None
+    """Seconds from the start to the first time ``measure``'s ``first`` held."""
+    stopped: str = ""
+    """Why ``measure`` killed the run before its end (a limit), else empty."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Where ``measure`` kills a run rather than let it take the shared machine's
+    memory or the session's time: it is then reported as stopped, not as a figure."""
+
+    rss_anon: int
+    seconds: float
 
 
 def bgtransfer() -> str:
@@ -51,16 +66,37 @@ def _rss_anon(pid: int) -> int:
     return total + sum(_rss_anon(int(child)) for child in children)
 
 
-def measure(argv: list[str], cwd: Path | None = None) -> Run:
-    """Run ``argv`` to completion (it must succeed) and measure it."""
+def measure(
+    argv: list[str],
+    cwd: Path | None = None,
+    *,
+    first: Callable[[], bool] | None = None,
+    limits: Limits | None = None,
+) -> Run:
+    """Run ``argv`` to completion (it must succeed, unless ``limits`` stopped it) and
+    measure it.  ``first``, polled with the memory every 5 ms until it holds, marks
+    the run's first sign of work (a request in the server's log)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = [0]
+    seen: list[float] = []
+    stopped: list[str] = []
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.005):
             peak[0] = max(peak[0], _rss_anon(proc.pid))
+            if first is not None and not seen and first():
+                seen.append(time.perf_counter() - start)
+            if limits is not None and not stopped:
+                late = time.perf_counter() - start > limits.seconds
+                if peak[0] > limits.rss_anon or late:
+                    stopped.append(
+                        f"stopped after {limits.seconds:.0f} s"
+                        if late
+                        else f"stopped at {peak[0] / 1e6:.0f} MB of RssAnon"
+                    )
+                    proc.kill()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -72,9 +108,10 @@ def measure(argv: list[str], cwd: Path | None = None) -> Run:
     if proc.stderr:
         proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not stopped:
         raise AssertionError(f"{argv[0]} failed ({proc.returncode}): {err[-2000:]}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, peak[0])
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, cpu, peak[0], seen[0] if seen else None, stopped[0] if stopped else "")
 
 
 def alternate(
@@ -83,10 +120,14 @@ def alternate(
     before: Callable[[str], None],
     after: Callable[[str], None],
     cwd: Path | None = None,
+    *,
+    first: Callable[[], bool] | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, list[Run]]:
     """Round-robin: every contender once per round, so drift hits all alike, and each
     round starts one further along, so no contender always follows the same one (on
-    this VM the run right after aria2c's took 2 s more, whoever made it)."""
+    this VM the run right after aria2c's took 2 s more, whoever made it).  ``first``
+    and ``limits`` go to every ``measure``; ``after`` runs after a stopped run too."""
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(rounds):
@@ -94,24 +135,48 @@ def alternate(
             argv = contenders[name]
             before(name)
             os.sync()  # nobody pays for the previous contender's dirty pages
-            runs[name].append(measure(argv, cwd))
+            runs[name].append(measure(argv, cwd, first=first, limits=limits))
             after(name)
     return runs
 
 
-def report(group: str, runs: dict[str, list[Run]], work: float, unit: str) -> None:
-    """Median throughput (``work`` per second in ``unit``), CPU seconds and peak RssAnon."""
+def report(
+    group: str,
+    runs: dict[str, list[Run]],
+    work: float,
+    unit: str,
+    *,
+    files: int = 0,
+    base: str = "",
+) -> None:
+    """Median throughput (``work`` per second in ``unit``), wall and CPU seconds and
+    peak RssAnon; with ``files``, the CPU a file in microseconds; with ``base`` (a
+    contender's name), each median wall divided by the base's of the same rounds."""
+    walls = {name: statistics.median(r.wall for r in rs) for name, rs in runs.items()}
     for name, rs in runs.items():
-        wall = statistics.median(r.wall for r in rs)
+        wall = walls[name]
+        cpu = statistics.median(r.cpu for r in rs)
         record(f"{group}: {unit}", name, work / wall)
         record(f"{group}: wall s", name, wall, lower_is_better=True)
-        record(f"{group}: CPU s", name, statistics.median(r.cpu for r in rs), lower_is_better=True)
+        if base in walls:
+            record(f"{group}: wall / {base}'s", name, wall / walls[base], lower_is_better=True)
+        record(f"{group}: CPU s", name, cpu, lower_is_better=True)
+        if files:
+            record(f"{group}: CPU us a file", name, cpu / files * 1e6, lower_is_better=True)
         record(
             f"{group}: peak RssAnon MB",
             name,
             max(r.rss_anon for r in rs) / 1e6,
             lower_is_better=True,
         )
+
+
+def load_average(group: str, taken: dict[str, float]) -> None:
+    """The 1-minute load averages ``os.getloadavg()`` gave at the moments named, into
+    the table: the machine is shared, and a figure reads differently when other work
+    ran beside it."""
+    for when, value in taken.items():
+        record(f"{group}: load average (1 min)", when, value, lower_is_better=True)
 
 
 def aria2c(*args: str) -> list[str]:

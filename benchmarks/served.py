@@ -30,7 +30,7 @@ def serve_big_file(root: Path, config: pytest.Config) -> Iterator[tuple[Nginx, i
     Every MiB differs (a rotated random MiB), so a misplaced block cannot hide.
     """
     small = benchmarks_disabled(config)
-    size = (64 * MIB) if small else int(os.environ.get("BGT_BENCH_SIZE", str(2 << 30)))
+    size = (64 * MIB) if small else _size(os.environ.get("BGT_BENCH_SIZE") or "2G")
     server = Nginx(root)
     with (server.www / "big.bin").open("wb") as fh:
         chunk = random.Random(1).randbytes(MIB)
@@ -42,26 +42,44 @@ def serve_big_file(root: Path, config: pytest.Config) -> Iterator[tuple[Nginx, i
         server.stop()
 
 
+def _size(text: str) -> int:
+    """Bytes from ``BGT_BENCH_SIZE``: a number, or one with K, M or G (1024-based)."""
+    unit = {"K": 1 << 10, "M": MIB, "G": 1 << 30}.get(text[-1:].upper(), 0)
+    return int(text[:-1]) * unit if unit else int(text)
+
+
 _SENT = re.compile(rb'" \d{3} (\d+) ')
 
 
 class ServedBytes:
-    """Body bytes nginx sent since ``mark()``, from its access log."""
+    """Body bytes and requests nginx served since ``mark()``, from its access log."""
 
     def __init__(self, server: Nginx) -> None:
         self.log = server.root / "access.log"
         self.at = 0
         self.runs: dict[str, list[int]] = {}
+        self.requests: dict[str, list[int]] = {}
 
     def mark(self) -> None:
         self.at = self.log.stat().st_size if self.log.exists() else 0
 
+    def logged(self) -> bool:
+        """Whether a request was logged since ``mark()`` (nginx logs one once served)."""
+        return self.log.exists() and self.log.stat().st_size > self.at
+
     def take(self, name: str) -> None:
         with self.log.open("rb") as fh:
             fh.seek(self.at)
-            sent = sum(int(m[1]) for m in _SENT.finditer(fh.read()))
-        self.runs.setdefault(name, []).append(sent)
+            found = [int(m[1]) for m in _SENT.finditer(fh.read())]
+        self.runs.setdefault(name, []).append(sum(found))
+        self.requests.setdefault(name, []).append(len(found))
 
     def report(self, group: str) -> None:
         for name, sent in self.runs.items():
             record(f"{group}: MB served a run", name, statistics.median(sent) / 1e6)
+            record(
+                f"{group}: requests a run",
+                name,
+                statistics.median(self.requests[name]),
+                lower_is_better=True,
+            )
