@@ -27,8 +27,9 @@ GET_BACKGROUND = [sys.executable, "-m", "engine", "get", "--background"]
 @pytest.fixture
 def slow_file(nginx: Nginx, request: pytest.FixtureRequest) -> tuple[str, bytes]:
     """A file of this test's own (so its access log lines are its own), served at 2 MB/s
-    a connection: a download of it with a fixed ``-c 8`` is still running when the test
-    acts (adaptive connections would open enough of them to end it first)."""
+    a connection: a download of it with a fixed ``-c 2`` lasts 6 s, still running when
+    the test acts however slowly its next command starts on a loaded machine (adaptive
+    connections would open enough of them to end it first)."""
     return own_file(nginx.www, request.node.name, 24 * 1024 * 1024 + 777)
 
 
@@ -128,7 +129,7 @@ def test_get_background_returns_at_once_and_wait_follows_it(
     follows it to the end with get's exit status, the file byte-exact."""
     name, data = slow_file
     out_file = tmp_path / "out.bin"
-    out = svc.cli("get", "--background", "-c", "8", nginx.url(f"slow/{name}"), "-o", str(out_file))
+    out = svc.cli("get", "--background", "-c", "2", nginx.url(f"slow/{name}"), "-o", str(out_file))
     assert out.returncode == 0, out.stderr
     guid = out.stdout.strip()
     assert len(guid) == 36
@@ -161,7 +162,7 @@ def test_cancel_through_the_service(
     name, _ = slow_file
     out_file = tmp_path / "c.bin"
     guid = svc.cli(
-        "get", "--background", "-c", "8", nginx.url(f"slow/{name}"), "-o", str(out_file)
+        "get", "--background", "-c", "2", nginx.url(f"slow/{name}"), "-o", str(out_file)
     ).stdout.strip()
     svc.wait_for(guid, 0.05)
     out = svc.cli("cancel", guid)
@@ -237,7 +238,7 @@ def test_service_killed_mid_download_resumes_at_the_next_command(
     resumes, the file is byte-exact and at most 1.25x its size was served."""
     name, data = slow_file
     out_file = tmp_path / "r.bin"
-    out = svc.cli("get", "--background", "-c", "8", nginx.url(f"slow/{name}"), "-o", str(out_file))
+    out = svc.cli("get", "--background", "-c", "2", nginx.url(f"slow/{name}"), "-o", str(out_file))
     guid = out.stdout.strip()
     svc.wait_for(guid, 0.4)
     pid = svc.pid()
@@ -263,7 +264,7 @@ def test_a_service_stopped_resumes_what_it_ran_when_it_starts_again(
     name, data = slow_file
     out_file = tmp_path / "t.bin"
     guid = svc.cli(
-        "get", "--background", "-c", "8", nginx.url(f"slow/{name}"), "-o", str(out_file)
+        "get", "--background", "-c", "2", nginx.url(f"slow/{name}"), "-o", str(out_file)
     ).stdout.strip()
     svc.wait_for(guid, 0.2)
     assert svc.cli("service", "stop").returncode == 0
@@ -351,7 +352,7 @@ def test_wait_goes_on_across_a_service_killed_under_it(
     name, data = slow_file
     out_file = tmp_path / "w.bin"
     guid = svc.cli(
-        "get", "--background", "-c", "8", nginx.url(f"slow/{name}"), "-o", str(out_file)
+        "get", "--background", "-c", "2", nginx.url(f"slow/{name}"), "-o", str(out_file)
     ).stdout.strip()
     waiting = subprocess.Popen(
         [sys.executable, "-m", "engine", "wait", guid],
@@ -444,8 +445,7 @@ def test_a_second_get_of_a_file_the_service_downloads_follows_it_there(
     name, data = slow_file
     out_file = tmp_path / "f.bin"
     url = nginx.url(f"slow/{name}")
-    # -c 2: 6 s at 2 MB/s a connection, so the service is still at it however long the
-    # second command takes to start on a loaded machine (a complete file is fetched anew)
+    # (a file found complete would be fetched anew)
     guid = svc.cli("get", "--background", "-c", "2", url, "-o", str(out_file)).stdout.strip()
     svc.wait_for(guid, 0.05)
     out = svc.cli("get", url, "-o", str(out_file))
