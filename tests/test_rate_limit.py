@@ -163,8 +163,8 @@ time.sleep(60)
 
 def test_a_limit_outlives_the_process_that_set_it(nginx: Nginx, fifty: str, tmp_path: Path) -> None:
     """A limit set in a process killed mid-download reads back in the next process
-    (get_current_downloads), and the resumed download keeps to it (within 10% over
-    what was left), byte-exact."""
+    (get_current_downloads), and the resumed download keeps under it (at most 10%
+    over, across what was left), byte-exact."""
     out_and_rate = [str(tmp_path / "out.bin"), str(SLOW)]
     child = subprocess.Popen(
         [sys.executable, "-c", _KILLED, str(tmp_path / "s"), nginx.url(fifty), *out_and_rate],
@@ -189,7 +189,7 @@ def test_a_limit_outlives_the_process_that_set_it(nginx: Nginx, fifty: str, tmp_
     moving = [(t, b) for t, b in seen if b > had]  # from the first bytes of the resume
     (t0, b0), (t1, b1) = moving[0], moving[-1]
     rate = (b1 - b0) / (t1 - t0)
-    assert 0.9 * SLOW <= rate <= 1.1 * SLOW, f"{rate / 1e6:.2f} MB/s"
+    assert rate <= 1.1 * SLOW, f"{rate / 1e6:.2f} MB/s"  # a bound, not a speed to reach
     assert sha256(tmp_path / "out.bin") == sha256(nginx.www / fifty)
 
 
