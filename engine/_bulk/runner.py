@@ -161,6 +161,7 @@ class Runner:
         self._timer: asyncio.TimerHandle | None = None
         self._filer = filer()
         self._stopped = False
+        self._drained: asyncio.Future[None] | None = None  # set once stopped and written
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the run ---------------------------------------------------------------------
@@ -180,6 +181,10 @@ class Runner:
             await self._done
         except BaseException:  # Ctrl-C, or the list failed: nothing more starts
             self._stop()
+            if self._writing:  # bodies in the filer's threads: the run ends after them,
+                # so no partial file is left behind it and their rows say complete
+                self._drained = loop.create_future()
+                await self._drained
             raise
         finally:
             self._timer.cancel()
@@ -343,6 +348,10 @@ class Runner:
         ended = self.hooks.ended
         if ended is not None:
             ended(size, exc is None)
+        if self._stopped:
+            if writing == 1 and self._drained is not None:
+                self._drained.set_result(None)
+            return
         if writing >= 4 * self._parallel or not self._more:  # else _ended pulled already
             self._fill()
 
