@@ -121,19 +121,23 @@ class _Scenario:
             shutil.rmtree(spent)
             shutil.rmtree(self.out, ignore_errors=True)
 
-    def start_up(self, argv: list[str], rounds: int) -> float:
-        """Median CPU seconds of ``argv`` on a list of one file: the interpreter's
-        start, the imports and the state's opening, which a short list pays in full."""
-        one = self.cwd / "one.txt"
-        one.write_text(self.urls[0] + "\n")
-        argv = [a if a != "list.txt" else one.name for a in argv]
-        cpu = []
+    def start_up(self, argv: list[str], rounds: int) -> Run:
+        """Median CPU seconds (all, and user) of ``argv`` on a list of one file: the
+        interpreter's start, the imports and the state's opening, which a short list
+        pays in full."""
+        (self.cwd / "one.txt").write_text(self.urls[0] + "\n")
+        (self.cwd / "one.cfg").write_text(f'url = "{self.urls[0]}"\noutput = "{self.out}/f0.bin"\n')
+        one = {"list.txt": "one.txt", "curl.cfg": "one.cfg"}
+        argv = [one.get(a, a) for a in argv]
+        runs = []
         for _ in range(rounds):
             shutil.rmtree(self.out, ignore_errors=True)
             shutil.rmtree(self.cwd / "state", ignore_errors=True)
-            cpu.append(measure(argv, self.cwd).cpu)
+            self.out.mkdir()
+            runs.append(measure(argv, self.cwd))
         shutil.rmtree(self.out, ignore_errors=True)
-        return statistics.median(cpu)
+        cpu, user = (statistics.median(getattr(r, k) for r in runs) for k in ("cpu", "user"))
+        return Run(0.0, cpu, 0, user=user)
 
     def bytecodes(self, count: int) -> float:
         """Bytecodes the engine thread runs a file (bytecodes.py on the first ``count``)."""
@@ -165,7 +169,8 @@ def _small_files(
             ours: it.mirror(parallel, connections),
         }
     )
-    contenders[f"pycurl loop -j {parallel} (the design's floor)"] = [
+    floor = f"pycurl loop -j {parallel} (the design's floor)"
+    contenders[floor] = [
         sys.executable, str(_FLOOR), "list.txt", str(it.out), str(parallel),
     ]  # fmt: skip
     synced = f"{curl}, then sync of each file"
@@ -180,7 +185,7 @@ def _small_files(
         group = f"{count} files of 64 KiB on {kind}, median of {rounds}"
         load = {"before": os.getloadavg()[0]}
         runs = it.session(contenders, rounds)
-        start = it.start_up(contenders[ours], rounds)
+        start = {name: it.start_up(contenders[name], rounds) for name in (ours, floor, curl)}
         traced = it.bytecodes(50 if benchmark.disabled else 500)
         load["after the default durability"] = os.getloadavg()[0]
         slow = {}
@@ -192,9 +197,14 @@ def _small_files(
         load_average(group, load)
         report(group, runs, count * it.size / 1e6, "MB/s", files=count, base=curl)
         it.meter.report(group)
-        record(f"{group}: CPU s of a 1-file list (start-up)", ours, start, lower_is_better=True)
-        beyond = (statistics.median(r.cpu for r in runs[ours]) - start) / count * 1e6
-        record(f"{group}: CPU us a file beyond start-up", ours, beyond, lower_is_better=True)
+        for name, one in start.items():
+            record(f"{group}: CPU s of a 1-file list (start-up)", name, one.cpu,
+                   lower_is_better=True)  # fmt: skip
+            for part, what in (("cpu", "CPU (user + system)"), ("user", "user CPU")):
+                beyond = statistics.median(getattr(r, part) for r in runs[name])
+                beyond = (beyond - getattr(one, part)) / count * 1e6
+                record(f"{group}: {what} us a file beyond start-up", name, beyond,
+                       lower_is_better=True)  # fmt: skip
         record(f"{group}: bytecodes a file, engine thread", ours, traced, lower_is_better=True)
         if slow:
             report(f"{group}, --durability full", slow, count * it.size / 1e6, "MB/s",

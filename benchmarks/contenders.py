@@ -32,6 +32,8 @@ class Run:
     """Seconds from the start to the first time ``measure``'s ``first`` held."""
     stopped: str = ""
     """Why ``measure`` killed the run before its end (a limit), else empty."""
+    user: float = 0.0
+    """The user part of ``cpu``: the program's own work, without the kernel's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,10 @@ def measure(
     if proc.returncode != 0 and not stopped:
         raise AssertionError(f"{argv[0]} failed ({proc.returncode}): {err[-2000:]}")
     cpu = usage.ru_utime + usage.ru_stime
-    return Run(wall, cpu, peak[0], seen[0] if seen else None, stopped[0] if stopped else "")
+    return Run(
+        wall, cpu, peak[0], seen[0] if seen else None, stopped[0] if stopped else "",
+        usage.ru_utime,
+    )  # fmt: skip
 
 
 def alternate(

@@ -55,6 +55,10 @@ struct fl_channel {
 #define POOL_CLASSES 4 /* 64 KiB .. 256 KiB: the bodies the engine holds */
 #define POOL_DEPTH 16
 #define POOL_BYTES (4u << 20)
+/* A body at most this long, not durable, is written by the namer between creating
+ * and renaming its file: a copy into the page cache costs less than the two thread
+ * hand-offs (wake-ups on another core) a syncer would add to every small file. */
+#define INLINE_BODY (256 * 1024)
 
 struct fl_filer {
     pthread_mutex_t lock;
@@ -203,29 +207,37 @@ static int create_fresh(const char *path, const char *stale)
     return -EEXIST;
 }
 
+/* Writes what the job still holds and closes its partial file (fsync'd first when
+ * durable); a file made here and never whole is removed.  0 or -errno. */
+static int write_close(fl_filer *f, fl_job *j)
+{
+    int rc = 0;
+    if (j->data != NULL) {
+        /* Whole pages past the page cache: the fsync below then has no data to
+         * write back, and the loop never copied them into the cache itself. */
+        int dfd = j->durable ? dio_open_same(j->a, j->fd) : -1;
+        rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len, f->piece);
+        if (dfd >= 0)
+            close(dfd);
+        free_data(f, j);
+    }
+    if (rc == 0 && j->durable)
+        rc = fsync(j->fd) == 0 ? 0 : -errno;
+    if (close(j->fd) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0 && j->created)
+        unlink(j->a); /* made here, never whole: nothing to resume from */
+    j->fd = -1;
+    j->written = 1;
+    return rc;
+}
+
 static void *syncer(void *arg)
 {
     fl_filer *f = arg;
     for (;;) {
         fl_job *j = take(f, &f->syncing, 0);
-        int rc = 0;
-        if (j->data != NULL) {
-            /* Whole pages past the page cache: the fsync below then has no data to
-             * write back, and the loop never copied them into the cache itself. */
-            int dfd = j->durable ? dio_open_same(j->a, j->fd) : -1;
-            rc = dio_write(dfd, j->fd, j->data, j->data_off, j->data_len, f->piece);
-            if (dfd >= 0)
-                close(dfd);
-            free_data(f, j);
-        }
-        if (rc == 0 && j->durable)
-            rc = fsync(j->fd) == 0 ? 0 : -errno;
-        if (close(j->fd) != 0 && rc == 0)
-            rc = -errno;
-        if (rc != 0 && j->created)
-            unlink(j->a); /* made here, never whole: nothing to resume from */
-        j->fd = -1;
-        j->written = 1;
+        int rc = write_close(f, j);
         if (rc != 0)
             finished(f, j, rc);
         else
@@ -263,16 +275,25 @@ static void *namer(void *arg)
     fl_filer *f = arg;
     for (;;) {
         fl_job *j = take(f, &f->naming, 0);
-        if (!j->written) { /* the partial file is made here, then written by a syncer */
+        if (!j->written) { /* the partial file is made here */
             j->fd = create_fresh(j->a, j->stale);
             j->created = j->fd >= 0;
             if (j->fd < 0) {
                 free_data(f, j);
                 finished(f, j, j->fd);
-            } else {
-                push(f, &f->syncing, j);
+                continue;
             }
-        } else if (rename(j->a, j->b) != 0) {
+            if (j->durable || j->data_len > INLINE_BODY) { /* written by a syncer */
+                push(f, &f->syncing, j);
+                continue;
+            }
+            int rc = write_close(f, j); /* a small body to the page cache: here */
+            if (rc != 0) {
+                finished(f, j, rc);
+                continue;
+            }
+        }
+        if (rename(j->a, j->b) != 0) {
             int rc = -errno;
             if (j->created)
                 unlink(j->a);

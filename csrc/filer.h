@@ -23,9 +23,11 @@
  * the directory's lock anyway, and threads contending for it only spin.  A rename
  * is complete once its directory is fsynced: a "dirsyncer" thread takes every
  * rename queued meanwhile and fsyncs each directory they touched once, while the
- * namer goes on with the next files.  The fsyncs of file
- * data, which wait for the disk too, run in "syncer" threads in parallel (the block
- * layer merges concurrent flushes).
+ * namer goes on with the next files.  The writes and fsyncs of file data, which
+ * wait for the disk too, run in "syncer" threads in parallel (the block layer merges
+ * concurrent flushes); a small body that is not to be durable is written by the
+ * namer itself, between the create and the rename, since handing it to a syncer and
+ * back would cost more than the copy into the page cache.
  *
  * Each job names a channel, its owner's (one per event loop): finished jobs queue
  * there, and the channel's eventfd becomes readable when the queue stops being

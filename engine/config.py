@@ -57,12 +57,10 @@ class TransferConfig:
     backoff_max: float = 30.0
     buffer_size: int = 2 << 20
     """libcurl's receive buffer: how much one read from a socket may take.  libcurl
-    still hands it to the C core 16 KiB at a time, but fewer, larger reads meant
-    fewer passes of the loop a byte: one 2 GiB file over 8 connections, alternating
-    runs, took 1.55-1.66 s at 4 MiB against 1.68-1.83 s at 512 KiB, and 2 MiB (4
-    runs: 1.57-1.65) and 8 MiB did as well as 4.  The multi handle shares one such
-    buffer among its transfers: 64 files at once peaked at 52-54 MB of anonymous
-    memory with 2 MiB, 55 with 4 MiB, 51-55 with 512 KiB."""
+    still hands it to the C core 16 KiB at a time, but fewer, larger reads mean
+    fewer passes of the loop a byte, which is what limits one fast file; past a few
+    MiB a larger buffer gains nothing.  The multi handle shares one such buffer
+    among its transfers, so its size does not grow with the number of files."""
     max_redirects: int = 10
     ca_file: str | None = None
     """A CA bundle to trust instead of the system's (TLS is always verified)."""

@@ -266,7 +266,7 @@ class Runner:
             curl.setopt(_MAX, self._limit)  # a larger body stops: the file is promoted
             curl.bgt_https = https
         body = f.body = bytearray()
-        curl.setopt(_WRITE, body.extend)
+        curl.setopt(_WRITE, body.extend, use_memoryview=True)
         f.curl = curl
         self._multi.add_handle(curl).add_done_callback(functools.partial(self._ended, f))
 

@@ -14,8 +14,7 @@ class Checkpointer:
 
     SQLite does it itself by default, on the connection that commits when the log
     passes 1000 pages, and that connection then waits for two fsyncs: the engine
-    loop stalled for milliseconds every few hundred files (5000 inserts and deletes
-    took 20 and 12 us a row with it, 14 and 9 without).  Here a thread with its own
+    loop would stall for milliseconds every few hundred files.  Here a thread with its own
     connection runs a passive checkpoint (it never blocks a writer) half a second
     after commits were poked in; the loop's connection checkpoints itself only as a
     backstop, if the log ever passes BACKSTOP pages."""

@@ -8,8 +8,8 @@ never written here (they live in memory only; see README).
 
 Group commit: on the engine thread, the writes of one pass of the loop share one
 transaction, committed as soon as the loop gets back to its queue (``call_soon``).
-A mirror writes three rows a file, and a commit each cost more than the statements
-(79 against 32 us a file, measured).  Every statement still runs at once, so a
+A mirror writes three rows a file, and a commit each costs more than the statements
+do.  Every statement still runs at once, so a
 refusal (the unique index) raises at the call; what must not be seen before it is
 durable (a status reported, an outcome resolved) waits in ``when_durable``.  A
 write from any other thread commits at once, and the open group with it.
@@ -91,16 +91,15 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 """``operations`` is keyed by its guid alone (WITHOUT ROWID: a rowid table kept the
 guid in an index of its own, one b-tree more to change for every row inserted and
-deleted; a commit of a mirror's rows wrote two pages of log instead of three, and
-the loop of 5000 small files on tmpfs took 3% less).  A database made before keeps
-its rowid table: the statements are the same for both.
+deleted, and a commit of a mirror's rows wrote three pages of log instead of two).
+A database made before keeps its rowid table: the statements are the same for both.
 
 ``ended``: what ``bgtransfer list --all`` shows of the operations that finished.  A
 trigger fills it as their rows go (in SQLite: not a Python call more a file), a row
 marked CANCELED first is remembered as canceled, any other as completed, with the
 time of its last change; ``forget_ended`` empties it of the old ones.  A plain table
-with no key: a row appended costs about 1 us where one under a primary key cost 20-30
-(5000 inserts and deletes, measured), a mirror's every small file.
+with no key: a row appended to it costs a small part of one put under a primary
+key, and a mirror appends one for every small file.
 
 ``requests``: a cancel asked by a process of the operation another one drives
 (engine/_ops/cross_process.py).  ``answer`` is NULL until the driver takes it ('taken'),
