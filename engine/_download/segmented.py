@@ -47,7 +47,10 @@ class SegmentedDownload(Fetcher):
     (``engine._download.fetch``); this class schedules them and runs the rounds."""
 
     _in_round = False
-    _workers = 0  # worker coroutines running
+    _workers = 0
+    """Connections of the round: worker tasks not yet ended, started or still
+    scheduled (counted when scheduled: a tick between the scheduling and the start
+    would see too few and add more), and the first request while it runs."""
     _ticker: Ticker | None = None
     _flushed = 0.0
 
@@ -101,7 +104,7 @@ class SegmentedDownload(Fetcher):
         file = self.file
         wanted = self.segments.prioritize(offset, file.rf, file.size if file.ranges_ok else None)
         if wanted and self._in_round:  # the new connection starts now
-            self._tasks.add(asyncio.ensure_future(self._worker(None)))
+            self._spawn(1)
 
     def reader_done(self, offset: int) -> None:
         self.segments.reader_done(offset)
@@ -117,15 +120,19 @@ class SegmentedDownload(Fetcher):
                 # The first request runs here, not in a task of its own: a small file
                 # is this one request.  Its head decides the rest (_adopt starts the
                 # other connections while it goes on); its worker takes over after it.
-                first = await self._fetch(*self._first_request())
+                self._workers += 1
+                try:
+                    first = await self._fetch(*self._first_request())
+                finally:
+                    self._workers -= 1
                 segment = None if first.retire else self._next_segment()
                 if segment is not None:
-                    tasks.add(asyncio.ensure_future(self._worker(segment)))
+                    self._spawn(1, segment)
             else:
                 segment = self._next_segment()
                 if segment is None:
                     return
-                tasks.add(asyncio.ensure_future(self._worker(segment)))
+                self._spawn(1, segment)
                 self._add_workers()
             while tasks:
                 if len(tasks) == 1:  # one connection left: no wait() set-up
@@ -148,8 +155,7 @@ class SegmentedDownload(Fetcher):
     def _add_workers(self) -> None:
         """Connections beside the one running, as many as the bytes left are worth."""
         if self._in_round and self.file.ranges_ok and self.file.rf is not None:
-            more = min(self._connections(), self._useful_connections()) - 1
-            self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
+            self._spawn(min(self._connections(), self._useful_connections()) - self._workers)
 
     def _connections(self) -> int:
         """Connections the file may use now (fixed, or as ``_width`` has it)."""
@@ -164,8 +170,7 @@ class SegmentedDownload(Fetcher):
         if self.budget is not None and self.budget.limited():
             return  # the rate limit is the bottleneck: more connections cannot pay
         target = min(self._width.tick(now, rf.bytes_complete), self._useful_connections())
-        more = target - self._workers
-        self._tasks.update(asyncio.ensure_future(self._worker(None)) for _ in range(more))
+        self._spawn(target - self._workers)
 
     def _useful_connections(self) -> int:
         rf = self.file.rf
@@ -177,21 +182,29 @@ class SegmentedDownload(Fetcher):
         unsized = self._sftp and self._stat_result[1] is None
         return (0, None if unsized else self.config.first_request)
 
+    def _spawn(self, count: int, segment: tuple[int, int | None] | None = None) -> None:
+        """Schedule ``count`` workers (none when ``count`` < 1), the first on ``segment``."""
+        for _ in range(count):
+            self._workers += 1
+            task = asyncio.ensure_future(self._worker(segment))
+            task.add_done_callback(self._worker_ended)  # also when cancelled before it ran
+            self._tasks.add(task)
+            segment = None
+
+    def _worker_ended(self, _task: asyncio.Future[None]) -> None:
+        self._workers -= 1
+
     async def _worker(self, segment: tuple[int, int | None] | None) -> None:
-        self._workers += 1
-        try:
-            if segment is None:
-                segment = self._next_segment()
-            while True:
-                while segment is not None:
-                    if (await self._fetch(*segment)).retire or self._surplus():
-                        return
-                    segment = self._next_segment()
-                if not await self._idle():
+        if segment is None:
+            segment = self._next_segment()
+        while True:
+            while segment is not None:
+                if (await self._fetch(*segment)).retire or self._surplus():
                     return
                 segment = self._next_segment()
-        finally:
-            self._workers -= 1
+            if not await self._idle():
+                return
+            segment = self._next_segment()
 
     def _surplus(self) -> bool:
         """More workers than the file may use now: this one leaves."""
