@@ -17,6 +17,7 @@ from servers import Nginx, sha256
 
 from engine import BackgroundDownloader, DownloadOperation, InvalidRequestError
 from engine._net.ratelimit import BURST, TICK, Budget
+from engine._net.transport import new_multi
 from engine.errors import TransferError
 
 LIMIT = 10_000_000
@@ -313,6 +314,32 @@ def test_grants_never_run_ahead_of_the_rate() -> None:
 
     taken, took = asyncio.run(churn())
     assert taken <= rate * (took + TICK + BURST), f"{taken} bytes in {took:.2f} s"
+
+
+def test_a_held_transfer_takes_a_new_allowance_when_woken(nginx: Nginx) -> None:
+    """The calls the grants make on a live transfer: one held at 1 byte a second,
+    given a new CURLOPT_MAX_RECV_SPEED_LARGE and woken (pause(PAUSE_CONT), then
+    Multi.kick), goes on under the new value and ends byte-exact (at 1 byte a second
+    its 10 KiB would take hours)."""
+
+    async def fetch() -> bytes:
+        multi = new_multi()
+        curl, body = pycurl.Curl(), bytearray()
+        curl.setopt(pycurl.URL, nginx.url("small.bin"))
+        curl.setopt(pycurl.WRITEFUNCTION, body.extend)
+        curl.setopt(pycurl.MAX_RECV_SPEED_LARGE, 1)
+        done = multi.add_handle(curl)
+        await asyncio.sleep(0.3)
+        assert len(body) <= 64, len(body)  # held
+        curl.setopt(pycurl.MAX_RECV_SPEED_LARGE, 1 << 20)
+        curl.pause(pycurl.PAUSE_CONT)
+        multi.kick()
+        await asyncio.wait_for(done, 30)
+        await multi.aclose()
+        curl.close()
+        return bytes(body)
+
+    assert asyncio.run(fetch()) == (nginx.www / "small.bin").read_bytes()
 
 
 def test_a_negative_limit_is_refused(tmp_path: Path) -> None:
