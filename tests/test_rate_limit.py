@@ -279,6 +279,7 @@ def test_shares_fill_what_a_capped_operation_leaves() -> None:
         granted = [curl.bgt_rate for curl in handles]
         total.rate = 0
         capped.rate = 0
+        await asyncio.sleep(0)  # applied in the loop's next pass
         return shares, granted, [curl.bgt_rate for curl in handles]
 
     shares, granted, lifted = asyncio.run(divide())

@@ -108,16 +108,18 @@ class Budget:
 
     @rate.setter
     def rate(self, value: int) -> None:
-        """A new rate (from any thread), applied to the transfers on the wire at once
-        (on the engine loop, which drives them)."""
+        """A new rate (from any thread), applied to the transfers on the wire in the
+        loop's next pass (the engine loop's, which drives them): never from inside a
+        libcurl callback (an event handler may set it), where waking a transfer would
+        call libcurl again."""
         self._rate = max(0, value)
         self._stamp = -1.0  # accrues from now, not from before the change
         try:
-            running_loop()  # on a loop: the one that drives this budget's transfers
+            loop = running_loop()  # on a loop: the one that drives this budget's transfers
         except RuntimeError:
             engine_loop().loop.call_soon_threadsafe(self._root().regrant)
         else:
-            self._root().regrant()
+            loop.call_soon(self._root().regrant)
 
     def _root(self) -> Budget:
         return self if self.parent is None else self.parent
