@@ -288,6 +288,27 @@ def test_shares_fill_what_a_capped_operation_leaves() -> None:
     assert lifted == [0, 0, 0, 0]
 
 
+def test_a_limit_set_midway_counts_from_then() -> None:
+    """A transfer that ran under no limit, when a limit is set, is granted from then
+    on: the bytes it took before are no debt that would hold it for ages."""
+
+    async def midway() -> float:
+        total = Budget(0)
+        op = Budget(0, total)
+        curl, got = pycurl.Curl(), _Taken()
+        op.attach(curl, _Multi(), got)
+        got.n = 500_000_000  # fetched under no limit
+        total.rate = 1_000_000
+        await asyncio.sleep(0)  # the limit applies
+        (flow,) = op.flows
+        assert flow.granted > 0
+        got.n += int(flow.granted)  # it takes its grant
+        total.regrant()  # the next tick
+        return total.tokens + flow.granted  # what the budget had before this grant
+
+    assert asyncio.run(midway()) >= 0
+
+
 def test_grants_never_run_ahead_of_the_rate() -> None:
     """Transfers that take every byte they are granted, and new ones that keep taking
     the place of those that end, get at most the rate over the time, plus what a

@@ -195,7 +195,10 @@ class Budget:
         back.  True when it took any: libcurl may hold it until its next second (it
         holds back the last of a body it was granted more than), so it is woken.  One
         that took nothing is left alone, so libcurl's low-speed check still ends a
-        stalled request."""
+        stalled request.  One that ran under no limit until now starts its count."""
+        if not getattr(flow.curl, "bgt_rate", 0):
+            flow.seen = flow.count()  # its bytes so far were taken under no limit
+            return False
         took = flow.count() - flow.seen
         for budget in self._chain():
             budget.tokens += flow.granted - took
