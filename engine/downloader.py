@@ -303,7 +303,6 @@ class BackgroundDownloader:
             and self.transfer_group is None
             and s.completion_group is None
             and self.cost_policy is BackgroundTransferCostPolicy.DEFAULT
-            and not s.budget.limited()
         )
         hooks = Hooks(
             create=lambda uri, path, sources: self.create_download(uri, path, sources=sources),
@@ -311,6 +310,7 @@ class BackgroundDownloader:
             headers=[f"{k}: {v}" for k, v in self._headers],
             request=request,
             lean=lean,
+            budget=Budget(0, s.budget),
             progress=progress,
             watch=watch,
             ended=file_ended,

@@ -37,6 +37,8 @@ http {{
     keepalive_requests 100000;
     log_format proto '$request $status $server_protocol c$connection $http_accept_encoding';
     access_log {root}/proto.log proto;
+    log_format timed '$msec $status $body_bytes_sent $request_uri';
+    access_log {root}/timed.log timed;
     {tls}
     server {{
         listen 127.0.0.1:{port};

@@ -39,6 +39,7 @@ from engine._bulk.table import CANCELED, JobTable
 from engine._disk.checksum import new_hash, parse
 from engine._disk.files import filer
 from engine._disk.tuning import Tuning
+from engine._net.ratelimit import Budget
 from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
 from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
@@ -88,9 +89,9 @@ class Hooks(NamedTuple):
     headers: list[str]
     request: RequestOptions | None
     lean: bool
-    """Whether small files may take the lean path at all (a plain GET downloader
-    under no rate limit: a limited one's files are full operations, whose transfers
-    its budget paces)."""
+    """Whether small files may take the lean path at all (a plain GET downloader)."""
+    budget: Budget | None = None
+    """The job's part of the downloader's rate limit, which small files take from."""
     progress: Callable[[DownloadOperation], None] | None = None
     watch: Callable[[DownloadOperation], None] | None = None
     ended: Callable[[int, bool], None] | None = None
@@ -136,10 +137,8 @@ class Runner:
     def __init__(self, hooks: Hooks, table: JobTable, items: Iterator[Todo], parallel: int) -> None:
         self.hooks = hooks
         self.table = table
-        self.downloaded = 0
-        self.size = 0
+        self.downloaded = self.size = self.canceled = 0
         self.failed: list[Failure] = []
-        self.canceled = 0
         self._items = items
         # a socket and the loop's duplicate of it a transfer: never more than the
         # descriptors allow (engine._runtime.descriptors), files wait for a slot instead
@@ -160,6 +159,7 @@ class Runner:
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._filer = filer()
+        self._budget = hooks.budget or Budget()
         self._stopped = False
         self._drained: asyncio.Future[None] | None = None  # set once stopped and written
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -268,11 +268,13 @@ class Runner:
         body = f.body = bytearray()
         curl.setopt(_WRITE, body.extend, use_memoryview=True)
         f.curl = curl
+        self._budget.pace(curl, self._multi, body.__len__)
         self._multi.add_handle(curl).add_done_callback(functools.partial(self._ended, f))
 
     def _ended(self, f: _Lean, transfer: asyncio.Future[Any]) -> None:
         """The transfer of ``f`` ended: check it, then write it, retry, promote or fail."""
         curl, f.curl = f.curl, None
+        self._budget.detach(curl)
         if self._stopped:  # Ctrl-C: the run is over (and its handles closed)
             return
         status = curl.getinfo(_CODE)
@@ -463,6 +465,7 @@ class Runner:
         self._stopped = True
         for f in self._flying.values():
             if f.curl is not None:
+                self._budget.detach(f.curl)  # its handle is closed with the run
                 self._drop(f.curl)
             if f.timer is not None:
                 f.timer.cancel()

@@ -219,7 +219,7 @@ class Fetcher:
             self._on_wire += 1
             budget = self.budget
             if budget is not None:
-                budget.attach(curl)
+                budget.attach(curl, multi, stream.received)
             stream.started = loop.time()
             source.busy += 1
             try:

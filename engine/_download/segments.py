@@ -79,6 +79,10 @@ class Stream:
     """Where its bytes go: the file's sink's ``write``, set once its head passed (a
     class attribute until then, not a field: a small file makes one stream)."""
 
+    def received(self) -> int:
+        """Body bytes its write callback took (what a rate limit counts)."""
+        return self.pos - self.start
+
 
 class Segments:
     """The requests in flight for one file and the plan for the next ones."""

@@ -188,6 +188,11 @@ class Multi(pycurl.AsyncCurlMulti):  # type: ignore[misc]  # pycurl has no stubs
         if w.write and not w.parked_at:
             self._drive(fd, pycurl.CSELECT_OUT)
 
+    def kick(self) -> None:
+        """Run the transfers marked to run (``curl.pause(PAUSE_CONT)`` marks one) now,
+        as libcurl's timer would: a rate-limited transfer waits for it otherwise."""
+        self._drive(pycurl.SOCKET_TIMEOUT, 0)
+
     def close_after_loop(self) -> None:
         """``aclose`` for a multi whose loop is closed: libcurl's connections and their
         duplicates are let go now, not with the process.  (``aclose`` awaits nothing;
