@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from engine._disk.core import CONTROL_SUFFIX
 from engine._download.fetch import Fetcher, Snapshot
 from engine._download.retries import Restart
+from engine._download.sinks import hand_over
 from engine._runtime.loop import running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.errors import TransportError
@@ -69,6 +71,11 @@ class SegmentedDownload(Fetcher):
         self._tick_soon()
         file = self.file
         try:
+            seed, self.seed = self.seed, None
+            if seed is not None:  # megabytes: in a thread, as a resume's checks
+                loop = running_loop()
+                args = (Path(file.name), seed, self.config, self.reserve)
+                await loop.run_in_executor(None, hand_over, *args)
             if not self.new and os.path.lexists(file.name + CONTROL_SUFFIX):
                 await self._resume()
             while True:
