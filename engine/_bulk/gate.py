@@ -16,9 +16,8 @@ every quarter second at most, the bytes handed to the filer since then taken off
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import Protocol
 
 from engine._ops.validate import host_of
@@ -52,6 +51,8 @@ class Gate:
         self._reserve = reserve
         self._free: dict[str, list[float]] = {}
         """folder -> [when looked, free bytes then less those handed out since]."""
+        self._clear_until = 0.0
+        self._clear_origin = self._clear_folder = ""
 
     @property
     def reserve(self) -> int:
@@ -60,38 +61,60 @@ class Gate:
 
     def blocked(self, url: str, path: str) -> BackgroundTransferStatus | None:
         """Why the file of ``url`` must wait before its request (its PAUSED_* status),
-        else None."""
+        else None.  A file of the origin and folder found clear less than ``_FRESH``
+        seconds ago is let go at once: a mirror asks for thousands a second, and its
+        writes are checked each (``take``)."""
+        now = _monotonic()
+        clear = now < self._clear_until and url.startswith(self._clear_origin)
+        if clear and path.startswith(self._clear_folder):
+            return None
         monitor = self._monitor
         host = host_of(url)
         if not monitor.is_connected(host):
             return NO_NETWORK
         if self._unmetered_only and monitor.is_metered(host):
             return COSTED
-        return None if self.room(path, 0) else NO_ROOM
+        if not self.room(path, 0):
+            return NO_ROOM
+        origin = url[: url.find("/", url.find("//") + 2) + 1]
+        self._clear_until = now + _FRESH
+        self._clear_origin = origin if origin.endswith("/") else url
+        self._clear_folder = path[: path.rfind("/") + 1]
+        return None
 
     def offline(self, url: str) -> bool:
         """Whether the network of ``url`` is gone (a failed transfer waits, not retries)."""
         return not self._monitor.is_connected(host_of(url))
 
-    def took(self, path: str, size: int) -> None:
-        """``size`` bytes of ``path`` are handed to the filer: off the folder's free space."""
-        seen = self._free.get(os.path.dirname(path))
-        if seen is not None:
-            seen[1] -= size
+    def take(self, path: str, size: int) -> bool:
+        """Whether ``size`` bytes for ``path`` fit above the reserve: if so, they are
+        taken off the folder's free space (they go to the filer now)."""
+        folder = path[: path.rfind("/")] or "/"  # (absolute: posixpath.dirname is 40 bytecodes)
+        seen = self._free.get(folder)
+        if seen is None or _monotonic() - seen[0] > _FRESH:
+            seen = self._look(folder)
+        left = seen[1] - size
+        if left < self._reserve.free_space_reserve:
+            return False
+        seen[1] = left
+        return True
 
     def room(self, path: str, size: int) -> bool:
         """Whether ``size`` more bytes fit in the folder of ``path`` above the reserve
         (a file that never fits fails as it is written: ENOSPC, as a full one)."""
-        folder = os.path.dirname(path)
-        now = time.monotonic()
+        folder = path[: path.rfind("/")] or "/"
         seen = self._free.get(folder)
-        if seen is None or now - seen[0] > _FRESH:
-            try:
-                free = free_bytes(Path(folder))
-            except OSError:
-                return True  # the write itself will say what is wrong with the path
-            if len(self._free) > 64:
-                self._free.clear()
-            # no stated capacity (/proc, some FUSE): it cannot run low
-            seen = self._free[folder] = [now, float("inf") if free is None else float(free)]
+        if seen is None or _monotonic() - seen[0] > _FRESH:
+            seen = self._look(folder)
         return seen[1] - size >= self._reserve.free_space_reserve
+
+    def _look(self, folder: str) -> list[float]:
+        try:
+            free = free_bytes(Path(folder))
+        except OSError:
+            free = None  # the write itself will say what is wrong with the path
+        if len(self._free) > 64:
+            self._free.clear()
+        # no stated capacity (/proc, some FUSE): it cannot run low
+        seen = self._free[folder] = [_monotonic(), float("inf") if free is None else float(free)]
+        return seen

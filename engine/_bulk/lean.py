@@ -185,17 +185,15 @@ class LeanPath:
             self._fail(f, herr)
 
     def _keep(self, f: Lean) -> None:
-        """A body judged the whole file: checked against its checksum, then written."""
+        """A body judged the whole file: checked against its checksum, then handed to
+        the filer if it fits above the reserve (else it waits for room)."""
         if f.sum is not None and not self._matches(f):
             return
-        gate = self._gate
-        if gate is not None and not gate.room(f.path, len(f.body)):
-            self._hold(f, S.PAUSED_SYSTEM_POLICY, True)  # its body waits for room
-            return
-        self._write(f)
-
-    def _write(self, f: Lean) -> None:
         body = f.body
+        gate = self._gate
+        if gate is not None and not gate.take(f.path, len(body)):
+            self._hold(f, S.PAUSED_SYSTEM_POLICY, True)
+            return
         try:
             written = self._filer.start(
                 -1, f.path, body, 0, durable=self._durable, tuning=self._tuning, loop=self._loop
@@ -203,8 +201,6 @@ class LeanPath:
         except TransferError as refused:
             self._fail(f, refused)
             return
-        if self._gate is not None:
-            self._gate.took(f.path, len(body))
         self._busy -= 1  # the slot's connection is free while the filer writes
         self._writing += 1
         written.add_done_callback(functools.partial(self._written, f, len(body)))
@@ -228,16 +224,15 @@ class LeanPath:
         held, self._held = self._held, []
         assert gate is not None
         for f in held:
-            why = None
-            if not f.ready:
-                why = gate.blocked(f.url, f.path)
-            elif not gate.room(f.path, len(f.body)):
-                why = S.PAUSED_SYSTEM_POLICY
+            if f.ready:  # its body: written if it fits now, else held again
+                self._keep(f)
+                continue
+            why = gate.blocked(f.url, f.path)
             if why is not None:
-                self._hold(f, why, f.ready)
+                self._hold(f, why)
                 continue
             self.table.change(f.path, _RUNNING)
-            self._write(f) if f.ready else self._send(f)
+            self._send(f)
 
     def _matches(self, f: Lean) -> bool:
         assert f.sum is not None
