@@ -83,8 +83,6 @@ _FIELD = st.sampled_from(
         "Content-Range: bytes 1-{last}/{size}",
         "Content-Range : bytes 0-{last}/{other}",
         "X-Content-Range: bytes 0-{last}/{size}",
-        "Content-Length: {size}",
-        "Content-Length: {other}",
         "ETag: \"x\"",
         "Via: HTTP/1.1 proxy",
     ]
@@ -96,12 +94,15 @@ _FIELD = st.sampled_from(
     st.integers(1, 5000),
     st.lists(_FIELD, max_size=5),
     st.booleans(),
+    st.integers(0, 5),
 )
 def test_the_quick_look_at_a_206_accepts_only_what_judge_calls_whole(
-    size: int, other: int, fields: list[str], redirected: bool
+    size: int, other: int, fields: list[str], redirected: bool, at: int
 ) -> None:
-    """``whole`` (a few C calls a file) never says whole where ``judge`` would not."""
+    """``whole`` (a few C calls a file) never says whole where ``judge`` would not, for
+    a response whose Content-Length libcurl found to be the body's (its caller's check)."""
     filled = [f.format(last=size - 1, size=size, other=other) for f in fields]
+    filled.insert(at % (len(filled) + 1), f"Content-Length: {size}")  # (libcurl's, checked)
     before = ("HTTP/1.1 301 Moved", f"Content-Range: bytes 0-{size - 1}/{size}", "")
     lines = _head(206, *filled, before=before if redirected else ())
     if whole(list(lines), size):
