@@ -139,6 +139,7 @@ class LeanPath:
         if exc is not None:
             code, message = exc.args[0], exc.args[1]
             if code == _TOO_BIG:
+                curl.setopt(_WRITE, _dropped)
                 self._promote(f, None)
                 return
             err, transient = curl_error(code, message, f.url)
@@ -168,6 +169,7 @@ class LeanPath:
                 err = answer.error
                 self._retry(f, err, None) if answer.transient else self._fail(f, err)
             elif type(answer) is Piece or answer is PROMOTE:
+                curl.setopt(_WRITE, _dropped)  # the pooled handle lets go of the body
                 self._promote(f, answer if type(answer) is Piece else None)
             else:
                 if answer is EMPTY:
@@ -313,3 +315,8 @@ class LeanPath:
             self._multi.remove_handle(curl)
         except RuntimeError:  # not registered any more: it ended meanwhile
             pass
+
+
+def _dropped(data: bytes) -> None:
+    """The write callback a handle keeps while pooled after a promoted file (its next
+    file sets its own): the promoted file's megabytes are not held by the pool."""

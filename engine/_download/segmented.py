@@ -71,11 +71,8 @@ class SegmentedDownload(Fetcher):
         self._tick_soon()
         file = self.file
         try:
-            seed, self.seed = self.seed, None
-            if seed is not None:  # megabytes: in a thread, as a resume's checks
-                loop = running_loop()
-                args = (Path(file.name), seed, self.config, self.reserve)
-                await loop.run_in_executor(None, hand_over, *args)
+            if self.seed is not None:  # megabytes: in a thread, as a resume's checks
+                await self._plant()
             if not self.new and os.path.lexists(file.name + CONTROL_SUFFIX):
                 await self._resume()
             while True:
@@ -102,6 +99,14 @@ class SegmentedDownload(Fetcher):
         finally:
             self._stop_ticks()
             self._report()
+
+    async def _plant(self) -> None:
+        """Keep the seed as the file's first range; its bytes are let go of at once (not
+        held for the rest of the download)."""
+        seed, self.seed = self.seed, None
+        assert seed is not None
+        args = (Path(self.file.name), seed, self.config, self.reserve)
+        await running_loop().run_in_executor(None, hand_over, *args)
 
     def prioritize(self, offset: int) -> None:
         """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""
