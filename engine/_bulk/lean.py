@@ -37,10 +37,25 @@ _TOO_BIG = pycurl.E_FILESIZE_EXCEEDED
 class Lean:
     """A small file in flight."""
 
-    __slots__ = ("body", "curl", "path", "ready", "since", "sum", "timer", "tries", "url", "waits")
+    __slots__ = (
+        "body",
+        "curl",
+        "parts",
+        "path",
+        "ready",
+        "since",
+        "sum",
+        "timer",
+        "tries",
+        "url",
+        "waits",
+    )
 
     curl: Any
-    body: bytearray
+    parts: list[bytes]
+    """The body as libcurl handed it over, a piece a call: joined once, at its end (a
+    ``bytearray`` grown by each piece copied a 4 MiB body about thirty times over)."""
+    body: bytes
     ready: bool
     """Held by the gate with its body arrived (to write), not before its request."""
     waits: BackgroundTransferStatus
@@ -118,8 +133,8 @@ class LeanPath:
             lines = curl.bgt_lines = []  # the heads, read only when a 206 is not plain
             curl.setopt(pycurl.HEADERFUNCTION, lines.append)
             curl.bgt_https = https
-        body = f.body = bytearray()
-        curl.setopt(_WRITE, body.extend)
+        parts = f.parts = []
+        curl.setopt(_WRITE, parts.append)
         f.curl = curl
         self._multi.add_handle(curl).add_done_callback(functools.partial(self._ended, f))
 
@@ -135,7 +150,9 @@ class LeanPath:
             self._lean_over(f, CANCELED)
             return
         exc = transfer.exception()
-        body = f.body
+        parts = f.parts
+        body = f.body = b"".join(parts)  # (one piece: itself, no copy)
+        parts.clear()  # (the pooled handle keeps the list, not its pieces)
         if exc is not None:
             code, message = exc.args[0], exc.args[1]
             if code == _TOO_BIG:
@@ -173,7 +190,7 @@ class LeanPath:
                 self._promote(f, answer if type(answer) is Piece else None)
             else:
                 if answer is EMPTY:
-                    f.body = bytearray()
+                    f.body = b""
                 assert answer is WHOLE or answer is EMPTY
                 self._keep(f)
             return

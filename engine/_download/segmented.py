@@ -26,7 +26,7 @@ from pathlib import Path
 from engine._disk.core import CONTROL_SUFFIX
 from engine._download.fetch import Fetcher, Snapshot
 from engine._download.retries import Restart
-from engine._download.sinks import hand_over
+from engine._download.sinks import plant
 from engine._runtime.loop import running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.errors import TransportError
@@ -105,8 +105,7 @@ class SegmentedDownload(Fetcher):
         held for the rest of the download)."""
         seed, self.seed = self.seed, None
         assert seed is not None
-        args = (Path(self.file.name), seed, self.config, self.reserve)
-        await running_loop().run_in_executor(None, hand_over, *args)
+        await plant(Path(self.file.name), seed, self.config, self.reserve)
 
     def prioritize(self, offset: int) -> None:
         """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""

@@ -391,7 +391,7 @@ def open_range_file(
 def keep_small(
     result: Path,
     size: int,
-    data: bytearray,
+    data: bytes | bytearray,
     etag: str,
     last_modified: str,
     config: TransferConfig,
@@ -425,7 +425,7 @@ class Seed(NamedTuple):
     to be large (a bulk job's small-file request), with the validators it came with."""
 
     size: int
-    data: bytearray
+    data: bytes | bytearray
     etag: str
     last_modified: str
 
@@ -440,6 +440,12 @@ def hand_over(result: Path, seed: Seed, config: TransferConfig, reserve: int) ->
         return False
     size, data, etag, modified = seed
     return keep_small(result, size, data, etag, modified, config, _nothing, config.block_size)
+
+
+async def plant(result: Path, seed: Seed, config: TransferConfig, reserve: int) -> bool:
+    """``hand_over`` on the threads that reopen range files (megabytes to write)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_DURABLE, hand_over, result, seed, config, reserve)
 
 
 def _nothing() -> None:
