@@ -64,7 +64,7 @@ def main() -> None:
         engine.submit(_trace(False)).result()
     files = len(urls)
     print(f"bytecodes a file: {sum(_counts.values()) / files:.0f}")
-    for name, n in _counts.most_common(15):
+    for name, n in _counts.most_common(int(os.environ.get("BGT_TOP", "15"))):
         print(f"  {n / files:6.0f}  {name}")
 
 

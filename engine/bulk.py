@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from engine._bulk.hooks import Failure, Hooks, go_on
 from engine._bulk.plan import already_complete
-from engine._bulk.runner import Failure, Hooks, Runner, Todo, go_on
+from engine._bulk.runner import Runner, Todo
 from engine._bulk.table import JobTable
 from engine._runtime.loop import engine_here, engine_loop, run
 from engine._state.oplock import OpLock

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
-from engine._bulk.runner import Hooks
+from engine._bulk.gate import Gate
+from engine._bulk.hooks import Hooks, Looked
 from engine._disk.core import SIDE_SUFFIXES
 from engine._disk.trusted import check_folder
 from engine._net.ratelimit import Budget
@@ -277,7 +278,7 @@ class BackgroundDownloader:
         progress: Callable[[DownloadOperation], None] | None = None,
         file_ended: Callable[[int, bool], None] | None = None,
         watch: Callable[[DownloadOperation], None] | None = None,
-        look: Callable[[Iterable[DownloadOperation]], None] | None = None,
+        look: Callable[[Iterable[Looked]], None] | None = None,
         lean: bool = True,
     ) -> BulkDownload:
         """*Beyond*: many files as one persisted job (``engine.bulk``), ``parallel`` at
@@ -285,9 +286,11 @@ class BackgroundDownloader:
         same name continues (``None``: a new name).  ``progress`` follows each full
         operation (a large file), ``watch`` is told of each as it starts,
         ``file_ended(size, completed)`` of each small file, and ``look`` gets the full
-        operations in flight every ``poll_interval`` seconds.  ``lean=False`` makes
-        every file a full operation: a file found large on the lean path has its first
-        request cut off, which a strict cap of connections a host may not allow."""
+        operations in flight, and the small files waiting for the network or for disk
+        space (``engine._bulk.hooks.Looked``), every ``poll_interval`` seconds.  Small
+        files wait as full operations do: for a network, for one that is not metered
+        under ``UNRESTRICTED_ONLY``, for free space above the reserve.
+        ``lean=False`` makes every file a full operation from its first request."""
         s = self._settings
         plain = s.server_credential is None and s.proxy is None and s.proxy_credential is None
         request = None
@@ -302,7 +305,6 @@ class BackgroundDownloader:
             and self.method == "GET"
             and self.transfer_group is None
             and s.completion_group is None
-            and self.cost_policy is BackgroundTransferCostPolicy.DEFAULT
         )
         hooks = Hooks(
             create=lambda uri, path, sources: self.create_download(uri, path, sources=sources),
@@ -316,6 +318,7 @@ class BackgroundDownloader:
             ended=file_ended,
             look=look,
             look_every=s.config.poll_interval,
+            gate=Gate(s.network_monitor, self.cost_policy, s),
         )
         name = job if job is not None else f"bulk-{new_guid()}"
         return BulkDownload(self, self._store, name, entries, parallel, hooks)

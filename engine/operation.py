@@ -50,7 +50,7 @@ from engine.values import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from engine._download.sinks import Seed
 
 
 S = BackgroundTransferStatus
@@ -86,6 +86,18 @@ class DownloadOperation(OperationProgress):
         are no files of an earlier run to look for."""
         new, self._new = self._new, False
         return new
+
+    def seed(self, seed: Seed) -> None:
+        """*Beyond*: the first range of its file, received already (by a bulk job's
+        small-file request): its run starts by keeping it as that range, so those
+        bytes are not fetched again.  Before ``start``."""
+        self._seed = seed
+        self._new = False  # its run looks for the range file the seed becomes
+
+    def take_seed(self) -> Seed | None:
+        """The seed, once (its first attempt keeps it)."""
+        seed, self._seed = self._seed, None
+        return seed
 
     @contextlib.contextmanager
     def finishing(self) -> Iterator[None]:

@@ -13,48 +13,44 @@ the body, makes it durable as asked and renames it onto the final name.  A final
 name therefore only ever holds a complete, checked file; after a kill the partial
 file is replaced by the next run, and a file already under its name is skipped.
 
-A response is kept only if it is a 200 (a 206 to a request without a range is a
-lie), its body has the length it announced and matches the expected checksum.  A
-response longer than the first request (libcurl's MAXFILESIZE stops it, announced
-or not) promotes the file: a full ``DownloadOperation`` takes it over, with ranged
-connections, a control file and a bitmap.  Files with several sources, FTP and SFTP
-URLs, operations found unfinished in the state directory and control files to
-continue go that way from the start.  Transient failures (a refused or broken
-connection, 408, 429, 5xx) are tried again after a jittered exponential back-off,
-``config.retries`` times; then, as every other failure, the file fails alone and the
-job goes on.
+The request asks for the first request's range, ``bytes=0-(first_request-1)``: a
+200 is kept if its body has the length it announced, a 206 or 416 as
+``engine._bulk.answer`` judges it (the checks of a full operation's first response),
+and either must match the expected checksum.  A file larger than the range (a 206
+stating a larger total) is promoted: a full ``DownloadOperation`` takes it over,
+with ranged connections, a control file and a bitmap, and the range already received
+written as its first (``sinks.hand_over``), so no byte is fetched twice.  A 200
+longer than the range (libcurl's MAXFILESIZE stops it) promotes the file as it is.
+Files with several sources, FTP and SFTP URLs, operations found unfinished in the
+state directory and control files to continue go that way from the start.
+Transient failures (a refused or broken connection, 408, 429, 5xx) are tried again
+after a jittered exponential back-off, ``config.retries`` times; then, as every
+other failure, the file fails alone and the job goes on.  A file waits, and never
+fails, for what a full operation waits for (``engine._bulk.gate``): a network, one
+that is not metered, free space above the reserve; its row says which meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
 
-import pycurl
-
+from engine._bulk.answer import Piece
+from engine._bulk.hooks import Failure, Hooks, go_on
+from engine._bulk.lean import Lean, LeanPath
 from engine._bulk.table import CANCELED, JobTable
-from engine._disk.checksum import new_hash, parse
-from engine._disk.files import filer
-from engine._disk.tuning import Tuning
-from engine._net.ratelimit import Budget
-from engine._net.transport import RequestOptions, configure, curl_error, http_error, new_multi
+from engine._download.sinks import Seed
+from engine._net.transport import new_multi
 from engine._runtime.descriptors import budget
 from engine._runtime.loop import running_loop
-from engine.config import TransferConfig
-from engine.errors import IntegrityError, TransferCanceled, TransferError, TransportError
+from engine.errors import TransferCanceled, TransferError
 from engine.operation import DownloadOperation
 from engine.values import BackgroundTransferStatus
-from engine.web_error import WebErrorStatus
+
+__all__ = ["Failure", "Hooks", "Runner", "Todo", "go_on"]
 
 S = BackgroundTransferStatus
 _RUNNING, _COMPLETED, _ERROR = S.RUNNING.value, S.COMPLETED.value, S.ERROR.value
-_RESUMABLE = (S.PAUSED_BY_APPLICATION, S.PAUSED_RECOVERABLE_WEB_ERROR_STATUS)
-_CODE, _LENGTH = pycurl.RESPONSE_CODE, pycurl.CONTENT_LENGTH_DOWNLOAD_T
-_WRITE, _MAX, _URL = pycurl.WRITEFUNCTION, pycurl.MAXFILESIZE_LARGE, pycurl.URL
-_TOO_BIG = pycurl.E_FILESIZE_EXCEEDED
 _WEB = ("http://", "https://")
 """URLs the lean path takes (any other case or scheme goes to a full operation)."""
 _BATCH = 256
@@ -67,102 +63,20 @@ Todo = tuple[str, str, "str | None", Sequence[str], "DownloadOperation | None", 
 operation that goes on, whether a control file found for it is continued."""
 
 
-class Failure(NamedTuple):
-    """A file that failed: its result file, URL, error, and operation if it had one."""
-
-    result_file: str
-    requested_uri: str
-    error: TransferError
-    op: DownloadOperation | None
-
-    @property
-    def method(self) -> str:
-        """The operation's method; "" for a small file, which kept no partial data."""
-        return self.op.method if self.op is not None else ""
-
-
-class Hooks(NamedTuple):
-    """What the driver needs from the downloader and the caller."""
-
-    create: Callable[[str, str, Sequence[str]], DownloadOperation]
-    config: TransferConfig
-    headers: list[str]
-    request: RequestOptions | None
-    lean: bool
-    """Whether small files may take the lean path at all (a plain GET downloader)."""
-    budget: Budget | None = None
-    """The job's part of the downloader's rate limit, which small files take from."""
-    progress: Callable[[DownloadOperation], None] | None = None
-    watch: Callable[[DownloadOperation], None] | None = None
-    ended: Callable[[int, bool], None] | None = None
-    """A lean file ended: its size, whether it completed (for a view: None when quiet)."""
-    look: Callable[[Iterable[DownloadOperation]], None] | None = None
-    """Called every ``look_every`` seconds with the full operations in flight."""
-    look_every: float = 2.0
-
-
-def go_on(op: DownloadOperation, progress: Any) -> None:
-    """Let an operation found in the state directory continue, whatever it waits for."""
-    if op.status is S.ERROR:
-        op.resume()  # run again: try again from the bitmap
-        op.attach(progress)
-        return
-    op.attach(progress)
-    if op.status in _RESUMABLE:
-        op.resume()
-
-
-class _Lean:
-    """A small file in flight."""
-
-    __slots__ = ("body", "curl", "path", "since", "sum", "timer", "tries", "url")
-
-    curl: Any
-    body: bytearray
-    timer: asyncio.TimerHandle | None
-    since: float
-    """When the first of the failures in a row happened."""
-
-    def __init__(self, url: str, path: str, checksum: str | None) -> None:
-        # the other fields are set by _send (and since by _retry): a file pays for each
-        self.url = url
-        self.path = path
-        self.sum = checksum
-        self.tries = 0
-
-
-class Runner:
+class Runner(LeanPath):
     """Drives one run of a job on the running loop (see the module)."""
 
     def __init__(self, hooks: Hooks, table: JobTable, items: Iterator[Todo], parallel: int) -> None:
-        self.hooks = hooks
-        self.table = table
-        self.downloaded = self.size = self.canceled = 0
-        self.failed: list[Failure] = []
+        super().__init__(hooks, table)
         self._items = items
         # a socket and the loop's duplicate of it a transfer: never more than the
         # descriptors allow (engine._runtime.descriptors), files wait for a slot instead
         self._sockets = budget().requests
         self._parallel = max(1, min(parallel, self._sockets // 2))
-        self._busy = 0  # slots taken: transfers, back-offs and full operations
-        self._writing = 0  # bodies handed to the filer, not written yet
-        self._more = True
-        self._flying: dict[str, _Lean] = {}
         self.running: dict[str, DownloadOperation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cancel: set[str] = set()
-        self._free: list[Any] = []
-        self._limit = hooks.config.first_request
-        self._durable = hooks.config.durable
-        self._tuning = Tuning.of(hooks.config)
-        self._multi: Any = None
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._filer = filer()
-        self._budget = hooks.budget or Budget()
-        self._stopped = False
-        self._drained: asyncio.Future[None] | None = None  # set once stopped and written
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the run ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -202,6 +116,9 @@ class Runner:
             elif f.timer is not None:
                 f.timer.cancel()
                 self._lean_over(f, CANCELED)
+            elif f in self._held:
+                self._held.remove(f)
+                self._lean_over(f, CANCELED)
             return  # else its body is being written: too late to cancel
         op = self.running.get(path)
         if op is not None:
@@ -233,9 +150,15 @@ class Runner:
             new.append((job, path, url, checksum, _RUNNING))
             self._busy += 1
             if op is None and not sources and lean and not found and url.startswith(_WEB):
-                f = _Lean(url, path, checksum)
+                f = Lean(url, path, checksum)
                 self._flying[path] = f
-                self._send(f)
+                gate = self._gate
+                why = None if gate is None else gate.blocked(url, path)
+                if why is None:
+                    self._send(f)
+                else:
+                    f.curl = f.timer = None
+                    self._hold(f, why)
             else:
                 self._full(url, path, checksum, sources, op, found)
         if len(new) >= _BATCH or len(self.table.changed) >= _BATCH:
@@ -251,146 +174,6 @@ class Runner:
             else:
                 done.set_exception(exc)
 
-    # -- the lean path -----------------------------------------------------------------
-    def _send(self, f: _Lean) -> None:
-        f.timer = None
-        url = f.url
-        https = url[4] == "s"
-        if self._free and self._free[-1].bgt_https is https:
-            curl = self._free.pop()
-            curl.setopt(_URL, url)  # every other option stays as configure set it
-        else:
-            curl = self._free.pop() if self._free else pycurl.Curl()
-            hooks = self.hooks
-            configure(curl, url, hooks.config, hooks.headers, hooks.request)
-            curl.setopt(_MAX, self._limit)  # a larger body stops: the file is promoted
-            curl.bgt_https = https
-        body = f.body = bytearray()
-        curl.setopt(_WRITE, body.extend, use_memoryview=True)
-        f.curl = curl
-        self._budget.pace(curl, self._multi, body.__len__)
-        self._multi.add_handle(curl).add_done_callback(functools.partial(self._ended, f))
-
-    def _ended(self, f: _Lean, transfer: asyncio.Future[Any]) -> None:
-        """The transfer of ``f`` ended: check it, then write it, retry, promote or fail."""
-        curl, f.curl = f.curl, None
-        self._budget.detach(curl)
-        if self._stopped:  # Ctrl-C: the run is over (and its handles closed)
-            return
-        status = curl.getinfo(_CODE)
-        length = curl.getinfo(_LENGTH)
-        self._free.append(curl)
-        if transfer.cancelled():
-            self._lean_over(f, CANCELED)
-            return
-        exc = transfer.exception()
-        body = f.body
-        if exc is not None:
-            code, message = exc.args[0], exc.args[1]
-            if code == _TOO_BIG:
-                del self._flying[f.path]
-                self._full(f.url, f.path, f.sum, (), None, False)  # takes over the slot
-                return
-            err, transient = curl_error(code, message, f.url)
-            self._retry(f, err, None) if transient else self._fail(f, err)
-            return
-        if status != 200:
-            if status == 206 or status < 300:
-                self._fail(f, _lie(f.url, f"HTTP {status} where the whole file was asked for"))
-                return
-            herr, transient = http_error(status, f.url)
-            if transient:
-                self._retry(f, herr, curl.getinfo(pycurl.RETRY_AFTER) or None)
-            else:
-                self._fail(f, herr)
-            return
-        if length >= 0 and length != len(body):
-            err = _lie(f.url, f"{len(body)} bytes where Content-Length said {length}")
-            self._retry(f, err, None)
-            return
-        if f.sum is not None and not self._matches(f):
-            return
-        try:
-            written = self._filer.start(
-                -1, f.path, body, 0, durable=self._durable, tuning=self._tuning, loop=self._loop
-            )
-        except TransferError as refused:
-            self._fail(f, refused)
-            return
-        self._busy -= 1  # the slot's connection is free while the filer writes
-        self._writing += 1
-        written.add_done_callback(functools.partial(self._written, f, len(body)))
-        self._fill()
-
-    def _matches(self, f: _Lean) -> bool:
-        assert f.sum is not None
-        algo, digest = parse(f.sum)
-        h = new_hash(algo)
-        h.update(f.body)
-        got = h.hexdigest()
-        if got == digest:
-            return True
-        self._fail(f, IntegrityError(f"{f.path}: {algo} is {got}, expected {digest}"))
-        return False
-
-    def _written(self, f: _Lean, size: int, written: asyncio.Future[None]) -> None:
-        writing = self._writing
-        self._writing = writing - 1
-        path = f.path
-        del self._flying[path]
-        exc = None if written.cancelled() else written.exception()
-        if exc is None:
-            self.downloaded += 1
-            self.size += size
-            self.table.changed.append((_COMPLETED, size, None, None, self.table.job, path))
-        else:
-            err = exc if isinstance(exc, TransferError) else TransportError(str(exc))
-            self.failed.append(Failure(f.path, f.url, err, None))
-            self.table.change(f.path, _ERROR, 0, str(err))
-        ended = self.hooks.ended
-        if ended is not None:
-            ended(size, exc is None)
-        if self._stopped:
-            if writing == 1 and self._drained is not None:
-                self._drained.set_result(None)
-            return
-        if writing >= 4 * self._parallel or not self._more:  # else _ended pulled already
-            self._fill()
-
-    def _retry(self, f: _Lean, err: TransferError, retry_after: float | None) -> None:
-        """Back off (exponential, jittered, Retry-After honoured), or fail after
-        ``config.retries`` tries in a row."""
-        config = self.hooks.config
-        now = running_loop().time()
-        f.tries += 1
-        if f.tries == 1:
-            f.since = now
-        if f.tries > config.retries:
-            err.attempts, err.retried_for = f.tries, now - f.since
-            self._fail(f, err)
-            return
-        delay = min(config.backoff_max, config.backoff_base * 2 ** (f.tries - 1))
-        delay *= random.uniform(0.5, 1.5)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, config.backoff_max * 10))
-        f.timer = running_loop().call_later(delay, self._send, f)
-
-    def _fail(self, f: _Lean, err: TransferError) -> None:
-        self.failed.append(Failure(f.path, f.url, err, None))
-        self._lean_over(f, _ERROR, str(err))
-
-    def _lean_over(self, f: _Lean, status: int, error: str | None = None) -> None:
-        """``f`` ended without a file (failed or cancelled): its slot is free."""
-        del self._flying[f.path]
-        if status == CANCELED:
-            self.canceled += 1
-        self.table.change(f.path, status, 0, error)
-        self._busy -= 1
-        ended = self.hooks.ended
-        if ended is not None and status != CANCELED:
-            ended(0, False)
-        self._fill()
-
     # -- full operations -------------------------------------------------------------
     def _full(
         self,
@@ -400,6 +183,7 @@ class Runner:
         sources: Sequence[str],
         op: DownloadOperation | None,
         found: bool,
+        seed: Seed | None = None,
     ) -> None:
         """A full operation for the file (it holds a slot until it ends)."""
         hooks = self.hooks
@@ -408,6 +192,8 @@ class Runner:
                 op = hooks.create(url, path, sources)
                 if found:
                     op.continue_found()
+                if seed is not None:
+                    op.seed(seed)
                 if checksum:
                     op.expected_checksum = checksum
             if hooks.watch is not None:
@@ -426,6 +212,13 @@ class Runner:
         task = running_loop().create_task(self._follow(path, op))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _promote(self, f: Lean, piece: Piece | None) -> None:
+        """A full operation takes ``f`` over (and its slot), with the ``piece`` of it
+        that arrived as its first range (``DownloadOperation.seed``), if any."""
+        del self._flying[f.path]
+        seed = None if piece is None else Seed(piece.size, f.body, *piece[1:])
+        self._full(f.url, f.path, f.sum, (), None, False, seed)
 
     async def _follow(self, path: str, op: DownloadOperation) -> None:
         guid = str(op.guid)
@@ -457,12 +250,14 @@ class Runner:
         assert look is not None
         while True:
             await asyncio.sleep(self.hooks.look_every)
-            look(self.running.values())
+            look([*self.running.values(), *self.held()])
 
     def _stop(self) -> None:
         """Ctrl-C: small transfers are dropped (their rows say to fetch them again),
         full operations paused so the next run resumes them."""
         self._stopped = True
+        if self._look is not None:
+            self._look.cancel()
         for f in self._flying.values():
             if f.curl is not None:
                 self._budget.detach(f.curl)  # its handle is closed with the run
@@ -478,13 +273,6 @@ class Runner:
                 except TransferError:  # it ended meanwhile
                     pass
 
-    def _drop(self, curl: Any) -> None:
-        """Stop a transfer; one that ended already (its callback still to run) is let be."""
-        try:  # noqa: SIM105
-            self._multi.remove_handle(curl)
-        except RuntimeError:  # not registered any more: it ended meanwhile
-            pass
-
     def _close(self) -> None:
         for curl in self._free:
             curl.close()
@@ -492,9 +280,3 @@ class Runner:
         multi, self._multi = self._multi, None
         if multi is not None:
             multi.close_after_loop()
-
-
-def _lie(url: str, what: str) -> TransportError:
-    return TransportError(
-        f"{url}: {what}", web_error_status=WebErrorStatus.ERROR_HTTP_INVALID_SERVER_RESPONSE
-    )

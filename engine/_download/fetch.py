@@ -34,6 +34,7 @@ from engine._download.request import (
 )
 from engine._download.retries import Retries, no_source
 from engine._download.segments import Segments, Stop, Stream
+from engine._download.sinks import Seed
 from engine._download.sources import Source, Sources
 from engine._download.tail import Tail
 from engine._download.writer import writer
@@ -92,6 +93,8 @@ class Fetcher:
     """The rate limit its requests share (``engine._net.ratelimit``), if any."""
     loose = False
     """The caller knows the expected checksum: other sources need only agree on the size."""
+    seed: Seed | None = None
+    """The file's first range, received already: kept as it starts (``sinks.hand_over``)."""
     new = False
     """Set when nothing of this download can be on disk yet (an operation's first run
     in the process that created it): ``run`` does not look for a control file, a

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from engine._disk.core import CONTROL_SUFFIX
 from engine._download.fetch import Fetcher, Snapshot
 from engine._download.retries import Restart
+from engine._download.sinks import plant
 from engine._runtime.loop import running_loop
 from engine._runtime.ticker import Ticker, ticker
 from engine.errors import TransportError
@@ -72,6 +74,8 @@ class SegmentedDownload(Fetcher):
         self._tick_soon()
         file = self.file
         try:
+            if self.seed is not None:  # megabytes: in a thread, as a resume's checks
+                await self._plant()
             if not self.new and os.path.lexists(file.name + CONTROL_SUFFIX):
                 await self._resume()
             while True:
@@ -98,6 +102,13 @@ class SegmentedDownload(Fetcher):
         finally:
             self._stop_ticks()
             self._report()
+
+    async def _plant(self) -> None:
+        """Keep the seed as the file's first range; its bytes are let go of at once (not
+        held for the rest of the download)."""
+        seed, self.seed = self.seed, None
+        assert seed is not None
+        await plant(Path(self.file.name), seed, self.config, self.reserve)
 
     def prioritize(self, offset: int) -> None:
         """Fetch ``offset`` next: a reader waits for it (see ``Segments.prioritize``)."""

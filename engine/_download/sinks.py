@@ -36,7 +36,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from engine._disk.checksum import file_digest, new_hash
 from engine._disk.core import (
@@ -47,6 +47,7 @@ from engine._disk.core import (
     remove_partial,
 )
 from engine._disk.files import create_partial, filer
+from engine._disk.space import check_room
 from engine._disk.tuning import Tuning
 from engine.config import TransferConfig
 from engine.errors import ControlFileError, InvalidStateError, StorageError, TransferError
@@ -390,22 +391,24 @@ def open_range_file(
 def keep_small(
     result: Path,
     size: int,
-    data: bytearray,
+    data: bytes | bytearray,
     etag: str,
     last_modified: str,
     config: TransferConfig,
     on_resumable: Callable[[], None],
-) -> None:
+    block: int = KEPT_BLOCK,
+) -> bool:
     """A plain file stopped part-way keeps what arrived: its bytes go into a range file
-    of ``KEPT_BLOCK`` blocks, which the next run resumes from.  At most
+    of ``block`` bytes a block, which the next run resumes from.  At most
     ``first_request`` bytes are copied, once, as the download stops; never on the
-    data path.  On a failure nothing is kept, as before: the next run starts again."""
+    data path.  On a failure nothing is kept, as before: the next run starts again
+    (False)."""
     try:
         remove_partial(result)
         on_resumable()
         tuning = Tuning.of(config)
         with RangeFile(
-            result, size, KEPT_BLOCK, etag=etag, last_modified=last_modified, tuning=tuning
+            result, size, block, etag=etag, last_modified=last_modified, tuning=tuning
         ) as rf:
             rf.write(0, data)
             rf.drain()
@@ -413,3 +416,37 @@ def keep_small(
     except (OSError, TransferError):
         with contextlib.suppress(OSError, TransferError):
             remove_partial(result)
+        return False
+    return True
+
+
+class Seed(NamedTuple):
+    """The first range of a file of ``size`` bytes, received before the file was known
+    to be large (a bulk job's small-file request), with the validators it came with."""
+
+    size: int
+    data: bytes | bytearray
+    etag: str
+    last_modified: str
+
+
+def hand_over(result: Path, seed: Seed, config: TransferConfig, reserve: int) -> bool:
+    """``seed`` kept as the range file the download of ``result`` resumes from: its
+    bytes are not fetched again.  A size without room above ``reserve`` is left to the
+    download (it waits, or fails, as any other): False, as when the write fails."""
+    try:
+        check_room(os.fspath(result), seed.size, reserve)
+    except StorageError:
+        return False
+    size, data, etag, modified = seed
+    return keep_small(result, size, data, etag, modified, config, _nothing, config.block_size)
+
+
+async def plant(result: Path, seed: Seed, config: TransferConfig, reserve: int) -> bool:
+    """``hand_over`` on the threads that reopen range files (megabytes to write)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_DURABLE, hand_over, result, seed, config, reserve)
+
+
+def _nothing() -> None:
+    pass

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine._disk.checksum import parse
 from engine._download.segmented import SegmentedDownload
+from engine._download.sinks import Seed
 from engine._net.ratelimit import Budget
 from engine._net.transport import ResponseHead
 from engine._ops.interfaces import Pokable
@@ -90,6 +91,7 @@ class OperationFields:
     _dropped: dict[str, str] = {}  # noqa: RUF012 (replaced, never changed in place)
     _budget: Budget | None = None  # its share of the downloader's rate, made at its first run
     _new = False  # made by create_download in this process and not yet run: no files
+    _seed: Seed | None = None  # its first range, received already (``seed``)
     _space_needed = 0  # the declared size it waits to have room for (PAUSED_SYSTEM_POLICY)
 
     def __init__(self, rec: OpRecord, settings: Settings) -> None:

@@ -37,6 +37,7 @@ from engine.web_error import WebErrorStatus
 if TYPE_CHECKING:
     from engine._download.fetch import Snapshot
     from engine._download.segmented import SegmentedDownload
+    from engine._download.sinks import Seed
     from engine._ops.settings import Settings
 
 
@@ -139,6 +140,9 @@ class EngineOperation(Schedulable, Protocol):
 
     def take_new(self) -> bool:
         """True once: made in this process and never run, so no files are left to find."""
+
+    def take_seed(self) -> Seed | None:
+        """Its first range, received already, once (``DownloadOperation.seed``)."""
 
     def rate_budget(self) -> Budget:
         """The budget its requests take their rate from (engine loop)."""

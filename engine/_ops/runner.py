@@ -237,6 +237,7 @@ class Runner:
         job.loose = op.record.checksum is not None
         job.finisher = self._finish_verified
         job.new = op.take_new()
+        job.seed = op.take_seed()
         job.rank = op.rank
         job.reserve = op.settings.free_space_reserve
         job.budget = op.rate_budget()

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine import BackgroundTransferStatus, DownloadOperation
+from engine._bulk.hooks import Looked
 
 S = BackgroundTransferStatus
 ENDED = (S.COMPLETED, S.CANCELED, S.ERROR)
@@ -38,7 +39,7 @@ class Waits:
         self._reserve = reserve
         self._told: set[tuple[BackgroundTransferStatus, str]] = set()
 
-    def look(self, ops: Iterable[DownloadOperation]) -> None:
+    def look(self, ops: Iterable[Looked]) -> None:
         waiting = [(st, op) for op in ops if (st := op.status) in _WAITS]
         now = {(st, str(op.result_file.parent)) for st, op in waiting}
         needs: dict[str, int] = {}  # the most a file of the folder waits to have room for
