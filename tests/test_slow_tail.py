@@ -11,7 +11,7 @@ from servers import FaultServer, Nginx, sha256
 from engine import BackgroundDownloader
 from engine._download.segmented import SegmentedDownload
 from engine._download.segments import Stop, Stream
-from engine._download.tail import WASTE, overtake
+from engine._download.tail import WASTE, Tail, overtake
 
 SIZE = 32 << 20
 
@@ -92,3 +92,36 @@ def test_a_twin_that_does_not_catch_up_gives_up_after_its_waste(tmp_path: Path) 
     assert slow.raced
     assert job.tail.duplicated <= WASTE + len(piece)
     assert job.tail.pick([slow], slow.started + 10.0) is None  # not raced again
+
+
+def test_a_request_waiting_for_its_slot_is_not_raced() -> None:
+    """A request that waits for a connection slot (the per-host cap, while many files
+    share a host) is queued, not slow: a twin would wait beside it and then fetch the
+    same bytes.  Only a request on the wire that brings its bytes slowly is raced."""
+    tail = Tail(usual=100e6)
+    now = 1000.0
+    queued = Stream(0, 2 << 20, 0, checked=False)  # in the plan, no slot yet: never started
+    assert tail.pick([queued], now) is None
+    slow = Stream(2 << 20, 4 << 20, (2 << 20) + 4096, checked=True, started=now - 2.0)
+    assert tail.pick([queued, slow], now) == ((2 << 20) + 4096, 4 << 20)
+
+
+def test_many_files_past_the_per_host_cap_cost_no_byte_twice(nginx: Nginx, tmp_path: Path) -> None:
+    """32 files of 8 MiB at once, 8 connections each: four times the per-host cap of
+    requests want a connection, and most wait for one.  nginx serves each byte once."""
+    folder = nginx.www / "capped"
+    folder.mkdir()
+    bodies = {f"f{i:02d}.bin": os.urandom(8 << 20) for i in range(32)}
+    for name, body in bodies.items():
+        (folder / name).write_bytes(body)
+    d = BackgroundDownloader(state_dir=tmp_path / "s", max_connections_per_file=8)
+    ops = [d.create_download(nginx.url(f"capped/{n}"), tmp_path / n) for n in bodies]
+    for op in ops:
+        op.start()
+    for op in ops:
+        op.wait(120)
+    for name, body in bodies.items():
+        assert (tmp_path / name).read_bytes() == body, name
+    lines = [ln.split() for ln in (nginx.root / "timed.log").read_text().splitlines()]
+    served = sum(int(sent) for _, _, sent, uri in lines if uri.startswith("/capped/"))
+    assert served == sum(map(len, bodies.values())), served

@@ -12,10 +12,13 @@ write into the same file; a byte is written by whichever request brings it first
 and what the other then brings for it is counted in ``duplicated`` and dropped.
 When the twin gets ahead of the slow request, the slow one is ended at once; when
 the slow one finishes first, the twin is ended.  A range has at most one twin, and
-only a range whose request is at most a quarter as fast as the usual request,
-and would take a second or more still, gets one.  A twin that is no faster (a server
-that paces every request alike) would bring every byte twice: once it has brought
-``WASTE`` bytes its rival had already, it is ended and that range is not raced again.
+only a range whose request is at most a quarter as fast as the usual request, and
+would take half a second or more still, gets one.  A request still waiting for a
+connection slot (the per-host cap, while many files share a host) is not slow but
+queued, and gets none: its twin would only wait beside it, then fetch the same
+bytes.  A twin that is no faster (a server that paces every request alike) would
+bring every byte twice: once it has brought ``WASTE`` bytes its rival had already,
+it is ended and that range is not raced again.
 So a race costs at most ``WASTE`` bytes, and each range is raced once at most.
 """
 
@@ -68,6 +71,8 @@ class Tail:
         best: Stream | None = None
         best_left = 0.0
         for st in inflight:
+            if not st.started:  # waiting for a slot (the per-host cap): not slow, queued
+                continue
             if st.rival is not None or st.raced or st.end is None or now - st.started < _SETTLED:
                 continue
             rate = _rate(st, now)
