@@ -27,6 +27,7 @@ from engine import (
     TransportError,
     WebErrorStatus,
 )
+from engine._bulk.lean import LEAN_LEAST, LEAN_MEMORY, lean_limit
 
 S = BackgroundTransferStatus
 _GET = re.compile(r'"GET (\S+) HTTP')
@@ -127,6 +128,50 @@ def test_a_large_file_of_a_mirror_is_promoted_to_ranged_requests(
     # the small-file request's 4 MiB were kept as the first range, not fetched again
     # (a slow request's last bytes raced by another may come twice: less than a MiB)
     assert len(big) <= sum(sent) < len(big) + (1 << 20)
+
+
+def test_lean_ranges_shrink_as_more_files_run_at_once() -> None:
+    """The small files in flight hold their bodies in memory: at most LEAN_MEMORY in
+    all, each never less than LEAN_LEAST, never more than the first request."""
+    four = 4 << 20
+    assert lean_limit(four, 16) == four
+    assert lean_limit(four, 64) == LEAN_MEMORY // 64
+    assert lean_limit(four, 100) == 512 << 10  # a power of two: whole blocks of a bitmap
+    assert lean_limit(four, 10_000) == LEAN_LEAST
+    assert lean_limit(100_000, 10_000) == 100_000  # a first request set below both
+    for parallel in (1, 7, 64, 300):
+        assert lean_limit(four, parallel) * parallel <= max(LEAN_MEMORY, LEAN_LEAST * parallel)
+
+
+def test_a_mirror_of_many_large_files_asks_each_for_its_share(nginx: Nginx, tmp_path: Path) -> None:
+    """At -j 128 each file's first request is its share of LEAN_MEMORY (512 KiB), not
+    the first request's 4 MiB: a large file is promoted after that much, keeps it as
+    its first range, and no byte is served twice."""
+    served = nginx.www / "shares"
+    served.mkdir()
+    bodies = {f"b{i}.bin": os.urandom((2 << 20) + i) for i in range(8)}
+    bodies.update({f"s{i}.bin": os.urandom(3000 + i) for i in range(20)})
+    for name, data in bodies.items():
+        (served / name).write_bytes(data)
+    (tmp_path / "list.txt").write_text("".join(f"{nginx.url(f'shares/{n}')}\n" for n in bodies))
+    done = bgt("mirror", "-q", "-i", "list.txt", "-d", "out", "-j", "128", cwd=tmp_path,
+               state=tmp_path / "s")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name, data in bodies.items():
+        assert (tmp_path / "out" / name).read_bytes() == data, name
+    sent: dict[str, list[int]] = collections.defaultdict(list)
+    for line in (nginx.root / "timed.log").read_text().splitlines():
+        _, _, size, uri = line.split()
+        if uri.startswith("/shares/"):
+            sent[uri.rpartition("/")[2]].append(int(size))
+    share = LEAN_MEMORY // 128
+    for name, data in bodies.items():
+        assert sum(sent[name]) == len(data), name
+        if len(data) > share:
+            assert share in sent[name], (name, sent[name])
+            assert len(sent[name]) >= 2, (name, sent[name])
+        else:
+            assert sent[name] == [len(data)], name
 
 
 _LIES = {

@@ -34,6 +34,22 @@ _CODE, _LENGTH = pycurl.RESPONSE_CODE, pycurl.CONTENT_LENGTH_DOWNLOAD_T
 _WRITE, _MAX, _URL = pycurl.WRITEFUNCTION, pycurl.MAXFILESIZE_LARGE, pycurl.URL
 _TOO_BIG = pycurl.E_FILESIZE_EXCEEDED
 
+LEAN_MEMORY = 64 << 20
+"""Bytes the small files in flight may hold in memory, in all (``lean_limit``)."""
+LEAN_LEAST = 256 << 10
+"""The smallest range a small file asks for, however many run at once."""
+
+
+def lean_limit(first_request: int, parallel: int) -> int:
+    """Bytes a small file asks for with ``parallel`` in flight: the first request's
+    size, or the share of ``LEAN_MEMORY`` of each (a power of two, so that a promoted
+    file's first range is whole blocks of its bitmap) when that is less.  A mirror of
+    large files holds each file's first range in memory until it is promoted: at
+    ``-j 64`` a 4 MiB range each would make 256 MiB; larger files start their full
+    operation sooner, too."""
+    share = LEAN_MEMORY // max(1, parallel)
+    return min(first_request, max(LEAN_LEAST, 1 << (share.bit_length() - 1)))
+
 
 class Lean:
     """A small file in flight."""

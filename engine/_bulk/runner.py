@@ -6,15 +6,18 @@ Up to ``parallel`` files are in flight; the list is pulled one entry at a time a
 slot frees, so a list of a million lines starts at once and never sits in memory.
 A small file costs no operation, no task and no SQLite statement of its own: a
 pooled easy handle (options set once by ``transport.configure``, the engine's
-secure defaults) gets its URL, its body gathers in a ``bytearray`` (libcurl calls
-``bytearray.extend``, C to C), and two callbacks follow it: the transfer's end,
+secure defaults) gets its URL, its body gathers as libcurl's pieces in a list
+(libcurl calls ``list.append``, C to C; they are joined once), and two callbacks
+follow it: the transfer's end,
 then the C filer's (``engine._disk.files``), which creates the partial file, writes
 the body, makes it durable as asked and renames it onto the final name.  A final
 name therefore only ever holds a complete, checked file; after a kill the partial
 file is replaced by the next run, and a file already under its name is skipped.
 
-The request asks for the first request's range, ``bytes=0-(first_request-1)``: a
-200 is kept if its body has the length it announced, a 206 or 416 as
+The request asks for the first bytes of the file, ``bytes=0-(limit-1)``, where the
+limit is the first request's size, or less at a high ``parallel``: the small files
+in flight hold their bodies in memory, at most ``LEAN_MEMORY`` in all
+(``lean_limit``).  A 200 is kept if its body has the length it announced, a 206 or 416 as
 ``engine._bulk.answer`` judges it (the checks of a full operation's first response),
 and either must match the expected checksum.  A file larger than the range (a 206
 stating a larger total) is promoted: a full ``DownloadOperation`` takes it over,
@@ -37,7 +40,7 @@ from collections.abc import Iterator, Sequence
 
 from engine._bulk.answer import Piece
 from engine._bulk.hooks import Failure, Hooks, go_on
-from engine._bulk.lean import Lean, LeanPath
+from engine._bulk.lean import Lean, LeanPath, lean_limit
 from engine._bulk.table import CANCELED, JobTable
 from engine._download.sinks import Seed
 from engine._net.transport import new_multi
@@ -73,6 +76,7 @@ class Runner(LeanPath):
         # descriptors allow (engine._runtime.descriptors), files wait for a slot instead
         self._sockets = budget().requests
         self._parallel = max(1, min(parallel, self._sockets // 2))
+        self._limit = lean_limit(hooks.config.first_request, self._parallel)
         self.running: dict[str, DownloadOperation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[None] | None = None

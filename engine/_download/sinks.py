@@ -439,7 +439,10 @@ def hand_over(result: Path, seed: Seed, config: TransferConfig, reserve: int) ->
     except StorageError:
         return False
     size, data, etag, modified = seed
-    return keep_small(result, size, data, etag, modified, config, _nothing, config.block_size)
+    block = config.block_size  # the largest block the seed fills whole, so none is fetched again
+    while block > KEPT_BLOCK and len(data) % block:
+        block //= 2
+    return keep_small(result, size, data, etag, modified, config, _nothing, block)
 
 
 async def plant(result: Path, seed: Seed, config: TransferConfig, reserve: int) -> bool:
