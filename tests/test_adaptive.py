@@ -70,7 +70,8 @@ def test_width_doubles_while_it_pays_and_halves_when_the_server_is_busy() -> Non
     assert max(feed.counts) == 32  # the doubling past them was tried, then undone
     width.busy()
     assert width.target == 8
-    assert Width(3).target == 3
+    assert Width(1).target == 1  # never more than the cap
+    assert Width(64).target == START
 
 
 def test_a_server_that_limits_each_connection_gets_the_cap() -> None:
@@ -95,12 +96,12 @@ def test_one_slow_window_does_not_undo_a_doubling_that_pays() -> None:
     """A window that happens to be slow (the machine busy) right after a doubling is
     not the verdict: the next window, where it pays, keeps it."""
     width = Width(64)
-    feed = Throughput(width, lambda n: 20.0 * min(n, 8))
+    feed = Throughput(width, lambda n: 20.0 * min(n, 2 * START))
     feed.run(2)  # settled, then one window of START connections
     assert width.target == 2 * START
-    feed.run(2, lambda n: 70.0)  # settling, then a stall: less than START had
+    feed.run(2, lambda n: 18.0 * START)  # settling, then a stall: less than START had
     assert width.target == 2 * START
-    assert feed.run(30) == 2 * START  # the next window showed the gain; 16 did not
+    assert feed.run(30) == 2 * START  # the next window showed the gain; more did not
     assert not width.growing
 
 

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A download starts with a few connections (``START``).  Its throughput is measured over
+A download starts with two connections (``START``): on a fast server one or two
+are often the fastest, and more only add requests and contention.  Its throughput is measured over
 windows of ``WINDOW`` seconds; while it grows, the connections are doubled, and each
 doubling is judged by the windows after it: as soon as one shows the throughput
 raised by ``GAIN``, it is kept; when ``TRIES`` windows in a row did not, the added
@@ -27,7 +28,7 @@ connections judged against their own start-up doubled to eight for nothing).
 
 from __future__ import annotations
 
-START = 4
+START = 2
 """Connections a download begins with."""
 SETTLE = 0.15
 """Seconds after the start or a doubling before a window opens."""
