@@ -7,6 +7,7 @@ full operation), ``Runner`` the other (the list, the slots, full operations).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import random
@@ -89,10 +90,10 @@ class Lean:
         self.tries = 0
 
 
-class LeanPath:
+class LeanPath(abc.ABC):
     """The small files of one run in flight, and what they share (see the module)."""
 
-    def __init__(self, hooks: Hooks, table: JobTable) -> None:
+    def __init__(self, hooks: Hooks, table: JobTable, parallel: int) -> None:
         self.hooks = hooks
         self.table = table
         self.downloaded = 0
@@ -101,11 +102,11 @@ class LeanPath:
         self.canceled = 0
         self._busy = 0  # slots taken: transfers, back-offs, waits and full operations
         self._writing = 0  # bodies handed to the filer, not written yet
-        self._parallel = 1
+        self._parallel = parallel
         self._flying: dict[str, Lean] = {}
         self._cancel: set[str] = set()
         self._free: list[Any] = []
-        self._limit = hooks.config.first_request
+        self._limit = lean_limit(hooks.config.first_request, parallel)
         self._gate = hooks.gate
         self._held: list[Lean] = []
         """Files waiting for the gate (before their request, or with a body to write)."""
@@ -120,17 +121,17 @@ class LeanPath:
         self._drained: asyncio.Future[None] | None = None  # set once stopped and written
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @abc.abstractmethod
     def _fill(self) -> None:
         """Start files while slots are free (``Runner``)."""
-        raise NotImplementedError
 
     def held(self) -> list[Held]:
         """The small files the gate holds, as a look sees them."""
         return [Held(f.waits, Path(f.path), len(f.body) if f.ready else 0) for f in self._held]
 
+    @abc.abstractmethod
     def _promote(self, f: Lean, piece: Piece | None) -> None:
         """A full operation takes ``f`` over (``Runner``)."""
-        raise NotImplementedError
 
     def _send(self, f: Lean) -> None:
         f.timer = None

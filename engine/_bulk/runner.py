@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 
 from engine._bulk.answer import Piece
 from engine._bulk.hooks import Failure, Hooks, go_on
-from engine._bulk.lean import Lean, LeanPath, lean_limit
+from engine._bulk.lean import Lean, LeanPath
 from engine._bulk.table import CANCELED, JobTable
 from engine._download.sinks import Seed
 from engine._net.transport import new_multi
@@ -70,13 +70,11 @@ class Runner(LeanPath):
     """Drives one run of a job on the running loop (see the module)."""
 
     def __init__(self, hooks: Hooks, table: JobTable, items: Iterator[Todo], parallel: int) -> None:
-        super().__init__(hooks, table)
-        self._items = items
         # a socket and the loop's duplicate of it a transfer: never more than the
         # descriptors allow (engine._runtime.descriptors), files wait for a slot instead
         self._sockets = budget().requests
-        self._parallel = max(1, min(parallel, self._sockets // 2))
-        self._limit = lean_limit(hooks.config.first_request, self._parallel)
+        super().__init__(hooks, table, max(1, min(parallel, self._sockets // 2)))
+        self._items = items
         self.running: dict[str, DownloadOperation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[None] | None = None
