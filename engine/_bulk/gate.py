@@ -89,10 +89,7 @@ class Gate:
     def take(self, path: str, size: int) -> bool:
         """Whether ``size`` bytes for ``path`` fit above the reserve: if so, they are
         taken off the folder's free space (they go to the filer now)."""
-        folder = path[: path.rfind("/")] or "/"  # (absolute: posixpath.dirname is 40 bytecodes)
-        seen = self._free.get(folder)
-        if seen is None or _monotonic() - seen[0] > _FRESH:
-            seen = self._look(folder)
+        seen = self._seen(path)
         left = seen[1] - size
         if left < self._reserve.free_space_reserve:
             return False
@@ -102,11 +99,15 @@ class Gate:
     def room(self, path: str, size: int) -> bool:
         """Whether ``size`` more bytes fit in the folder of ``path`` above the reserve
         (a file that never fits fails as it is written: ENOSPC, as a full one)."""
-        folder = path[: path.rfind("/")] or "/"
+        return self._seen(path)[1] - size >= self._reserve.free_space_reserve
+
+    def _seen(self, path: str) -> list[float]:
+        """[when, free bytes] of the folder of ``path``, looked at again once stale."""
+        folder = path[: path.rfind("/")] or "/"  # (absolute: posixpath.dirname is 40 bytecodes)
         seen = self._free.get(folder)
         if seen is None or _monotonic() - seen[0] > _FRESH:
             seen = self._look(folder)
-        return seen[1] - size >= self._reserve.free_space_reserve
+        return seen
 
     def _look(self, folder: str) -> list[float]:
         try:
